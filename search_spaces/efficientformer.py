@@ -1,0 +1,573 @@
+"""EfficientFormer ("Vision Transformers at MobileNet Speed") as a once-for-all search space.
+
+Structure of the published models: a two-conv stem to stride 4; four stages at strides 4/8/16/32
+joined by conv3x3 stride-2 downsamplings; MB4D blocks (pooling token mixer + conv MLP, both with
+LayerScale); the last ``vit_num`` blocks of stage 4 are MB3D blocks (LayerNorm + multi-head
+attention with a learned offset bias + linear MLP) on tokens; a LayerNorm / mean-pool head with a
+distillation head averaged at inference.
+
+Searched: input resolution, width per stage (multiples of 16), depth per stage (first-k blocks of
+each stage), number of trailing MB3D blocks, and an MLP ratio per block (3 or 4, as in
+EfficientFormerV2). L1, L3 and L7 are points of the space.
+
+Weight sharing: stage ``s`` owns ``max_depth[s]`` MB4D blocks used first-k; stage 4 additionally
+owns ``max_vit`` MB3D blocks used first-k, so a subnet with ``d`` blocks and ``v`` of them MB3D
+runs MB4D blocks ``0..d-v-1`` then MB3D blocks ``0..v-1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nasvit.nn import (
+    Attention,
+    BlockSpec,
+    ElasticAttention,
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticLayerNorm,
+    ElasticLayerScale,
+    ElasticLinear,
+    LayerScale,
+    Supernet,
+)
+from nasvit.search_spaces.core import (
+    Architecture,
+    Choice,
+    ChoiceList,
+    Constraint,
+    LayerChoices,
+    SearchSpace,
+)
+from nasvit.search_spaces.registry import register_space
+
+STAGES = 4
+
+
+@dataclass(frozen=True)
+class EfficientFormerConfig:
+    """Choices of the space; the supernet is sized by the largest choice of each."""
+
+    resolutions: tuple[int, ...] = (32, 64, 96, 128, 160, 192, 224)
+    widths: tuple[tuple[int, ...], ...] = (
+        tuple(range(16, 97, 16)),  # stage 1: 16..96 (L1 48, L3 64, L7 96)
+        tuple(range(32, 193, 16)),  # stage 2: 32..192
+        tuple(range(64, 385, 32)),  # stage 3: 64..384
+        tuple(range(128, 769, 64)),  # stage 4: 128..768
+    )
+    depths: tuple[tuple[int, ...], ...] = (
+        tuple(range(1, 7)),
+        tuple(range(1, 7)),
+        tuple(range(1, 19)),
+        tuple(range(1, 9)),
+    )
+    vit_nums: tuple[int, ...] = tuple(range(0, 9))  # trailing MB3D blocks of stage 4
+    mlp_ratios: tuple[int, ...] = (3, 4)
+    num_heads: int = 8  # MB3D attention, fixed as in the paper
+    key_dim: int = 32
+    attn_ratio: int = 4  # value width per head = attn_ratio * key_dim
+    layer_scale_init: float = 1e-5
+    distillation: bool = True  # published parameter counts include the distillation head
+    stride: int = field(default=32, init=False)  # total downsampling factor
+
+    @property
+    def max_grid(self) -> int:
+        return math.ceil(max(self.resolutions) / self.stride)
+
+
+def _half_up(size: int) -> int:
+    """Output size of a 3x3, stride-2, padding-1 convolution."""
+    return (size + 1) // 2
+
+
+# --------------------------------------------------------------------------- static blocks
+class Stem(nn.Module):
+    """conv3x3/2 -> BN -> ReLU -> conv3x3/2 -> BN -> ReLU; widths width/2 then width."""
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width // 2, 3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.conv2 = nn.Conv2d(width // 2, width, 3, 2, 1)
+        self.bn2 = nn.BatchNorm2d(width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class Downsample(nn.Module):
+    """conv3x3/2 -> BN between stages."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, 2, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+
+def _pool_mixer(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 3, 1, 1, count_include_pad=False) - x
+
+
+class MB4D(nn.Module):
+    """Pooling token mixer and conv MLP on a feature map, both with LayerScale."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.ls1 = LayerScale(dim)
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.norm1 = nn.BatchNorm2d(hidden)
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.ls2 = LayerScale(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.ls1(_pool_mixer(x))
+        return x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x))))))
+
+
+class MB3D(nn.Module):
+    """LayerNorm + attention and LayerNorm + linear MLP on tokens, both with LayerScale.
+
+    ``flatten_input`` marks the first MB3D block, which receives the stage's feature map.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        grid: int,
+        flatten_input: bool,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int,
+        bias_grid: int,
+    ):
+        super().__init__()
+        self.flatten_input = flatten_input
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, key_dim, value_dim, bias_grid, grid)
+        self.ls1 = LayerScale(dim, channel_dim=-1)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.ls2 = LayerScale(dim, channel_dim=-1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.flatten_input:
+            x = x.flatten(2).transpose(1, 2)
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+
+
+class Head(nn.Module):
+    """LayerNorm -> mean over tokens -> classifier, averaged with the distillation classifier."""
+
+    def __init__(self, dim: int, num_classes: int, distillation: bool, tokens_input: bool):
+        super().__init__()
+        self.tokens_input = tokens_input
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.dist_head = nn.Linear(dim, num_classes) if distillation else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.tokens_input:
+            x = x.flatten(2).transpose(1, 2)
+        features = self.norm(x).mean(dim=1)
+        logits = self.head(features)
+        if self.dist_head is not None:
+            logits = (logits + self.dist_head(features)) / 2
+        return logits
+
+
+# --------------------------------------------------------------------------- elastic blocks
+class ElasticStem(nn.Module):
+    def __init__(self, in_channels: int, max_width: int):
+        super().__init__()
+        self.conv1 = ElasticConv2d(in_channels, max_width // 2, 3, 2, 1)
+        self.bn1 = ElasticBatchNorm2d(max_width // 2)
+        self.conv2 = ElasticConv2d(max_width // 2, max_width, 3, 2, 1)
+        self.bn2 = ElasticBatchNorm2d(max_width)
+
+    def forward(self, x: Tensor, width: int) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x, width // 2)))
+        return F.relu(self.bn2(self.conv2(x, width)))
+
+    def extract(self, in_channels: int, width: int) -> Stem:
+        stem = Stem(in_channels, width)
+        stem.conv1 = self.conv1.extract(in_channels, width // 2)
+        stem.bn1 = self.bn1.extract(width // 2)
+        stem.conv2 = self.conv2.extract(width // 2, width)
+        stem.bn2 = self.bn2.extract(width)
+        return stem
+
+
+class ElasticDownsample(nn.Module):
+    def __init__(self, max_in: int, max_out: int):
+        super().__init__()
+        self.conv = ElasticConv2d(max_in, max_out, 3, 2, 1)
+        self.bn = ElasticBatchNorm2d(max_out)
+
+    def forward(self, x: Tensor, width: int) -> Tensor:
+        return self.bn(self.conv(x, width))
+
+    def extract(self, in_channels: int, out_channels: int) -> Downsample:
+        block = Downsample(in_channels, out_channels)
+        block.conv = self.conv.extract(in_channels, out_channels)
+        block.bn = self.bn.extract(out_channels)
+        return block
+
+
+class ElasticMB4D(nn.Module):
+    def __init__(self, max_dim: int, max_hidden: int, layer_scale_init: float):
+        super().__init__()
+        self.ls1 = ElasticLayerScale(max_dim, layer_scale_init)
+        self.fc1 = ElasticConv2d(max_dim, max_hidden, 1)
+        self.norm1 = ElasticBatchNorm2d(max_hidden)
+        self.fc2 = ElasticConv2d(max_hidden, max_dim, 1)
+        self.norm2 = ElasticBatchNorm2d(max_dim)
+        self.ls2 = ElasticLayerScale(max_dim, layer_scale_init)
+
+    def forward(self, x: Tensor, hidden: int) -> Tensor:
+        dim = x.shape[1]
+        x = x + self.ls1(_pool_mixer(x))
+        return x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x, hidden))), dim)))
+
+    def extract(self, dim: int, hidden: int) -> MB4D:
+        block = MB4D(dim, hidden)
+        block.ls1 = self.ls1.extract(dim)
+        block.fc1 = self.fc1.extract(dim, hidden)
+        block.norm1 = self.norm1.extract(hidden)
+        block.fc2 = self.fc2.extract(hidden, dim)
+        block.norm2 = self.norm2.extract(dim)
+        block.ls2 = self.ls2.extract(dim)
+        return block
+
+
+class ElasticMB3D(nn.Module):
+    def __init__(self, max_dim: int, max_hidden: int, config: EfficientFormerConfig):
+        super().__init__()
+        self.num_heads = config.num_heads
+        self.norm1 = ElasticLayerNorm(max_dim)
+        self.attn = ElasticAttention(
+            max_dim,
+            config.num_heads,
+            config.key_dim,
+            config.attn_ratio * config.key_dim,
+            bias_grid=config.max_grid,
+        )
+        self.ls1 = ElasticLayerScale(max_dim, config.layer_scale_init, channel_dim=-1)
+        self.norm2 = ElasticLayerNorm(max_dim)
+        self.fc1 = ElasticLinear(max_dim, max_hidden)
+        self.fc2 = ElasticLinear(max_hidden, max_dim)
+        self.ls2 = ElasticLayerScale(max_dim, config.layer_scale_init, channel_dim=-1)
+
+    def forward(self, x: Tensor, hidden: int, grid: int) -> Tensor:
+        dim = x.shape[-1]
+        x = x + self.ls1(self.attn(self.norm1(x), self.num_heads, grid))
+        return x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x), hidden)), dim))
+
+    def extract(self, dim: int, hidden: int, grid: int, flatten_input: bool) -> MB3D:
+        attn = self.attn
+        block = MB3D(
+            dim,
+            hidden,
+            grid,
+            flatten_input,
+            attn.max_heads,
+            attn.key_dim,
+            attn.value_dim,
+            attn.bias_grid or grid,
+        )
+        block.norm1 = self.norm1.extract(dim)
+        block.attn = attn.extract(dim, self.num_heads, grid)
+        block.ls1 = self.ls1.extract(dim)
+        block.norm2 = self.norm2.extract(dim)
+        block.fc1 = self.fc1.extract(dim, hidden)
+        block.fc2 = self.fc2.extract(hidden, dim)
+        block.ls2 = self.ls2.extract(dim)
+        return block
+
+
+class ElasticHead(nn.Module):
+    def __init__(self, max_dim: int, num_classes: int, distillation: bool):
+        super().__init__()
+        self.num_classes = num_classes
+        self.norm = ElasticLayerNorm(max_dim)
+        self.head = ElasticLinear(max_dim, num_classes)
+        self.dist_head = ElasticLinear(max_dim, num_classes) if distillation else None
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        features = self.norm(tokens).mean(dim=1)
+        logits = self.head(features, self.num_classes)
+        if self.dist_head is not None:
+            logits = (logits + self.dist_head(features, self.num_classes)) / 2
+        return logits
+
+    def extract(self, dim: int, tokens_input: bool) -> Head:
+        head = Head(dim, self.num_classes, self.dist_head is not None, tokens_input)
+        head.norm = self.norm.extract(dim)
+        head.head = self.head.extract(dim, self.num_classes)
+        if self.dist_head is not None:
+            head.dist_head = self.dist_head.extract(dim, self.num_classes)
+        return head
+
+
+# --------------------------------------------------------------------------- block plan
+@dataclass(frozen=True)
+class _Step:
+    """One block of a subnet: what it is, where its weights live and the shapes it maps."""
+
+    kind: str  # stem | downsample | mb4d | mb3d | head
+    params: dict[str, Any]
+    slot: tuple[int, ...]  # (stage, index) of the supernet module holding its weights
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+
+def _plan(
+    arch: Mapping[str, Any],
+    config: EfficientFormerConfig,
+    in_channels: int,
+    num_classes: int,
+    batch: int,
+) -> list[_Step]:
+    """The subnet's blocks in order; shared by extraction and latency lowering."""
+    widths, depths, vit_num = arch["widths"], arch["depths"], arch["vit_num"]
+    ratios = iter(arch["mlp_ratio"])
+    size = arch["resolution"]
+    stem_out = _half_up(_half_up(size))
+    steps = [
+        _Step(
+            "stem",
+            {"in_channels": in_channels, "width": widths[0]},
+            (),
+            (batch, in_channels, size, size),
+            (batch, widths[0], stem_out, stem_out),
+        )
+    ]
+    size = stem_out
+    for stage in range(STAGES):
+        dim = widths[stage]
+        if stage > 0:
+            new_size = _half_up(size)
+            steps.append(
+                _Step(
+                    "downsample",
+                    {"in_channels": widths[stage - 1], "out_channels": dim},
+                    (stage,),
+                    (batch, widths[stage - 1], size, size),
+                    (batch, dim, new_size, new_size),
+                )
+            )
+            size = new_size
+        conv_blocks = depths[stage] - (vit_num if stage == STAGES - 1 else 0)
+        feature_map = (batch, dim, size, size)
+        for index in range(conv_blocks):
+            params = {"dim": dim, "hidden": dim * next(ratios)}
+            steps.append(_Step("mb4d", params, (stage, index), feature_map, feature_map))
+    tokens = (batch, size * size, widths[-1])
+    for index in range(vit_num):
+        params = {
+            "dim": widths[-1],
+            "hidden": widths[-1] * next(ratios),
+            "grid": size,
+            "flatten_input": index == 0,
+            "num_heads": config.num_heads,
+            "key_dim": config.key_dim,
+            "value_dim": config.attn_ratio * config.key_dim,
+            "bias_grid": config.max_grid,
+        }
+        in_shape = (batch, widths[-1], size, size) if index == 0 else tokens
+        steps.append(_Step("mb3d", params, (index,), in_shape, tokens))
+    head_params = {
+        "dim": widths[-1],
+        "num_classes": num_classes,
+        "distillation": config.distillation,
+        "tokens_input": vit_num > 0,
+    }
+    head_in = tokens if vit_num > 0 else (batch, widths[-1], size, size)
+    steps.append(_Step("head", head_params, (), head_in, (batch, num_classes)))
+    return steps
+
+
+_STATIC_BLOCKS: dict[str, type[nn.Module]] = {
+    "stem": Stem,
+    "downsample": Downsample,
+    "mb4d": MB4D,
+    "mb3d": MB3D,
+    "head": Head,
+}
+
+
+# --------------------------------------------------------------------------- supernet
+class EfficientFormerSupernet(Supernet):
+    """Weight-sharing supernet of the ``efficientformer`` space."""
+
+    def __init__(
+        self, config: EfficientFormerConfig, num_classes: int = 1000, in_channels: int = 3
+    ):
+        super().__init__()
+        self.config, self.num_classes, self.in_channels = config, num_classes, in_channels
+        max_widths = [max(w) for w in config.widths]
+        max_depths = [max(d) for d in config.depths]
+        max_ratio = max(config.mlp_ratios)
+        self.stem = ElasticStem(in_channels, max_widths[0])
+        self.downsamples = nn.ModuleList(
+            [nn.Identity()]
+            + [ElasticDownsample(max_widths[s - 1], max_widths[s]) for s in range(1, STAGES)]
+        )
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                ElasticMB4D(max_widths[s], max_widths[s] * max_ratio, config.layer_scale_init)
+                for _ in range(max_depths[s])
+            )
+            for s in range(STAGES)
+        )
+        self.vit_blocks = nn.ModuleList(
+            ElasticMB3D(max_widths[-1], max_widths[-1] * max_ratio, config)
+            for _ in range(max(config.vit_nums))
+        )
+        self.head = ElasticHead(max_widths[-1], num_classes, config.distillation)
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
+        widths, depths, vit_num = arch["widths"], arch["depths"], arch["vit_num"]
+        ratios = arch["mlp_ratio"]
+        layer = 0
+        x = self.stem(x, widths[0])
+        for stage in range(STAGES):
+            if stage > 0:
+                x = self.downsamples[stage](x, widths[stage])
+            conv_blocks = depths[stage] - (vit_num if stage == STAGES - 1 else 0)
+            blocks = self.stages[stage]
+            for index in range(conv_blocks):
+                x = blocks[index](x, widths[stage] * ratios[layer])
+                layer += 1
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)
+        for index in range(vit_num):
+            x = self.vit_blocks[index](x, widths[-1] * ratios[layer], grid)
+            layer += 1
+        return self.head(x)
+
+    def extract(self, arch: Mapping[str, Any]) -> nn.Module:
+        blocks: list[nn.Module] = []
+        for step in _plan(arch, self.config, self.in_channels, self.num_classes, batch=1):
+            p = step.params
+            if step.kind == "stem":
+                blocks.append(self.stem.extract(p["in_channels"], p["width"]))
+            elif step.kind == "downsample":
+                source = self.downsamples[step.slot[0]]
+                assert isinstance(source, ElasticDownsample)
+                blocks.append(source.extract(p["in_channels"], p["out_channels"]))
+            elif step.kind == "mb4d":
+                stage, index = step.slot
+                blocks.append(self.stages[stage][index].extract(p["dim"], p["hidden"]))
+            elif step.kind == "mb3d":
+                block = self.vit_blocks[step.slot[0]]
+                blocks.append(
+                    block.extract(p["dim"], p["hidden"], p["grid"], p["flatten_input"])
+                )
+            else:
+                blocks.append(self.head.extract(p["dim"], p["tokens_input"]))
+        subnet = nn.Sequential(*blocks)
+        subnet.train(self.training)
+        return subnet
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------- space
+class EfficientFormerSpace(SearchSpace):
+    description = (
+        "EfficientFormer: conv stages of pooling-mixer blocks (MB4D) and trailing attention "
+        "blocks (MB3D); contains EfficientFormer-L1/L3/L7"
+    )
+
+    def __init__(self, config: EfficientFormerConfig | None = None):
+        self.config = config or EfficientFormerConfig()
+        c = self.config
+        super().__init__(
+            [
+                Choice("resolution", c.resolutions, "r", "input side in pixels"),
+                ChoiceList("widths", c.widths, "w", "channels per stage"),
+                ChoiceList("depths", c.depths, "d", "blocks per stage, including MB3D ones"),
+                Choice("vit_num", c.vit_nums, "v", "trailing MB3D (attention) blocks of stage 4"),
+                LayerChoices("mlp_ratio", c.mlp_ratios, "m", "depths", "MLP ratio per block"),
+            ],
+            [
+                Constraint(
+                    "vit_num <= depths[3]",
+                    ("vit_num", "depths"),
+                    lambda a: a["vit_num"] <= a["depths"][-1],
+                )
+            ],
+        )
+
+    def reference_archs(self) -> dict[str, Architecture]:
+        def published(widths: tuple[int, ...], depths: tuple[int, ...], vit: int) -> Architecture:
+            return self.validate(
+                {
+                    "resolution": 224,
+                    "widths": widths,
+                    "depths": depths,
+                    "vit_num": vit,
+                    "mlp_ratio": (4,) * sum(depths),
+                }
+            )
+
+        return {
+            "efficientformer_l1": published((48, 96, 224, 448), (3, 2, 6, 4), 1),
+            "efficientformer_l3": published((64, 128, 320, 512), (4, 4, 12, 6), 4),
+            "efficientformer_l7": published((96, 192, 384, 768), (6, 6, 18, 8), 8),
+        }
+
+    def input_shape(self, arch: Architecture, batch: int = 1) -> tuple[int, ...]:
+        side = int(arch["resolution"])  # type: ignore[arg-type]
+        return (batch, 3, side, side)
+
+    def build_supernet(self, num_classes: int = 1000, in_channels: int = 3) -> Supernet:
+        return EfficientFormerSupernet(self.config, num_classes, in_channels)
+
+    def lower(
+        self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
+    ) -> list[BlockSpec]:
+        return [
+            BlockSpec(
+                kind=f"efficientformer.{step.kind}",
+                input_shape=step.input_shape,
+                output_shape=step.output_shape,
+                params=step.params,
+                builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
+            )
+            for step in _plan(arch, self.config, in_channels, num_classes, batch)
+        ]
+
+    def build_subnet(self, arch: Architecture, num_classes: int = 1000) -> nn.Module:
+        blocks = [spec.build() for spec in self.lower(arch, num_classes=num_classes)]
+        for block in blocks:
+            block.apply(_init_weights)
+        return nn.Sequential(*blocks)
+
+
+@register_space("efficientformer")
+def efficientformer_space() -> EfficientFormerSpace:
+    return EfficientFormerSpace()
+
+
+__all__ = ["EfficientFormerConfig", "EfficientFormerSpace", "EfficientFormerSupernet"]
