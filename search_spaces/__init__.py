@@ -3,7 +3,8 @@
 Import as ``nasvit.search_spaces``. Families register themselves with :func:`register_space`.
 """
 
-from nasvit.search_spaces.core import (
+from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.dimensions import (
     Architecture,
     ArchitectureError,
     Choice,
@@ -11,7 +12,6 @@ from nasvit.search_spaces.core import (
     Constraint,
     Dimension,
     LayerChoices,
-    SearchSpace,
     Tied,
 )
 from nasvit.search_spaces.registry import get_space, register_space, space_names

@@ -1,15 +1,8 @@
-"""Search-space core: typed dimensions, immutable architectures and the SearchSpace contract.
+"""The SearchSpace contract: sampling, mutation, crossover, validation, encodings, text forms.
 
-A search space is a list of dimensions plus optional cross-dimension constraints:
-
-* :class:`Choice` — one value from a set (resolution, embedding dim, number of layers).
-* :class:`ChoiceList` — a fixed-length list with its own set per position (width per stage).
-* :class:`LayerChoices` — one value per layer; the list length follows a depth dimension
-  (a :class:`Choice`, or the sum of a :class:`ChoiceList` such as depths per stage).
-* :class:`Tied` — a value derived from another dimension; stored in the architecture for
-  readability but never searched or encoded.
-
-Every random operation takes an explicit ``numpy.random.Generator`` so searches are reproducible.
+A space is a list of dimensions (see :mod:`nasvit.search_spaces.dimensions`) plus optional
+cross-dimension constraints. Families subclass :class:`SearchSpace` and add what ties the space
+to models: a supernet, lowering to latency blocks, input shapes and published reference points.
 """
 
 from __future__ import annotations
@@ -18,13 +11,27 @@ import abc
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from nasvit.errors import NasvitError
+from nasvit.search_spaces.dimensions import (
+    Architecture,
+    ArchitectureError,
+    Choice,
+    ChoiceList,
+    Constraint,
+    Dimension,
+    LayerChoices,
+    Tied,
+    Value,
+    _as_value,
+    _format_value,
+    _not_allowed,
+    _parse_token,
+    _show,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -32,188 +39,7 @@ if TYPE_CHECKING:
     from nasvit.nn.blocks import BlockSpec
     from nasvit.nn.supernet import Supernet
 
-Value = Union[int, float, str]  # noqa: UP007 - used at runtime in isinstance-free aliases
-DimValue = Union[Value, tuple[Value, ...]]  # noqa: UP007
-
 _MAX_CONSTRAINT_RETRIES = 1000
-
-
-class ArchitectureError(NasvitError, ValueError):
-    """An architecture that is malformed or not a point of its search space."""
-
-
-class Architecture(Mapping[str, DimValue]):
-    """An immutable, hashable assignment of values to a space's dimensions.
-
-    Lists are stored as tuples so two equal architectures hash equally and can key caches.
-    """
-
-    __slots__ = ("_values", "_hash")
-
-    def __init__(self, values: Mapping[str, Any]):
-        self._values: dict[str, DimValue] = {
-            name: tuple(value) if isinstance(value, (list, tuple)) else value
-            for name, value in values.items()
-        }
-        self._hash = hash(tuple(self._values.items()))
-
-    def __getitem__(self, name: str) -> DimValue:
-        return self._values[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __hash__(self) -> int:
-        return self._hash
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Architecture):
-            return self._values == other._values
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"Architecture({self._values!r})"
-
-    def replace(self, **changes: Any) -> Architecture:
-        return Architecture({**self._values, **changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._values.items()}
-
-
-def _format_value(value: Value) -> str:
-    return str(value)
-
-
-def _check_choices(name: str, choices: Sequence[Value]) -> None:
-    if not choices:
-        raise ValueError(f"dimension {name!r} has no choices")
-    if len(set(choices)) != len(choices):
-        raise ValueError(f"dimension {name!r} repeats a choice: {choices}")
-    for choice in choices:
-        if isinstance(choice, str) and ("_" in choice or "-" in choice):
-            raise ValueError(f"choice {choice!r} of {name!r} may not contain '_' or '-'")
-
-
-def _parse_token(name: str, token: str, choices: Sequence[Value]) -> Value:
-    for choice in choices:
-        if _format_value(choice) == token:
-            return choice
-    allowed = ", ".join(_format_value(c) for c in choices)
-    raise ArchitectureError(f"{name}: '{token}' is not one of {{{allowed}}}")
-
-
-def _not_allowed(name: str, value: Any, choices: Sequence[Value]) -> ArchitectureError:
-    allowed = ", ".join(_format_value(c) for c in choices)
-    return ArchitectureError(f"{name}={value!r} is not allowed; allowed values: {{{allowed}}}")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One value out of ``choices`` (ordered from smallest to largest where that makes sense)."""
-
-    name: str
-    choices: tuple[Value, ...]
-    tag: str
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        _check_choices(self.name, self.choices)
-
-    def sample(self, rng: np.random.Generator) -> Value:
-        return self.choices[int(rng.integers(len(self.choices)))]
-
-    def validate(self, value: Any) -> Value:
-        if isinstance(value, (list, tuple)) or value not in self.choices:
-            raise _not_allowed(self.name, value, self.choices)
-        return self.choices[self.choices.index(value)]
-
-    def allowed_text(self) -> str:
-        return "{" + ", ".join(_format_value(c) for c in self.choices) + "}"
-
-
-@dataclass(frozen=True)
-class ChoiceList:
-    """A fixed-length list; position ``i`` takes a value from ``choices[i]``."""
-
-    name: str
-    choices: tuple[tuple[Value, ...], ...]
-    tag: str
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        for i, position_choices in enumerate(self.choices):
-            _check_choices(f"{self.name}[{i}]", position_choices)
-
-    @property
-    def length(self) -> int:
-        return len(self.choices)
-
-    def sample(self, rng: np.random.Generator) -> tuple[Value, ...]:
-        return tuple(c[int(rng.integers(len(c)))] for c in self.choices)
-
-    def validate(self, value: Any) -> tuple[Value, ...]:
-        if not isinstance(value, (list, tuple)) or len(value) != self.length:
-            raise ArchitectureError(
-                f"{self.name} must be a list of {self.length} values, got {value!r}"
-            )
-        for i, (item, position_choices) in enumerate(zip(value, self.choices)):
-            if isinstance(item, (list, tuple)) or item not in position_choices:
-                raise _not_allowed(f"{self.name}[{i}]", item, position_choices)
-        return tuple(value)
-
-    def allowed_text(self) -> str:
-        return " x ".join("{" + ", ".join(map(_format_value, c)) + "}" for c in self.choices)
-
-
-@dataclass(frozen=True)
-class LayerChoices:
-    """One value per layer; the number of layers is read from ``length_from``.
-
-    ``length_from`` names a :class:`Choice` (its value is the length) or a :class:`ChoiceList`
-    (the sum of its values is the length, e.g. depths per stage -> one entry per block).
-    """
-
-    name: str
-    choices: tuple[Value, ...]
-    tag: str
-    length_from: str
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        _check_choices(self.name, self.choices)
-
-    def allowed_text(self) -> str:
-        return "{" + ", ".join(map(_format_value, self.choices)) + "}" + f" per layer of {self.length_from}"
-
-
-@dataclass(frozen=True)
-class Tied:
-    """A value derived from dimension ``source`` by ``derive``; never searched or encoded."""
-
-    name: str
-    source: str
-    derive: Callable[[Any], Any] = field(compare=False)
-    doc: str = ""
-
-    def allowed_text(self) -> str:
-        return f"derived from {self.source}"
-
-
-Dimension = Union[Choice, ChoiceList, LayerChoices, Tied]  # noqa: UP007
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """A condition over several dimensions that every architecture of the space satisfies."""
-
-    description: str
-    dims: tuple[str, ...]
-    check: Callable[[Mapping[str, Any]], bool] = field(compare=False)
 
 
 class SearchSpace(abc.ABC):
@@ -318,7 +144,7 @@ class SearchSpace(abc.ABC):
                 elif isinstance(dim, ChoiceList):
                     values[dim.name] = tuple(
                         c[int(rng.integers(len(c)))] if rng.random() < prob else old
-                        for old, c in zip(values[dim.name], dim.choices)
+                        for old, c in zip(values[dim.name], dim.choices, strict=True)
                     )
                 elif isinstance(dim, LayerChoices):
                     values[dim.name] = tuple(
@@ -380,7 +206,9 @@ class SearchSpace(abc.ABC):
         Tied values may be omitted; when given they must equal the derived value.
         """
         if not isinstance(arch, Mapping):
-            raise ArchitectureError(f"an architecture is a mapping of dimension names, got {arch!r}")
+            raise ArchitectureError(
+                f"an architecture is a mapping of dimension names, got {arch!r}"
+            )
         unknown = sorted(set(arch) - set(self._by_name))
         if unknown:
             raise ArchitectureError(
@@ -458,7 +286,7 @@ class SearchSpace(abc.ABC):
                 out.append(dim.choices.index(value))  # type: ignore[arg-type]
             elif isinstance(dim, ChoiceList):
                 assert isinstance(value, tuple)
-                out.extend(c.index(v) for v, c in zip(value, dim.choices))
+                out.extend(c.index(v) for v, c in zip(value, dim.choices, strict=True))
             else:
                 assert isinstance(value, tuple)
                 layers = [dim.choices.index(v) for v in value]
@@ -527,7 +355,9 @@ class SearchSpace(abc.ABC):
             try:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
-                raise ArchitectureError(f"architecture is not valid JSON: {exc.msg} (char {exc.pos})")
+                raise ArchitectureError(
+                    f"architecture is not valid JSON: {exc.msg} (char {exc.pos})"
+                )
             return self.validate(data)
         return self.validate(self._parse_short(text))
 
@@ -539,8 +369,7 @@ class SearchSpace(abc.ABC):
             if dim is None or not segment:
                 known = ", ".join(f"{d.tag}=<{d.name}>" for d in by_tag.values())
                 raise ArchitectureError(
-                    f"cannot read '{segment}' in architecture string '{text}' "
-                    f"(segments: {known})"
+                    f"cannot read '{segment}' in architecture string '{text}' (segments: {known})"
                 )
             if dim.name in values:
                 raise ArchitectureError(f"'{dim.name}' given twice in '{text}'")
@@ -550,12 +379,10 @@ class SearchSpace(abc.ABC):
             elif isinstance(dim, ChoiceList):
                 tokens = body.split("-")
                 if len(tokens) != dim.length:
-                    raise ArchitectureError(
-                        f"{dim.name} needs {dim.length} values, got '{body}'"
-                    )
+                    raise ArchitectureError(f"{dim.name} needs {dim.length} values, got '{body}'")
                 values[dim.name] = tuple(
                     _parse_token(f"{dim.name}[{i}]", t, c)
-                    for i, (t, c) in enumerate(zip(tokens, dim.choices))
+                    for i, (t, c) in enumerate(zip(tokens, dim.choices, strict=True))
                 )
             else:
                 tokens = body.split("-") if body else []
@@ -590,7 +417,7 @@ class SearchSpace(abc.ABC):
         layer_dims = [d for d in self.dimensions if isinstance(d, LayerChoices)]
         total = 0
         for combo in itertools.product(*options):
-            values = {d.name: v for d, v in zip(structural_dims, combo)}
+            values = {d.name: v for d, v in zip(structural_dims, combo, strict=True)}
             if not self._satisfies_constraints(values):
                 continue
             count = 1
@@ -625,7 +452,9 @@ class SearchSpace(abc.ABC):
         """Published models that are points of this space, by name."""
 
     @abc.abstractmethod
-    def input_shape(self, arch: Architecture, batch: int = 1) -> tuple[int, ...]:
+    def input_shape(
+        self, arch: Architecture, batch: int = 1, in_channels: int = 3
+    ) -> tuple[int, ...]:
         """Shape of the input tensor a subnet with ``arch`` expects."""
 
     @abc.abstractmethod
@@ -639,13 +468,3 @@ class SearchSpace(abc.ABC):
     def build_subnet(self, arch: Architecture, num_classes: int = 1000) -> nn.Module:
         """A randomly initialised static subnet (for counting parameters or profiling)."""
         return self.build_supernet(num_classes=num_classes).extract(arch)
-
-
-def _as_value(value: Any) -> DimValue:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(map(str, value)) + "]"
-    return str(value)

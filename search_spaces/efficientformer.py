@@ -38,13 +38,13 @@ from nasvit.nn import (
     LayerScale,
     Supernet,
 )
-from nasvit.search_spaces.core import (
+from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.dimensions import (
     Architecture,
     Choice,
     ChoiceList,
     Constraint,
     LayerChoices,
-    SearchSpace,
 )
 from nasvit.search_spaces.registry import register_space
 
@@ -475,9 +475,7 @@ class EfficientFormerSupernet(Supernet):
                 blocks.append(self.stages[stage][index].extract(p["dim"], p["hidden"]))
             elif step.kind == "mb3d":
                 block = self.vit_blocks[step.slot[0]]
-                blocks.append(
-                    block.extract(p["dim"], p["hidden"], p["grid"], p["flatten_input"])
-                )
+                blocks.append(block.extract(p["dim"], p["hidden"], p["grid"], p["flatten_input"]))
             else:
                 blocks.append(self.head.extract(p["dim"], p["tokens_input"]))
         subnet = nn.Sequential(*blocks)
@@ -537,9 +535,11 @@ class EfficientFormerSpace(SearchSpace):
             "efficientformer_l7": published((96, 192, 384, 768), (6, 6, 18, 8), 8),
         }
 
-    def input_shape(self, arch: Architecture, batch: int = 1) -> tuple[int, ...]:
+    def input_shape(
+        self, arch: Architecture, batch: int = 1, in_channels: int = 3
+    ) -> tuple[int, ...]:
         side = int(arch["resolution"])  # type: ignore[arg-type]
-        return (batch, 3, side, side)
+        return (batch, in_channels, side, side)
 
     def build_supernet(self, num_classes: int = 1000, in_channels: int = 3) -> Supernet:
         return EfficientFormerSupernet(self.config, num_classes, in_channels)

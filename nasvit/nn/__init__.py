@@ -28,4 +28,5 @@ __all__ = [
     "LayerScale",
     "Supernet",
     "recalibrate_batchnorm",
+    "relative_offset_index",
 ]

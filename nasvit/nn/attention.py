@@ -35,8 +35,10 @@ def _attend(
     value_dim: int,
     bias: Tensor | None,
 ) -> Tensor:
-    q, k, v = qkv.view(batch, tokens, heads, 2 * key_dim + value_dim).transpose(1, 2).split(
-        [key_dim, key_dim, value_dim], dim=-1
+    q, k, v = (
+        qkv.view(batch, tokens, heads, 2 * key_dim + value_dim)
+        .transpose(1, 2)
+        .split([key_dim, key_dim, value_dim], dim=-1)
     )
     scores = (q @ k.transpose(-2, -1)) * key_dim**-0.5
     if bias is not None:

@@ -17,6 +17,9 @@ class Supernet(nn.Module, abc.ABC):
     with copied weights whose output equals ``forward(x, arch)``.
     """
 
+    num_classes: int
+    in_channels: int
+
     @abc.abstractmethod
     def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
         """Logits of the subnet ``arch`` for input ``x``."""
