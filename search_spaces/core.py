@@ -357,7 +357,7 @@ class SearchSpace(abc.ABC):
             except json.JSONDecodeError as exc:
                 raise ArchitectureError(
                     f"architecture is not valid JSON: {exc.msg} (char {exc.pos})"
-                )
+                ) from None
             return self.validate(data)
         return self.validate(self._parse_short(text))
 
