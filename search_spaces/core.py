@@ -462,9 +462,31 @@ class SearchSpace(abc.ABC):
         """A freshly initialised weight-sharing supernet covering the whole space."""
 
     @abc.abstractmethod
-    def lower(self, arch: Architecture, batch: int = 1) -> list[BlockSpec]:
+    def lower(
+        self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
+    ) -> list[BlockSpec]:
         """The blocks, in execution order, whose latencies add up to the network's."""
 
-    def build_subnet(self, arch: Architecture, num_classes: int = 1000) -> nn.Module:
-        """A randomly initialised static subnet (for counting parameters or profiling)."""
-        return self.build_supernet(num_classes=num_classes).extract(arch)
+    @abc.abstractmethod
+    def enumerate_blocks(
+        self,
+        resolutions: Sequence[int] | None = None,
+        batch: int = 1,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+    ) -> list[BlockSpec]:
+        """Every distinct block (by key) that lowering any architecture can produce.
+
+        Args:
+            resolutions: restrict to these input resolutions (default: all of the space).
+        """
+
+    def build_subnet(
+        self, arch: Architecture, num_classes: int = 1000, in_channels: int = 3
+    ) -> nn.Module:
+        """A randomly initialised static subnet made of the lowered blocks (for counting
+        parameters or profiling whole networks) without building the supernet."""
+        from torch import nn
+
+        blocks = self.lower(arch, num_classes=num_classes, in_channels=in_channels)
+        return nn.Sequential(*(spec.build() for spec in blocks)).eval()

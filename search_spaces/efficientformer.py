@@ -18,7 +18,7 @@ runs MB4D blocks ``0..d-v-1`` then MB3D blocks ``0..v-1``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -41,6 +41,7 @@ from nasvit.nn import (
 from nasvit.search_spaces.core import SearchSpace
 from nasvit.search_spaces.dimensions import (
     Architecture,
+    ArchitectureError,
     Choice,
     ChoiceList,
     Constraint,
@@ -547,22 +548,69 @@ class EfficientFormerSpace(SearchSpace):
     def lower(
         self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
     ) -> list[BlockSpec]:
-        return [
-            BlockSpec(
-                kind=f"efficientformer.{step.kind}",
-                input_shape=step.input_shape,
-                output_shape=step.output_shape,
-                params=step.params,
-                builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
-            )
-            for step in _plan(arch, self.config, in_channels, num_classes, batch)
-        ]
+        return [_spec(step) for step in _plan(arch, self.config, in_channels, num_classes, batch)]
 
-    def build_subnet(self, arch: Architecture, num_classes: int = 1000) -> nn.Module:
-        blocks = [spec.build() for spec in self.lower(arch, num_classes=num_classes)]
-        for block in blocks:
-            block.apply(_init_weights)
-        return nn.Sequential(*blocks)
+    def enumerate_blocks(
+        self,
+        resolutions: Sequence[int] | None = None,
+        batch: int = 1,
+        num_classes: int = 1000,
+        in_channels: int = 3,
+    ) -> list[BlockSpec]:
+        c = self.config
+        chosen = tuple(resolutions) if resolutions is not None else c.resolutions
+        unknown = sorted(set(chosen) - set(c.resolutions))
+        if unknown:
+            allowed = ", ".join(map(str, c.resolutions))
+            raise ArchitectureError(f"resolution(s) {unknown} not in the space ({allowed})")
+        steps: dict[str, _Step] = {}
+        for resolution in chosen:
+            for step in _reachable_steps(c, resolution, batch, num_classes, in_channels):
+                steps.setdefault(_spec(step).key, step)
+        return [_spec(step) for step in steps.values()]
+
+
+def _spec(step: _Step) -> BlockSpec:
+    return BlockSpec(
+        kind=f"efficientformer.{step.kind}",
+        input_shape=step.input_shape,
+        output_shape=step.output_shape,
+        params=step.params,
+        builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
+    )
+
+
+def _reachable_steps(
+    c: EfficientFormerConfig, resolution: int, batch: int, num_classes: int, in_channels: int
+) -> Iterator[_Step]:
+    """Every block a subnet at ``resolution`` can contain: each stage's blocks depend only on
+    that stage's width (and the previous stage's, for the downsampling), so enumerating plans of
+    synthetic architectures that vary one stage at a time covers all keys."""
+    widths = c.widths
+    smallest_depths = tuple(min(d) for d in c.depths)
+    for stage in range(STAGES):
+        for dim in widths[stage]:
+            previous_choices = widths[stage - 1] if stage > 0 else (widths[0][0],)
+            for previous in previous_choices:
+                for ratio in c.mlp_ratios:
+                    arch_widths = [w[0] for w in widths]
+                    arch_widths[stage] = dim
+                    if stage > 0:
+                        arch_widths[stage - 1] = previous
+                    depths = list(smallest_depths)
+                    vit_options = [0]
+                    if stage == STAGES - 1:
+                        depths[-1] = min(2, max(c.depths[-1]))
+                        vit_options = [v for v in (0, 1, 2) if v in c.vit_nums and v <= depths[-1]]
+                    for vit_num in vit_options:
+                        arch = {
+                            "resolution": resolution,
+                            "widths": tuple(arch_widths),
+                            "depths": tuple(depths),
+                            "vit_num": vit_num,
+                            "mlp_ratio": (ratio,) * sum(depths),
+                        }
+                        yield from _plan(arch, c, in_channels, num_classes, batch)
 
 
 @register_space("efficientformer")
