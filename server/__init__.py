@@ -1,0 +1,1 @@
+"""REST job service (imported as ``nasvit.server``): FastAPI app, job store, worker, dashboard."""
