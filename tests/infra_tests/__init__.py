@@ -1,0 +1,1 @@
+"""Packaging, lint and layering checks over the whole repository."""

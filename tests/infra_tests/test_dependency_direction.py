@@ -1,0 +1,207 @@
+"""Layering: server -> pipeline -> search_spaces -> nn, and latency_db -> nn only.
+
+An AST scan over the source folders, with module names derived from pyproject's package-dir
+mapping. import-linter cannot do this: it walks the filesystem from ``nasvit.__file__`` and never
+sees the folders mapped onto ``nasvit.search_spaces``, ``nasvit.latency_db`` and ``nasvit.server``.
+Every import counts, including lazy ones inside functions and ``if TYPE_CHECKING:`` blocks.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pytest
+
+from ._layout import REPO_ROOT, source_files
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What the modules of one package may import from the ``nasvit`` namespace.
+
+    Attributes:
+        package: the rule covers this package and everything under it.
+        allowed: if set, the only ``nasvit.*`` prefixes these modules may import.
+        forbidden: ``nasvit.*`` prefixes these modules must not import.
+        exempt: modules (prefixes) inside ``package`` that the rule skips.
+        why: shown with each violation.
+    """
+
+    package: str
+    why: str
+    allowed: tuple[str, ...] | None = None
+    forbidden: tuple[str, ...] = ()
+    exempt: tuple[str, ...] = ()
+
+
+#: Most specific package first: an import breaking several rules is reported once, by the first.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        package="nasvit.nn",
+        allowed=("nasvit.nn",),
+        why="elastic ops are the bottom layer and import no other part of nasvit",
+    ),
+    Rule(
+        package="nasvit.search_spaces",
+        allowed=("nasvit.nn", "nasvit.search_spaces", "nasvit.errors"),
+        why="a search space builds on nasvit.nn only; pipeline, latency_db and server sit above",
+    ),
+    Rule(
+        package="nasvit.latency_db",
+        allowed=("nasvit.nn", "nasvit.latency_db", "nasvit.errors"),
+        why="latency_db knows blocks only through nasvit.nn.blocks; no search space, no server",
+    ),
+    Rule(
+        package="nasvit",
+        forbidden=("nasvit.server",),
+        exempt=("nasvit.server", "nasvit.cli"),
+        why="only the service and the CLI (`nasvit serve`) may import nasvit.server",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Violation:
+    location: str
+    imported: str
+    rule: Rule
+
+    def __str__(self) -> str:
+        return f"{self.location}: imports {self.imported} ({self.rule.why})"
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def imported_names(tree: ast.AST, module: str, is_package: bool) -> Iterable[tuple[int, str]]:
+    """(line, absolute dotted name) for every import in ``tree``.
+
+    ``from a import b`` yields ``a.b``: ``b`` may be a submodule, and a prefix rule treats an
+    attribute of ``a`` the same as ``a`` itself.
+    """
+    package_parts = module.split(".") if is_package else module.split(".")[:-1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(package_parts) - 1:
+                    raise ValueError(f"{module}:{node.lineno}: relative import beyond top level")
+                base = package_parts[: len(package_parts) - (node.level - 1)]
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            for alias in node.names:
+                yield node.lineno, f"{origin}.{alias.name}"
+
+
+def violations_in(
+    module: str, is_package: bool, location: str, source: str, rules: Iterable[Rule] = RULES
+) -> list[Violation]:
+    tree = ast.parse(source, filename=location)
+    applicable = [
+        rule
+        for rule in rules
+        if _within(module, rule.package)
+        and not any(_within(module, exempt) for exempt in rule.exempt)
+    ]
+    found = []
+    for line, name in imported_names(tree, module, is_package):
+        if not _within(name, "nasvit"):
+            continue
+        for rule in applicable:
+            not_allowed = rule.allowed is not None and not any(
+                _within(name, prefix) for prefix in rule.allowed
+            )
+            if not_allowed or any(_within(name, prefix) for prefix in rule.forbidden):
+                found.append(Violation(f"{location}:{line}", name, rule))
+                break  # one report per import, from the most specific rule (RULES order)
+    return found
+
+
+def test_every_package_respects_the_dependency_direction() -> None:
+    files = [source for source in source_files() if source.module is not None]
+    assert any(source.module == "nasvit.nn.blocks" for source in files), "scan found no sources"
+    violations = [
+        str(violation)
+        for source in files
+        for violation in violations_in(
+            source.module,
+            source.is_package,
+            str(source.path.relative_to(REPO_ROOT)),
+            source.path.read_text(encoding="utf-8"),
+        )
+    ]
+    assert not violations, "dependency direction broken:\n" + "\n".join(violations)
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "expected"),
+    [
+        pytest.param(
+            "nasvit.latency_db.store",
+            "from ..search_spaces import core\n"
+            "from nasvit.nn.blocks import BlockSpec\n"
+            "from . import keys\n"
+            "def later():\n"
+            "    import nasvit.server.app\n",
+            [("nasvit.search_spaces.core", 1), ("nasvit.server.app", 5)],
+            id="latency_db-relative-and-lazy",
+        ),
+        pytest.param(
+            "nasvit.nn.ops",
+            "import torch\nfrom nasvit.errors import NasvitError\nfrom .blocks import BlockSpec\n",
+            [("nasvit.errors.NasvitError", 2)],
+            id="nn-imports-only-nn",
+        ),
+        pytest.param(
+            "nasvit.search_spaces.efficientformer",
+            "from nasvit.errors import UnknownNameError\n"
+            "from ..nn.blocks import BlockSpec\n"
+            "from nasvit.pipeline import run\n"
+            "from nasvit import latency_db\n",
+            [("nasvit.pipeline.run", 3), ("nasvit.latency_db", 4)],
+            id="search_spaces-no-pipeline-no-latency_db",
+        ),
+        pytest.param(
+            "nasvit.pipeline",
+            "from nasvit.search_spaces import get_space\n"
+            "from nasvit.server.app import create_app\n",
+            [("nasvit.server.app.create_app", 2)],
+            id="pipeline-must-not-import-server",
+        ),
+        pytest.param(
+            "nasvit.cli",
+            "from nasvit.server.app import create_app\n",
+            [],
+            id="cli-may-import-server",
+        ),
+        pytest.param(
+            "nasvit.server.routes.jobs",
+            "from ...pipeline import run\nfrom ..schemas import JobRead\n",
+            [],
+            id="server-may-import-everything",
+        ),
+    ],
+)
+def test_checker_flags_exactly_the_forbidden_imports(
+    module: str, source: str, expected: list[tuple[str, int]]
+) -> None:
+    found = violations_in(module, False, "synthetic.py", source)
+    assert sorted((v.imported, int(v.location.rsplit(":", 1)[1])) for v in found) == sorted(
+        expected
+    )
+
+
+def test_checker_resolves_relative_imports_from_a_package_init() -> None:
+    found = violations_in("nasvit.latency_db", True, "__init__.py", "from .. import server\n")
+    assert [v.imported for v in found] == ["nasvit.server"]
+
+
+def test_relative_import_beyond_the_top_level_is_an_error() -> None:
+    with pytest.raises(ValueError, match="beyond top level"):
+        violations_in("nasvit.nn", True, "__init__.py", "from ... import x\n")
