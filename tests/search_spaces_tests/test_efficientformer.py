@@ -1,0 +1,110 @@
+"""EfficientFormer-specific facts: published parameter counts, every resolution, lowering."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasvit.search_spaces import ArchitectureError, get_space
+
+# Published counts include the distillation head (EfficientFormer paper, Table 1).
+PUBLISHED_PARAMETERS = {
+    "efficientformer_l1": 12.3e6,
+    "efficientformer_l3": 31.3e6,
+    "efficientformer_l7": 82.1e6,
+}
+
+
+@pytest.fixture(scope="module")
+def space():
+    return get_space("efficientformer")
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_reference_parameter_counts_match_the_paper(space, name: str) -> None:
+    subnet = space.build_subnet(space.reference_archs()[name], num_classes=1000)
+    parameters = sum(p.numel() for p in subnet.parameters())
+    assert abs(parameters / PUBLISHED_PARAMETERS[name] - 1) <= 0.01, parameters
+
+
+def test_l1_structure(space) -> None:
+    l1 = space.reference_archs()["efficientformer_l1"]
+    kinds = [spec.kind.split(".")[1] for spec in space.lower(l1)]
+    assert kinds == (
+        ["stem"]
+        + ["mb4d"] * 3
+        + ["downsample"]
+        + ["mb4d"] * 2
+        + ["downsample"]
+        + ["mb4d"] * 6
+        + ["downsample"]
+        + ["mb4d"] * 3
+        + ["mb3d"]
+        + ["head"]
+    )
+    attention = [spec for spec in space.lower(l1) if spec.kind.endswith("mb3d")][0]
+    assert attention.input_shape == (1, 448, 7, 7) and attention.output_shape == (1, 49, 448)
+
+
+def test_space_reaches_well_below_l1(space) -> None:
+    smallest = space.build_subnet(space.smallest(), num_classes=1000)
+    assert (
+        sum(p.numel() for p in smallest.parameters())
+        < 0.1 * PUBLISHED_PARAMETERS["efficientformer_l1"]
+    )
+    assert min(space.dimension("resolution").choices) <= 32
+
+
+@pytest.mark.parametrize("resolution", [32, 64, 96, 128, 160, 192, 224])
+def test_attention_bias_works_at_every_resolution(space, resolution: int) -> None:
+    arch = space.validate(
+        {
+            "resolution": resolution,
+            "widths": [16, 32, 64, 128],
+            "depths": [1, 1, 1, 3],
+            "vit_num": 3,
+            "mlp_ratio": [3] * 6,
+        }
+    )
+    torch.manual_seed(0)
+    supernet = space.build_supernet(num_classes=10).eval()
+    grid = -(-resolution // 32)
+    with torch.no_grad():
+        for block in supernet.vit_blocks:  # a bias that differs per offset
+            block.attn.attention_biases.normal_()
+            block.ls1.scale.fill_(1.0)
+        x = torch.randn(space.input_shape(arch, batch=2))
+        expected = supernet(x, arch)
+        subnet = supernet.extract(arch).eval()
+        assert torch.allclose(subnet(x), expected, atol=1e-5)
+    attention = [m for m in subnet.modules() if hasattr(m, "bias_index")][0]
+    assert attention.bias_index.shape == (grid * grid, grid * grid)
+    # The bias depends on the offset only: token pairs with equal offsets share an entry.
+    assert attention.bias_index[0, 0] == 0
+
+
+def test_training_a_subnet_updates_only_its_slice_of_batchnorm(space) -> None:
+    supernet = space.build_supernet(num_classes=10).train()
+    arch = space.smallest()
+    running_mean = supernet.stem.bn2.running_mean
+    supernet(torch.randn(space.input_shape(arch, batch=4)) * 3 + 1, arch)
+    width = arch["widths"][0]
+    assert running_mean[:width].abs().sum() > 0
+    assert running_mean[width:].abs().sum() == 0
+
+
+def test_enumerate_blocks_rejects_unknown_resolutions(space) -> None:
+    with pytest.raises(ArchitectureError, match="not in the space"):
+        space.enumerate_blocks(resolutions=[100])
+    keys = {b.key for b in space.enumerate_blocks(resolutions=[32])}
+    arch = space.sample(np.random.default_rng(0)).replace(resolution=32)
+    assert all(spec.key in keys for spec in space.lower(arch))
+
+
+def test_block_keys_are_versioned_and_shape_specific(space) -> None:
+    l1 = space.reference_archs()["efficientformer_l1"]
+    keys = [spec.key for spec in space.lower(l1)]
+    assert all(key.startswith("nasvit-block/1|efficientformer.") for key in keys)
+    small = [spec.key for spec in space.lower(l1.replace(resolution=128))]
+    assert not set(keys) & set(small)
