@@ -100,3 +100,17 @@ def test_recalibration_computes_exact_batch_statistics() -> None:
     assert model[1].momentum == 0.1  # restored
     with pytest.raises(ValueError, match="at least one batch"):
         recalibrate_batchnorm(model, [])
+
+
+def test_inference_memo_follows_weight_updates_and_training_keeps_gradients() -> None:
+    conv = ElasticConv2d(8, 8, 1)
+    x = torch.randn(1, 4, 3, 3)
+    with torch.no_grad():
+        first = conv(x, 4)
+        assert torch.equal(conv(x, 4), first)  # memo hit gives the same result
+        conv.weight.mul_(2.0)  # an optimizer step changes the weight in place
+        assert torch.allclose(conv(x, 4), 2 * first - conv.bias[:4].view(1, 4, 1, 1), atol=1e-6)
+    conv(x, 4).sum().backward()
+    assert conv.weight.grad is not None
+    assert conv.weight.grad[:4, :4].abs().sum() > 0
+    assert conv.weight.grad[4:].abs().sum() == 0
