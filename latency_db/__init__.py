@@ -1,1 +1,69 @@
-"""Latency database (imported as ``nasvit.latency_db``): profilers, block keys, SQL store."""
+"""Latency database (imported as ``nasvit.latency_db``): profilers, device fingerprints, the SQL
+store, the table builder and the predictor.
+
+It knows architectures only as lists of :class:`~nasvit.nn.blocks.BlockSpec`; the glue to search
+spaces lives in :mod:`nasvit.latency`.
+"""
+
+from nasvit.latency_db.builder import BuildReport, ProgressCallback, build_table
+from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
+from nasvit.latency_db.profilers import (
+    RUNTIMES,
+    CudaOnnxRuntimeProfiler,
+    CudaProfiler,
+    OnnxRuntimeProfiler,
+    Profiler,
+    ProfilerUnavailableError,
+    RuntimeSettings,
+    TorchProfiler,
+    make_profiler,
+    with_protocol,
+)
+from nasvit.latency_db.records import (
+    DeviceRecord,
+    EntryRecord,
+    ErrorStats,
+    NewEntry,
+    ValidationRecord,
+)
+from nasvit.latency_db.store import LatencyStore, default_url, nasvit_home
+from nasvit.latency_db.table import (
+    Calibration,
+    LatencyTable,
+    MissingBlocksError,
+    Prediction,
+    error_stats,
+)
+
+__all__ = [
+    "RUNTIMES",
+    "BuildReport",
+    "Calibration",
+    "CudaOnnxRuntimeProfiler",
+    "CudaProfiler",
+    "DeviceFingerprint",
+    "DeviceRecord",
+    "EntryRecord",
+    "ErrorStats",
+    "LatencyStore",
+    "LatencyTable",
+    "Measurement",
+    "MeasurementProtocol",
+    "MissingBlocksError",
+    "NewEntry",
+    "OnnxRuntimeProfiler",
+    "Prediction",
+    "Profiler",
+    "ProfilerUnavailableError",
+    "ProgressCallback",
+    "RuntimeSettings",
+    "TorchProfiler",
+    "ValidationRecord",
+    "build_table",
+    "default_url",
+    "error_stats",
+    "make_profiler",
+    "nasvit_home",
+    "with_protocol",
+]

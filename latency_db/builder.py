@@ -1,0 +1,169 @@
+"""Fill a device's latency table: measure the blocks it lacks, in small committed batches.
+
+Protocol (see docs/latency.md):
+    - only keys without an entry are measured, so a rerun after an interruption continues where
+      the last committed batch ended, and two builders never duplicate rows (the store ignores
+      keys that already exist; each batch is also re-checked before it is measured);
+    - block order is shuffled (seeded), so slow drifts of the machine spread over all block
+      kinds instead of biasing one;
+    - a reference block is re-timed after every batch; if it drifted more than
+      ``drift_tolerance`` from its first timing, the batch is measured again (at most
+      ``max_remeasures`` times, then kept and counted in the report);
+    - the per-call overhead of an empty model is measured once per device.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from nasvit.latency_db.profilers import Profiler
+from nasvit.latency_db.records import DeviceRecord, NewEntry
+from nasvit.latency_db.store import LatencyStore
+from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
+
+#: Called after each block with (blocks done, blocks to do).
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did.
+
+    Attributes:
+        device: the device name.
+        requested: distinct keys asked for.
+        already_present: keys that had an entry before the build.
+        measured: blocks measured (each counted once, however often its batch was re-measured).
+        inserted: rows this build added (fewer than measured if a concurrent builder won).
+        batches: batches measured.
+        remeasured_batches: batch re-measurements caused by reference drift.
+        accepted_drifts: batches kept although the reference still drifted after re-measuring.
+        max_drift: largest relative drift of the reference block seen.
+        overhead_ms: the device's per-call overhead.
+        elapsed_s: wall time of the build.
+    """
+
+    device: str
+    requested: int
+    already_present: int
+    measured: int
+    inserted: int
+    batches: int
+    remeasured_batches: int
+    accepted_drifts: int
+    max_drift: float
+    overhead_ms: float | None
+    elapsed_s: float
+
+
+def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
+    """A mid-sized block, chosen deterministically (median input size, ties by key), so its
+    timing is neither dominated by per-call overhead nor slow to repeat."""
+    ordered = sorted(blocks, key=lambda b: (int(np.prod(b.input_shape)), b.key))
+    return ordered[len(ordered) // 2]
+
+
+def build_table(
+    store: LatencyStore,
+    profiler: Profiler,
+    device: DeviceRecord,
+    blocks: Sequence[BlockSpec],
+    *,
+    batch_size: int = 32,
+    drift_tolerance: float = 0.05,
+    max_remeasures: int = 2,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> BuildReport:
+    """Measure the blocks of ``blocks`` that ``device`` has no entry for and store them.
+
+    Args:
+        store: where entries go (committed after every batch).
+        profiler: must be configured as ``device`` describes (the caller checks).
+        device: the stored device the entries belong to.
+        blocks: block specs; repeats of a key are measured once.
+        batch_size: blocks per committed batch (and per reference re-timing).
+        drift_tolerance: relative change of the reference timing that triggers a re-measure.
+        max_remeasures: re-measurements per batch before a drifting batch is kept anyway.
+        seed: seeds the block order.
+        progress: called after every block with (done, total).
+    """
+    started = time.perf_counter()
+    unique = list({b.key: b for b in blocks}.values())
+    missing = set(store.missing_keys(device.id, [b.key for b in unique]))
+    todo = [b for b in unique if b.key in missing]
+    np.random.default_rng(seed).shuffle(todo)  # type: ignore[arg-type]
+
+    overhead = device.overhead_ms
+    if overhead is None:
+        measured_overhead = profiler.measure_overhead()
+        overhead = measured_overhead.median_ms
+        store.set_overhead(device.id, overhead, measured_overhead.iqr_ms, measured_overhead.n)
+
+    measured = inserted = batches = remeasured = accepted = 0
+    max_drift = 0.0
+    if todo:
+        reference = profiler.prepare(_pick_reference(unique))
+        baseline = profiler.measure(reference).median_ms
+        if progress:
+            progress(0, len(todo))
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            # Another builder may have filled some keys since we listed them.
+            still_missing = set(store.missing_keys(device.id, [b.key for b in batch]))
+            batch = [b for b in batch if b.key in still_missing]
+            if not batch:
+                if progress:
+                    progress(min(start + batch_size, len(todo)), len(todo))
+                continue
+            prepared = [profiler.prepare(b) for b in batch]
+            for attempt in range(max_remeasures + 1):
+                results = []
+                for offset, item in enumerate(prepared):
+                    results.append(profiler.measure(item))
+                    if progress and attempt == 0:
+                        progress(min(start + offset + 1, len(todo)), len(todo))
+                drift = abs(profiler.measure(reference).median_ms / baseline - 1.0)
+                max_drift = max(max_drift, drift)
+                if drift <= drift_tolerance:
+                    break
+                if attempt == max_remeasures:
+                    accepted += 1
+                else:
+                    remeasured += 1
+            entries = [
+                NewEntry(
+                    key=b.key,
+                    key_schema=BLOCK_KEY_SCHEMA,
+                    kind=b.kind,
+                    median_ms=r.median_ms,
+                    iqr_ms=r.iqr_ms,
+                    n=r.n,
+                    profiler=profiler.name,
+                    runtime_version=profiler.settings.version,
+                )
+                for b, r in zip(batch, results, strict=True)
+            ]
+            inserted += store.add_entries(device.id, entries)
+            measured += len(batch)
+            batches += 1
+        if progress:
+            progress(len(todo), len(todo))
+
+    return BuildReport(
+        device=device.name,
+        requested=len(unique),
+        already_present=len(unique) - len(missing),
+        measured=measured,
+        inserted=inserted,
+        batches=batches,
+        remeasured_batches=remeasured,
+        accepted_drifts=accepted,
+        max_drift=max_drift,
+        overhead_ms=overhead,
+        elapsed_s=time.perf_counter() - started,
+    )

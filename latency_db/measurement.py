@@ -1,0 +1,116 @@
+"""What one latency measurement is and the protocol that produces it.
+
+Numbers on a shared CPU are noisy and skewed (a few slow runs pull the mean up), so a
+measurement is the *median of per-session medians* over several fresh sessions, with the IQR of
+all timed runs and the run count kept next to it (latency.md: mean ~2.6% above median, IQR/median
+1.3-8% while std/mean is 7-18%).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency statistics of one model at one input shape, in milliseconds.
+
+    Attributes:
+        median_ms: median over sessions of each session's median run time.
+        iqr_ms: inter-quartile range of all timed runs pooled over sessions.
+        n: number of timed runs in total (warm-up runs excluded).
+        sessions: number of fresh sessions the runs were spread over.
+        session_medians_ms: each session's median, in measurement order.
+    """
+
+    median_ms: float
+    iqr_ms: float
+    n: int
+    sessions: int
+    session_medians_ms: tuple[float, ...] = ()
+
+    @classmethod
+    def from_sessions(cls, runs_ms: Sequence[Sequence[float]]) -> Measurement:
+        """Summarise timed runs grouped by session; every session needs at least one run."""
+        if not runs_ms or any(len(runs) == 0 for runs in runs_ms):
+            raise ValueError("a measurement needs at least one timed run per session")
+        medians = tuple(float(np.median(runs)) for runs in runs_ms)
+        pooled = np.concatenate([np.asarray(runs, dtype=float) for runs in runs_ms])
+        q1, q3 = np.percentile(pooled, [25, 75])
+        return cls(
+            median_ms=float(np.median(medians)),
+            iqr_ms=float(q3 - q1),
+            n=int(pooled.size),
+            sessions=len(runs_ms),
+            session_medians_ms=medians,
+        )
+
+
+@dataclass(frozen=True)
+class MeasurementProtocol:
+    """How many sessions and runs a measurement takes.
+
+    Each session runs ``warmup`` untimed calls, then at least ``min_repeats`` timed calls and
+    keeps going up to ``repeats`` while the session's timed runs stay under ``budget_s``: small
+    blocks get many runs (their noise is relatively larger), big blocks stay affordable.
+
+    Attributes:
+        sessions: fresh sessions (new onnxruntime session / fresh module) per measurement.
+        warmup: untimed calls per session (allocations, weight prepacking, caches).
+        repeats: most timed calls per session.
+        min_repeats: fewest timed calls per session, whatever the budget.
+        budget_s: time budget for the timed calls of one session.
+    """
+
+    sessions: int = 3
+    warmup: int = 5
+    repeats: int = 40
+    min_repeats: int = 10
+    budget_s: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.sessions < 1 or self.min_repeats < 1 or self.warmup < 0:
+            raise ValueError("sessions and min_repeats must be >= 1, warmup >= 0")
+        if self.repeats < self.min_repeats:
+            raise ValueError("repeats must be >= min_repeats")
+
+    @classmethod
+    def quick(cls) -> MeasurementProtocol:
+        """A cheap protocol for tests and smoke runs (numbers are noisier)."""
+        return cls(sessions=2, warmup=2, repeats=5, min_repeats=3, budget_s=0.01)
+
+    @classmethod
+    def network(cls) -> MeasurementProtocol:
+        """Whole networks: longer runs, so fewer repeats reach a stable median."""
+        return cls(sessions=3, warmup=5, repeats=30, min_repeats=10, budget_s=0.3)
+
+    def time_session(
+        self, run: Callable[[], None], timer: Callable[[], float] | None = None
+    ) -> list[float]:
+        """Warm up then time ``run``; returns the timed runs in milliseconds.
+
+        Args:
+            run: one inference call on an already-created session.
+            timer: optional replacement that runs once and returns milliseconds (CUDA events);
+                by default wall time around ``run`` with ``perf_counter_ns``.
+        """
+        for _ in range(self.warmup):
+            run()
+        timed: list[float] = []
+        spent = 0.0
+        while len(timed) < self.repeats:
+            if timer is None:
+                start = time.perf_counter_ns()
+                run()
+                elapsed_ms = (time.perf_counter_ns() - start) / 1e6
+            else:
+                elapsed_ms = timer()
+            timed.append(elapsed_ms)
+            spent += elapsed_ms / 1e3
+            if len(timed) >= self.min_repeats and spent >= self.budget_s:
+                break
+        return timed

@@ -1,0 +1,174 @@
+"""Plain records the store reads and writes (kept apart from the ORM models, so callers never
+hold a row bound to a closed session)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from nasvit.latency_db.device import DeviceFingerprint
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """A stored device; ``overhead_ms`` is None until the builder measured it."""
+
+    id: str
+    name: str
+    fingerprint: DeviceFingerprint
+    created_at: datetime
+    overhead_ms: float | None = None
+    overhead_iqr_ms: float | None = None
+    overhead_n: int | None = None
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """A block latency to insert. ``measured_at`` None means now."""
+
+    key: str
+    key_schema: str
+    kind: str
+    median_ms: float
+    iqr_ms: float
+    n: int
+    profiler: str
+    runtime_version: str
+    source: str = "measured"
+    measured_at: datetime | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """Column values, without ``measured_at`` (the store fills the default)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "measured_at"}
+
+
+@dataclass(frozen=True)
+class EntryRecord:
+    """A stored block latency."""
+
+    key: str
+    key_schema: str
+    kind: str
+    median_ms: float
+    iqr_ms: float
+    n: int
+    profiler: str
+    runtime_version: str
+    source: str
+    measured_at: datetime
+
+
+@dataclass(frozen=True)
+class ErrorStats:
+    """How far predictions were from whole-network measurements.
+
+    Attributes:
+        n: networks compared.
+        mape: mean absolute percentage error, in percent.
+        within_5: share (0..1) of networks predicted within ±5%.
+        within_10: share (0..1) within ±10%.
+        spearman: rank correlation of predicted and measured (None below 3 networks).
+    """
+
+    n: int
+    mape: float
+    within_5: float
+    within_10: float
+    spearman: float | None = None
+
+
+@dataclass(frozen=True)
+class ValidationRecord:
+    """A stored validation run: raw figures over all networks, and, when a calibration was
+    fitted on ``n_fit`` of them, raw and calibrated figures on the ``n_test`` held-out ones."""
+
+    space: str
+    key_schema: str
+    raw: ErrorStats
+    slope: float | None = None
+    intercept: float | None = None
+    n_fit: int = 0
+    raw_test: ErrorStats | None = None
+    calibrated_test: ErrorStats | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    id: int | None = None
+
+    @property
+    def calibration_helps(self) -> bool:
+        """Whether the fitted calibration beat the raw sum on the held-out networks."""
+        return (
+            self.slope is not None
+            and self.raw_test is not None
+            and self.calibrated_test is not None
+            and self.calibrated_test.mape < self.raw_test.mape
+        )
+
+    def columns(self) -> dict[str, Any]:
+        raw_test, calibrated = self.raw_test, self.calibrated_test
+        return {
+            "space": self.space,
+            "key_schema": self.key_schema,
+            "n": self.raw.n,
+            "mape": self.raw.mape,
+            "within_5": self.raw.within_5,
+            "within_10": self.raw.within_10,
+            "spearman": self.raw.spearman,
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "n_fit": self.n_fit,
+            "n_test": raw_test.n if raw_test else 0,
+            "raw_test_mape": raw_test.mape if raw_test else None,
+            "raw_test_within_5": raw_test.within_5 if raw_test else None,
+            "raw_test_within_10": raw_test.within_10 if raw_test else None,
+            "calibrated_mape": calibrated.mape if calibrated else None,
+            "calibrated_within_5": calibrated.within_5 if calibrated else None,
+            "calibrated_within_10": calibrated.within_10 if calibrated else None,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_row(cls, row: Any) -> ValidationRecord:
+        raw = ErrorStats(row.n, row.mape, row.within_5, row.within_10, row.spearman)
+        raw_test = calibrated = None
+        if row.n_test and row.raw_test_mape is not None:
+            raw_test = ErrorStats(
+                row.n_test, row.raw_test_mape, row.raw_test_within_5, row.raw_test_within_10
+            )
+        if row.n_test and row.calibrated_mape is not None:
+            calibrated = ErrorStats(
+                row.n_test, row.calibrated_mape, row.calibrated_within_5, row.calibrated_within_10
+            )
+        return cls(
+            space=row.space,
+            key_schema=row.key_schema,
+            raw=raw,
+            slope=row.slope,
+            intercept=row.intercept,
+            n_fit=row.n_fit,
+            raw_test=raw_test,
+            calibrated_test=calibrated,
+            details=dict(row.details or {}),
+            created_at=row.created_at,
+            id=row.id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (without per-network details)."""
+
+        def stats(s: ErrorStats | None) -> dict[str, Any] | None:
+            return None if s is None else {f.name: getattr(s, f.name) for f in fields(s)}
+
+        return {
+            "id": self.id,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "space": self.space,
+            "key_schema": self.key_schema,
+            "raw": stats(self.raw),
+            "calibration": None
+            if self.slope is None
+            else {"slope": self.slope, "intercept": self.intercept, "n_fit": self.n_fit},
+            "raw_test": stats(self.raw_test),
+            "calibrated_test": stats(self.calibrated_test),
+        }

@@ -1,0 +1,275 @@
+"""The SQL store behind latency tables (SQLAlchemy 2; SQLite by default, PostgreSQL for the
+service).
+
+Contract:
+    - :meth:`LatencyStore.open` applies the packaged Alembic migrations (``upgrade head``); two
+      processes opening a fresh database at once are serialised (BEGIN IMMEDIATE on SQLite, an
+      advisory lock on PostgreSQL).
+    - Every write happens in one :meth:`LatencyStore.transaction`: all or nothing.
+    - There is at most one entry per (device, key); adding an entry that exists is a no-op, so
+      concurrent table builders never duplicate rows, and the first measurement wins.
+    - Methods return plain frozen records (:mod:`nasvit.latency_db.records`), never ORM objects
+      bound to a closed session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.latency_db.models import Device, LatencyEntry, ValidationRun, utcnow
+from nasvit.latency_db.records import DeviceRecord, EntryRecord, NewEntry, ValidationRecord
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_CHUNK = 500  # rows per INSERT / IN (...) statement; far below every backend's parameter limit
+
+
+def nasvit_home() -> Path:
+    """``$NASVIT_HOME``, default ``~/.nasvit``."""
+    return Path(os.environ.get("NASVIT_HOME") or Path.home() / ".nasvit")
+
+
+def default_url() -> str:
+    """``$NASVIT_DATABASE_URL`` if set, else SQLite at ``$NASVIT_HOME/nasvit.db``."""
+    url = os.environ.get("NASVIT_DATABASE_URL")
+    if url:
+        return url
+    home = nasvit_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'nasvit.db'}"
+
+
+def _make_engine(url: str) -> Engine:
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so that BEGIN IMMEDIATE below is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        # A deferred transaction that reads then writes fails at once with SQLITE_BUSY when
+        # another process wrote in between; taking the write lock up front waits instead.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def upgrade(engine: Engine) -> None:
+    """Apply the packaged migrations up to head."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.connect() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        connection.commit()
+
+
+def _device_record(row: Device) -> DeviceRecord:
+    return DeviceRecord(
+        id=row.id,
+        name=row.name,
+        fingerprint=DeviceFingerprint.from_dict(dict(row.fingerprint)),
+        created_at=row.created_at,
+        overhead_ms=row.overhead_ms,
+        overhead_iqr_ms=row.overhead_iqr_ms,
+        overhead_n=row.overhead_n,
+    )
+
+
+def _entry_record(row: LatencyEntry) -> EntryRecord:
+    return EntryRecord(
+        key=row.key,
+        key_schema=row.key_schema,
+        kind=row.kind,
+        median_ms=row.median_ms,
+        iqr_ms=row.iqr_ms,
+        n=row.n,
+        profiler=row.profiler,
+        runtime_version=row.runtime_version,
+        source=row.source,
+        measured_at=row.measured_at,
+    )
+
+
+class LatencyStore:
+    """Devices, latency entries and validation runs in one SQL database."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str | None = None) -> LatencyStore:
+        """Connect to ``url`` (default: :func:`default_url`) and migrate to head."""
+        engine = _make_engine(url or default_url())
+        upgrade(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session whose work is committed on success and rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # ------------------------------------------------------------------ devices
+    def ensure_device(
+        self, fingerprint: DeviceFingerprint, name: str | None = None
+    ) -> DeviceRecord:
+        """The device with this fingerprint, created if new.
+
+        The name defaults to ``fingerprint.default_name()``; if another device already has it
+        (say, the same settings with a newer runtime), the id's first six digits are appended.
+        An explicit ``name`` taken by another device is an error.
+        """
+        with self.transaction() as session:
+            row = session.get(Device, fingerprint.device_id)
+            if row is None:
+                chosen = name or fingerprint.default_name()
+                taken = session.scalar(select(Device).where(Device.name == chosen))
+                if taken is not None:
+                    if name is not None:
+                        raise NasvitError(f"device name '{name}' is taken by device {taken.id}")
+                    chosen = f"{chosen}-{fingerprint.device_id[:6]}"
+                row = Device(
+                    id=fingerprint.device_id,
+                    name=chosen,
+                    fingerprint=fingerprint.to_dict(),
+                    created_at=utcnow(),
+                )
+                session.add(row)
+                session.flush()
+            return _device_record(row)
+
+    def devices(self) -> list[DeviceRecord]:
+        with self.transaction() as session:
+            return [
+                _device_record(r) for r in session.scalars(select(Device).order_by(Device.name))
+            ]
+
+    def device(self, name_or_id: str) -> DeviceRecord:
+        """A device by name or id; :class:`UnknownNameError` lists the known names."""
+        with self.transaction() as session:
+            row = session.get(Device, name_or_id) or session.scalar(
+                select(Device).where(Device.name == name_or_id)
+            )
+            if row is None:
+                known = session.scalars(select(Device.name)).all()
+                raise UnknownNameError("device", name_or_id, known)
+            return _device_record(row)
+
+    def set_overhead(self, device_id: str, median_ms: float, iqr_ms: float, n: int) -> None:
+        with self.transaction() as session:
+            row = session.get(Device, device_id)
+            if row is None:
+                raise UnknownNameError("device", device_id, [])
+            row.overhead_ms, row.overhead_iqr_ms, row.overhead_n = median_ms, iqr_ms, n
+
+    # ------------------------------------------------------------------ entries
+    def missing_keys(self, device_id: str, keys: Iterable[str]) -> list[str]:
+        """The keys (in the given order, without repeats) that have no entry yet."""
+        wanted = list(dict.fromkeys(keys))
+        present: set[str] = set()
+        with self.transaction() as session:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                query = select(LatencyEntry.key).where(
+                    LatencyEntry.device_id == device_id, LatencyEntry.key.in_(chunk)
+                )
+                present.update(session.scalars(query))
+        return [key for key in wanted if key not in present]
+
+    def add_entries(
+        self, device_id: str, entries: Sequence[NewEntry], session: Session | None = None
+    ) -> int:
+        """Insert entries whose key is new for this device; returns how many were inserted.
+
+        Existing (device, key) rows are left alone (insert-or-ignore), which is what makes
+        concurrent builders safe. Pass ``session`` to join a larger transaction.
+        """
+        if session is None:
+            with self.transaction() as own:
+                return self.add_entries(device_id, entries, own)
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # pragma: no cover - other backends are not supported yet
+            raise NasvitError(f"unsupported database backend '{dialect}'")
+        count = self._count(session, device_id)
+        now = utcnow()
+        for start in range(0, len(entries), _CHUNK):
+            rows = [
+                {"device_id": device_id, "measured_at": entry.measured_at or now} | entry.columns()
+                for entry in entries[start : start + _CHUNK]
+            ]
+            statement = (
+                insert(LatencyEntry)
+                .values(rows)
+                .on_conflict_do_nothing(index_elements=["device_id", "key"])
+            )
+            session.execute(statement)
+        return self._count(session, device_id) - count
+
+    @staticmethod
+    def _count(session: Session, device_id: str) -> int:
+        query = select(func.count()).where(LatencyEntry.device_id == device_id)
+        return int(session.scalar(query) or 0)
+
+    def entry_count(self, device_id: str) -> int:
+        with self.transaction() as session:
+            return self._count(session, device_id)
+
+    def entries(self, device_id: str) -> dict[str, EntryRecord]:
+        """Every entry of a device, by key."""
+        with self.transaction() as session:
+            query = select(LatencyEntry).where(LatencyEntry.device_id == device_id)
+            return {row.key: _entry_record(row) for row in session.scalars(query)}
+
+    # ------------------------------------------------------------------ validation
+    def add_validation(self, device_id: str, record: ValidationRecord) -> int:
+        """Store a validation run; returns its id."""
+        with self.transaction() as session:
+            row = ValidationRun(device_id=device_id, created_at=utcnow(), **record.columns())
+            session.add(row)
+            session.flush()
+            return int(row.id)
+
+    def latest_validation(self, device_id: str) -> ValidationRecord | None:
+        with self.transaction() as session:
+            query = (
+                select(ValidationRun)
+                .where(ValidationRun.device_id == device_id)
+                .order_by(ValidationRun.created_at.desc(), ValidationRun.id.desc())
+                .limit(1)
+            )
+            row = session.scalar(query)
+            return None if row is None else ValidationRecord.from_row(row)
+
+    def validation_count(self, device_id: str) -> int:
+        with self.transaction() as session:
+            query = select(func.count()).where(ValidationRun.device_id == device_id)
+            return int(session.scalar(query) or 0)

@@ -1,0 +1,182 @@
+"""Latency tables: predict a network's latency from its blocks, with a known error.
+
+Prediction for blocks ``b_1..b_N`` on one device::
+
+    raw = sum(median(b_i)) - (N - 1) * overhead        # overhead: per-call cost of an empty model
+    latency = slope * raw + intercept                   # only when a validation fitted a
+                                                        # calibration that beat the raw sum
+
+The expected error attached to each prediction comes from the latest validation run of the
+device (held-out figures of the path actually used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from nasvit.errors import NasvitError
+from nasvit.latency_db.records import DeviceRecord, EntryRecord, ErrorStats, ValidationRecord
+from nasvit.latency_db.store import LatencyStore
+from nasvit.nn.blocks import BlockSpec
+
+_SHOWN_MISSING = 3
+
+
+class MissingBlocksError(NasvitError):
+    """The table lacks entries for some blocks of the network asked about."""
+
+    def __init__(self, device: str, missing: Sequence[str]):
+        shown = "; ".join(missing[:_SHOWN_MISSING])
+        more = f" and {len(missing) - _SHOWN_MISSING} more" if len(missing) > _SHOWN_MISSING else ""
+        super().__init__(
+            f"latency table of device '{device}' lacks {len(missing)} block(s): {shown}{more}; "
+            f"run `nasvit profile --space <space> --device {device}` to measure them"
+        )
+        self.missing = list(missing)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``measured ≈ slope * predicted + intercept``, fitted on whole-network measurements."""
+
+    slope: float
+    intercept: float
+
+    def apply(self, raw_ms: float) -> float:
+        return self.slope * raw_ms + self.intercept
+
+    @classmethod
+    def fit(cls, predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> Calibration:
+        """Least-squares line; needs at least two distinct predictions."""
+        x = np.asarray(predicted_ms, dtype=float)
+        y = np.asarray(measured_ms, dtype=float)
+        if x.size < 2 or np.ptp(x) == 0:
+            raise ValueError("a calibration needs at least two distinct predictions")
+        slope, intercept = np.polyfit(x, y, 1)
+        return cls(float(slope), float(intercept))
+
+
+def error_stats(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> ErrorStats:
+    """MAPE (percent), shares within ±5% / ±10% of measured, and Spearman rho."""
+    predicted = np.asarray(predicted_ms, dtype=float)
+    measured = np.asarray(measured_ms, dtype=float)
+    if predicted.shape != measured.shape or predicted.size == 0:
+        raise ValueError("need as many predictions as measurements, at least one")
+    relative = np.abs(predicted - measured) / measured
+    rho = None
+    if predicted.size >= 3 and np.ptp(predicted) > 0 and np.ptp(measured) > 0:
+        rho = float(scipy_stats.spearmanr(predicted, measured).statistic)
+    return ErrorStats(
+        n=int(predicted.size),
+        mape=float(100 * relative.mean()),
+        within_5=float((relative <= 0.05).mean()),
+        within_10=float((relative <= 0.10).mean()),
+        spearman=rho,
+    )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A predicted latency and what it is made of.
+
+    Attributes:
+        latency_ms: the prediction (calibrated when ``calibrated``).
+        raw_ms: sum of block medians minus the overhead correction.
+        block_sum_ms: plain sum of block medians.
+        blocks: number of blocks.
+        p90_ms: a pessimistic figure: each block at median + IQR/2 (for latency budgets).
+        calibrated: whether the linear calibration was applied.
+        expected_error: held-out error of this prediction path in the latest validation, or
+            None when the table was never validated.
+    """
+
+    latency_ms: float
+    raw_ms: float
+    block_sum_ms: float
+    blocks: int
+    p90_ms: float
+    calibrated: bool
+    expected_error: ErrorStats | None
+
+    def describe(self) -> str:
+        text = f"{self.latency_ms:.3f} ms"
+        if self.expected_error is not None:
+            e = self.expected_error
+            text += f" (expected error: MAPE {e.mape:.1f}%, {100 * e.within_10:.0f}% within ±10%)"
+        else:
+            text += " (table not validated: run `nasvit latency validate`)"
+        return text
+
+
+class LatencyTable:
+    """Block latencies of one device and the corrections learned for it."""
+
+    def __init__(
+        self,
+        device: DeviceRecord,
+        entries: dict[str, EntryRecord],
+        validation: ValidationRecord | None = None,
+    ):
+        self.device = device
+        self.entries = entries
+        self.validation = validation
+        self.overhead_ms = device.overhead_ms or 0.0
+        self.calibration: Calibration | None = None
+        if validation is not None and validation.calibration_helps:
+            assert validation.slope is not None and validation.intercept is not None
+            self.calibration = Calibration(validation.slope, validation.intercept)
+
+    @classmethod
+    def load(cls, store: LatencyStore, device: str) -> LatencyTable:
+        """The table of a device by name or id (UnknownNameError if there is none)."""
+        record = store.device(device)
+        return cls(record, store.entries(record.id), store.latest_validation(record.id))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def missing(self, blocks: Sequence[BlockSpec]) -> list[str]:
+        """Keys of ``blocks`` with no entry, without repeats."""
+        return [key for key in dict.fromkeys(b.key for b in blocks) if key not in self.entries]
+
+    def predict(self, blocks: Sequence[BlockSpec], calibrated: bool = True) -> Prediction:
+        """Predict the latency of a network made of ``blocks`` (in any order).
+
+        Raises:
+            MissingBlocksError: some block has no entry (the message names them).
+        """
+        if not blocks:
+            raise ValueError("a network needs at least one block")
+        missing = self.missing(blocks)
+        if missing:
+            raise MissingBlocksError(self.device.name, missing)
+        rows = [self.entries[b.key] for b in blocks]
+        block_sum = sum(r.median_ms for r in rows)
+        correction = (len(rows) - 1) * self.overhead_ms
+        raw = block_sum - correction
+        p90 = sum(r.median_ms + r.iqr_ms / 2 for r in rows) - correction
+        use_calibration = calibrated and self.calibration is not None
+        latency = self.calibration.apply(raw) if use_calibration else raw  # type: ignore[union-attr]
+        return Prediction(
+            latency_ms=latency,
+            raw_ms=raw,
+            block_sum_ms=block_sum,
+            blocks=len(rows),
+            p90_ms=(self.calibration.apply(p90) if use_calibration else p90),  # type: ignore[union-attr]
+            calibrated=use_calibration,
+            expected_error=self._expected_error(use_calibration),
+        )
+
+    def _expected_error(self, calibrated: bool) -> ErrorStats | None:
+        v = self.validation
+        if v is None:
+            return None
+        # The raw sum involves no fitting, so all validated networks estimate its error.
+        return v.calibrated_test if calibrated else v.raw
+
+    def predict_ms(self, blocks: Sequence[BlockSpec]) -> float:
+        return self.predict(blocks).latency_ms

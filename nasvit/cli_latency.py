@@ -1,0 +1,226 @@
+"""CLI for the latency database: ``nasvit profile`` and ``nasvit latency validate|show|export|
+import``.
+
+``nasvit/cli.py`` mounts :data:`latency_app` as ``nasvit latency`` and registers
+:func:`profile_command` as ``nasvit profile``. Bad input raises :class:`NasvitError` (one-line
+message); the main CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from nasvit.errors import NasvitError
+from nasvit.latency_db import LatencyStore, ProgressCallback
+from nasvit.latency_db.transfer import export_table, import_table
+
+latency_app = typer.Typer(
+    name="latency", help="Latency tables: validate, show, export, import.", no_args_is_help=True
+)
+console = Console(stderr=True)
+
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="device name or id (default: this machine)")
+]
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL (default: $NASVIT_DATABASE_URL or SQLite)"),
+]
+
+
+def parse_resolutions(text: str | None) -> list[int] | None:
+    """``"32,64"`` -> ``[32, 64]``; None stays None (all resolutions of the space)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise NasvitError(f"--resolutions must be comma-separated integers, got '{text}'") from None
+
+
+class _Bar:
+    """A rich progress bar with ETA, driven by (done, total) callbacks."""
+
+    def __init__(self, description: str):
+        self.progress = Progress(
+            TextColumn(description),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task = self.progress.add_task(description, total=None)
+
+    def __enter__(self) -> ProgressCallback:
+        self.progress.start()
+
+        def update(done: int, total: int) -> None:
+            self.progress.update(self.task, completed=done, total=total)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def profile_command(
+    space: Annotated[str, typer.Option("--space", help="search space name")],
+    device: DeviceOption = None,
+    resolutions: Annotated[
+        str | None, typer.Option("--resolutions", help="e.g. 32,64 (default: all of the space)")
+    ] = None,
+    threads: Annotated[int, typer.Option("--threads", help="intra-op threads")] = 1,
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="onnxruntime | torch | cuda | onnxruntime-cuda")
+    ] = "onnxruntime",
+    optimization: Annotated[
+        str, typer.Option("--optimization", help="graph optimisation level (onnxruntime)")
+    ] = "all",
+    database_url: UrlOption = None,
+) -> None:
+    """Measure every block of a space that the device's latency table lacks (resumable)."""
+    from nasvit.latency import build_space_table, resolve_device
+    from nasvit.search_spaces import get_space
+
+    search_space = get_space(space)
+    store = LatencyStore.open(database_url)
+    record, profiler = resolve_device(store, device, runtime, threads, optimization)
+    with _Bar(f"profiling {space} on {record.name}") as progress:
+        report = build_space_table(
+            search_space, store, profiler, record, parse_resolutions(resolutions), progress=progress
+        )
+    console.print(
+        f"{report.device}: {report.measured} block(s) measured, {report.already_present} already "
+        f"present, {report.requested} in the space; {report.remeasured_batches} batch "
+        f"re-measure(s) for drift; {report.elapsed_s:.1f} s"
+    )
+
+
+@latency_app.command("validate")
+def validate_command(
+    space: Annotated[str, typer.Option("--space", help="search space name")],
+    n: Annotated[int, typer.Option("--n", help="networks to sample and measure")] = 20,
+    device: DeviceOption = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resolutions: Annotated[
+        str | None, typer.Option("--resolutions", help="restrict sampled networks, e.g. 32")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    database_url: UrlOption = None,
+) -> None:
+    """Measure sampled whole networks and compare them with the table's predictions."""
+    from nasvit.latency import resolve_device, validate_table
+    from nasvit.search_spaces import get_space
+
+    search_space = get_space(space)
+    store = LatencyStore.open(database_url)
+    record, profiler = resolve_device(store, device)
+    with _Bar(f"validating on {record.name}") as progress:
+        result = validate_table(
+            search_space,
+            store,
+            profiler,
+            store.device(record.id),
+            n,
+            seed=seed,
+            resolutions=parse_resolutions(resolutions),
+            progress=progress,
+        )
+    summary = {"device": record.name, **result.to_dict()}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    raw = result.raw
+    typer.echo(
+        f"{record.name}: {raw.n} networks, MAPE {raw.mape:.2f}%, "
+        f"{100 * raw.within_5:.1f}% within ±5%, {100 * raw.within_10:.1f}% within ±10%, "
+        f"Spearman {raw.spearman if raw.spearman is None else round(raw.spearman, 3)}"
+    )
+    if result.calibrated_test is not None and result.raw_test is not None:
+        cal, held = result.calibrated_test, result.raw_test
+        typer.echo(
+            f"held-out {cal.n}: raw MAPE {held.mape:.2f}% -> calibrated {cal.mape:.2f}%, "
+            f"{100 * cal.within_10:.1f}% within ±10% (slope {result.slope:.3f}, "
+            f"intercept {result.intercept:.3f} ms)"
+        )
+
+
+@latency_app.command("show")
+def show_command(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    database_url: UrlOption = None,
+) -> None:
+    """List devices, their entry counts, per-call overhead and latest validation."""
+    store = LatencyStore.open(database_url)
+    rows = []
+    for device in store.devices():
+        validation = store.latest_validation(device.id)
+        rows.append(
+            {
+                "name": device.name,
+                "id": device.id,
+                "fingerprint": device.fingerprint.to_dict(),
+                "entries": store.entry_count(device.id),
+                "overhead_ms": device.overhead_ms,
+                "latest_validation": validation.to_dict() if validation else None,
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps({"devices": rows}, indent=2))
+        return
+    table = Table("device", "id", "runtime", "entries", "overhead", "latest validation")
+    for row in rows:
+        fp = row["fingerprint"]
+        v = row["latest_validation"]
+        checked = "never"
+        if v is not None:
+            checked = f"MAPE {v['raw']['mape']:.1f}%, {100 * v['raw']['within_10']:.0f}% ±10%"
+        overhead = "-" if row["overhead_ms"] is None else f"{1000 * row['overhead_ms']:.1f} µs"
+        runtime = f"{fp['runtime']} {fp['runtime_version']} {fp['threads']}t {fp['optimization']}"
+        table.add_row(row["name"], row["id"], runtime, str(row["entries"]), overhead, checked)
+    Console().print(table)
+
+
+@latency_app.command("export")
+def export_command(
+    device: Annotated[str, typer.Option("--device", help="device name or id")],
+    out: Annotated[Path, typer.Option("--out", help="table.csv or table.json")],
+    database_url: UrlOption = None,
+) -> None:
+    """Write a device's table to CSV or JSON."""
+    store = LatencyStore.open(database_url)
+    count = export_table(store, device, out)
+    console.print(f"wrote {count} entries to {out}")
+
+
+@latency_app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="a table written by `nasvit latency export`")],
+    device_name: Annotated[
+        str | None, typer.Option("--device-name", help="store under this device name")
+    ] = None,
+    database_url: UrlOption = None,
+) -> None:
+    """Import a table measured elsewhere (validated first; all or nothing)."""
+    store = LatencyStore.open(database_url)
+    result = import_table(store, file, device_name)
+    console.print(
+        f"{result.device}: {result.inserted} entries imported, {result.skipped} already present"
+    )
