@@ -23,6 +23,8 @@ def save_supernet(
     payload = {
         "format": CHECKPOINT_FORMAT,
         "space": space.name,
+        # The choices the supernet was trained on (e.g. resolutions); the search stays inside.
+        "restrictions": space.restrictions,
         "num_classes": supernet.num_classes,
         "in_channels": supernet.in_channels,
         "state_dict": supernet.state_dict(),
@@ -46,6 +48,8 @@ def load_supernet(path: str | Path) -> tuple[SearchSpace, Supernet, dict[str, An
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise NasvitError(f"{path} is not a nasvit supernet checkpoint ({CHECKPOINT_FORMAT})")
     space = get_space(payload["space"])
+    if payload.get("restrictions"):
+        space = space.restrict(**payload["restrictions"])
     supernet = space.build_supernet(payload["num_classes"], payload["in_channels"])
     supernet.load_state_dict(payload["state_dict"])
     supernet.eval()

@@ -8,6 +8,8 @@ to models: a supernet, lowering to latency blocks, input shapes and published re
 from __future__ import annotations
 
 import abc
+import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -448,8 +450,67 @@ class SearchSpace(abc.ABC):
 
     # ----------------------------------------------------------------- models
     @abc.abstractmethod
+    def published_archs(self) -> dict[str, Mapping[str, Any]]:
+        """Published models of this family, by name, as raw dimension values."""
+
     def reference_archs(self) -> dict[str, Architecture]:
-        """Published models that are points of this space, by name."""
+        """The published models that are points of this space (all of them unless restricted)."""
+        published = self.published_archs()
+        return {name: self.validate(a) for name, a in published.items() if self.contains(a)}
+
+    def restrict(self, **allowed: Sequence[Any]) -> SearchSpace:
+        """A copy whose dimensions take only the given subsets of their choices.
+
+        The supernet is unchanged (it is sized by the family's configuration, not by the
+        choices), so weights trained on the restricted space load into the full one and back.
+        A :class:`ChoiceList` takes one sequence per position. Example:
+        ``space.restrict(resolution=[32, 64])``.
+        """
+        dimensions = []
+        for dim in self.dimensions:
+            if dim.name not in allowed:
+                dimensions.append(dim)
+            elif isinstance(dim, (Choice, LayerChoices)):
+                dimensions.append(
+                    dataclasses.replace(
+                        dim, choices=_subset(dim.name, dim.choices, allowed[dim.name])
+                    )
+                )
+            elif isinstance(dim, ChoiceList):
+                positions = list(allowed[dim.name])
+                if len(positions) != dim.length:
+                    raise ArchitectureError(f"{dim.name}: give {dim.length} lists of choices")
+                dimensions.append(
+                    dataclasses.replace(
+                        dim,
+                        choices=tuple(
+                            _subset(f"{dim.name}[{i}]", c, p)
+                            for i, (c, p) in enumerate(zip(dim.choices, positions, strict=True))
+                        ),
+                    )
+                )
+            else:
+                raise ArchitectureError(f"{dim.name} is derived and cannot be restricted")
+        unknown = sorted(set(allowed) - set(self._by_name))
+        if unknown:
+            raise ArchitectureError(
+                f"cannot restrict unknown dimension(s) {', '.join(unknown)} of '{self.name}'"
+            )
+        restricted = copy.copy(self)
+        SearchSpace.__init__(restricted, dimensions, self.constraints)
+        restricted.restrictions = {**self.restrictions, **{k: list(v) for k, v in allowed.items()}}
+        if restricted.size() == 0:
+            raise ArchitectureError(f"restriction {allowed} leaves no architecture in the space")
+        return restricted
+
+    @property
+    def restrictions(self) -> dict[str, Any]:
+        """The arguments of :meth:`restrict` that produced this space (empty if none)."""
+        return getattr(self, "_restrictions", {})
+
+    @restrictions.setter
+    def restrictions(self, value: dict[str, Any]) -> None:
+        self._restrictions = value
 
     @abc.abstractmethod
     def input_shape(
@@ -490,3 +551,13 @@ class SearchSpace(abc.ABC):
 
         blocks = self.lower(arch, num_classes=num_classes, in_channels=in_channels)
         return nn.Sequential(*(spec.build() for spec in blocks)).eval()
+
+
+def _subset(name: str, choices: tuple[Value, ...], wanted: Sequence[Any]) -> tuple[Value, ...]:
+    outside = [v for v in wanted if v not in choices]
+    if outside:
+        raise _not_allowed(name, outside[0], choices)
+    kept = tuple(c for c in choices if c in wanted)
+    if not kept:
+        raise ArchitectureError(f"{name}: a restriction must keep at least one choice")
+    return kept

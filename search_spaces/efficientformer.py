@@ -518,17 +518,15 @@ class EfficientFormerSpace(SearchSpace):
             ],
         )
 
-    def reference_archs(self) -> dict[str, Architecture]:
-        def published(widths: tuple[int, ...], depths: tuple[int, ...], vit: int) -> Architecture:
-            return self.validate(
-                {
-                    "resolution": 224,
-                    "widths": widths,
-                    "depths": depths,
-                    "vit_num": vit,
-                    "mlp_ratio": (4,) * sum(depths),
-                }
-            )
+    def published_archs(self) -> dict[str, Mapping[str, Any]]:
+        def published(widths: tuple[int, ...], depths: tuple[int, ...], vit: int) -> dict:
+            return {
+                "resolution": 224,
+                "widths": widths,
+                "depths": depths,
+                "vit_num": vit,
+                "mlp_ratio": (4,) * sum(depths),
+            }
 
         return {
             "efficientformer_l1": published((48, 96, 224, 448), (3, 2, 6, 4), 1),

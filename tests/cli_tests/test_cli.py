@@ -151,3 +151,17 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "cannot read checkpoint" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_checkpoint_round_trip_keeps_the_restricted_space(tmp_path: Path) -> None:
+    from nasvit.checkpoint import load_supernet
+
+    space = get_space("efficientformer").restrict(resolution=[32, 64])
+    supernet = space.build_supernet(num_classes=10, in_channels=1)
+    path = save_supernet(tmp_path / "s.pt", space, supernet, extra={"epochs": 3})
+    loaded_space, loaded, extra = load_supernet(path)
+    assert loaded_space.restrictions == {"resolution": [32, 64]}
+    assert extra == {"epochs": 3} and loaded.num_classes == 10 and loaded.in_channels == 1
+    assert not (tmp_path / "s.pt.tmp").exists()
+    for key, value in supernet.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)

@@ -151,3 +151,32 @@ def test_space_definitions_are_checked() -> None:
 def test_unknown_space_suggests_the_closest_name() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'efficientformer'"):
         get_space("efficientformr")
+
+
+def test_restriction_narrows_choices_and_keeps_the_rest() -> None:
+    space = staged()
+    narrow = space.restrict(resolution=[64], depths=[[1, 2], [2]], kernel=[5])
+    assert narrow.restrictions == {"resolution": [64], "depths": [[1, 2], [2]], "kernel": [5]}
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        arch = narrow.sample(rng)
+        assert arch["resolution"] == 64 and arch["depths"][1] == 2 and set(arch["kernel"]) == {5}
+        assert space.contains(arch)
+    assert narrow.size() == 2 * 3 * 2  # d0 in {1,2}, extra in {0,1,2}, act in {relu,gelu}
+    assert space.size() > narrow.size()  # the original is untouched
+    assert not narrow.contains(space.largest())
+
+
+@pytest.mark.parametrize(
+    ("allowed", "message"),
+    [
+        ({"resolution": [48]}, r"resolution=48 is not allowed"),
+        ({"resolution": []}, "at least one choice"),
+        ({"depths": [[1]]}, "give 2 lists"),
+        ({"nothing": [1]}, "unknown dimension"),
+        ({"extra": [2], "depths": [[1], [1]]}, "leaves no architecture"),
+    ],
+)
+def test_bad_restrictions_are_rejected(allowed, message) -> None:
+    with pytest.raises(ArchitectureError, match=message):
+        staged().restrict(**allowed)

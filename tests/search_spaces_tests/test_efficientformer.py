@@ -108,3 +108,11 @@ def test_block_keys_are_versioned_and_shape_specific(space) -> None:
     assert all(key.startswith("nasvit-block/1|efficientformer.") for key in keys)
     small = [spec.key for spec in space.lower(l1.replace(resolution=128))]
     assert not set(keys) & set(small)
+
+
+def test_restricted_space_shares_the_supernet_and_drops_unreachable_references(space) -> None:
+    small = space.restrict(resolution=[32, 64])
+    assert small.reference_archs() == {}
+    assert set(space.reference_archs()) == set(PUBLISHED_PARAMETERS)
+    full_keys = set(space.build_supernet(num_classes=10).state_dict())
+    assert set(small.build_supernet(num_classes=10).state_dict()) == full_keys

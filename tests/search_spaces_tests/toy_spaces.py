@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from nasvit.search_spaces import (
-    Architecture,
     Choice,
     ChoiceList,
     Constraint,
@@ -22,7 +22,7 @@ class ModelFreeSpace(SearchSpace):
         self.name = name
         super().__init__(dimensions, constraints)
 
-    def reference_archs(self) -> dict[str, Architecture]:
+    def published_archs(self) -> dict[str, Mapping[str, Any]]:
         return {}
 
     def input_shape(self, arch, batch=1, in_channels=3):
