@@ -45,10 +45,11 @@ def spaces_command(
         if as_json:
             print(json.dumps(summaries, indent=2))
             return
-        table = Table("space", "architectures", "dimensions", "description")
+        table = Table("space", "dimensions", "description")
+        table.add_column("architectures", no_wrap=True, justify="right")
         for s in summaries:
             dims = ", ".join(d["name"] for d in s["dimensions"])
-            table.add_row(s["name"], f"{s['size']:,}", dims, s["description"])
+            table.add_row(s["name"], dims, s["description"], f"{s['size']:.3g}")
         console.print(table)
         return
 
