@@ -130,6 +130,8 @@ class ValidationRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> ValidationRecord:
+        from nasvit.latency_db.store import aware
+
         raw = ErrorStats(row.n, row.mape, row.within_5, row.within_10, row.spearman)
         raw_test = calibrated = None
         if row.n_test and row.raw_test_mape is not None:
@@ -150,7 +152,7 @@ class ValidationRecord:
             raw_test=raw_test,
             calibrated_test=calibrated,
             details=dict(row.details or {}),
-            created_at=row.created_at,
+            created_at=aware(row.created_at),
             id=row.id,
         )
 

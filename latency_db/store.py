@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,12 +85,17 @@ def upgrade(engine: Engine) -> None:
         connection.commit()
 
 
+def aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 def _device_record(row: Device) -> DeviceRecord:
     return DeviceRecord(
         id=row.id,
         name=row.name,
         fingerprint=DeviceFingerprint.from_dict(dict(row.fingerprint)),
-        created_at=row.created_at,
+        created_at=aware(row.created_at),
         overhead_ms=row.overhead_ms,
         overhead_iqr_ms=row.overhead_iqr_ms,
         overhead_n=row.overhead_n,
@@ -107,7 +113,7 @@ def _entry_record(row: LatencyEntry) -> EntryRecord:
         profiler=row.profiler,
         runtime_version=row.runtime_version,
         source=row.source,
-        measured_at=row.measured_at,
+        measured_at=aware(row.measured_at),
     )
 
 
