@@ -15,9 +15,9 @@ Contract:
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

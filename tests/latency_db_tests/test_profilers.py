@@ -31,8 +31,11 @@ def _sane(m: Measurement, protocol: MeasurementProtocol = QUICK) -> None:
     assert protocol.sessions * protocol.min_repeats <= m.n <= protocol.sessions * protocol.repeats
 
 
-@pytest.mark.parametrize("make", [lambda: OnnxRuntimeProfiler(protocol=QUICK),
-                                  lambda: TorchProfiler(protocol=QUICK)], ids=["ort", "torch"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: OnnxRuntimeProfiler(protocol=QUICK), lambda: TorchProfiler(protocol=QUICK)],
+    ids=["ort", "torch"],
+)
 def test_every_profiler_measures_blocks_and_overhead(make, small_blocks) -> None:  # noqa: ANN001
     profiler = make()
     assert isinstance(profiler, Profiler)

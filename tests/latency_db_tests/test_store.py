@@ -10,7 +10,13 @@ import pytest
 from sqlalchemy import inspect
 
 from nasvit.errors import NasvitError, UnknownNameError
-from nasvit.latency_db import DeviceFingerprint, ErrorStats, LatencyStore, NewEntry, ValidationRecord
+from nasvit.latency_db import (
+    DeviceFingerprint,
+    ErrorStats,
+    LatencyStore,
+    NewEntry,
+    ValidationRecord,
+)
 
 
 def fingerprint(threads: int = 1, cpu: str = "Test CPU") -> DeviceFingerprint:
@@ -139,8 +145,7 @@ store.close()
 
 def _run_workers(url: str, device_id: str = "") -> None:
     processes = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, url, str(w), device_id])
-        for w in range(2)
+        subprocess.Popen([sys.executable, "-c", _WORKER, url, str(w), device_id]) for w in range(2)
     ]
     assert [p.wait(timeout=120) for p in processes] == [0, 0]
 

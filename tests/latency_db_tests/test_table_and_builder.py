@@ -49,7 +49,9 @@ def _device(store: LatencyStore, profiler):  # noqa: ANN001, ANN202
 
 
 def test_interrupted_build_resumes_with_only_missing_keys(
-    sqlite_store: LatencyStore, quick_profiler, small_blocks  # noqa: ANN001
+    sqlite_store: LatencyStore,
+    quick_profiler,
+    small_blocks,  # noqa: ANN001
 ) -> None:
     device = _device(sqlite_store, quick_profiler)
     # 1 reference timing + 4 blocks + 1 reference re-timing commit the first batch of 4.
@@ -95,7 +97,9 @@ class DriftingProfiler(CountingProfiler):
 
 
 def test_drift_of_the_reference_block_triggers_remeasurement(
-    sqlite_store: LatencyStore, quick_profiler, small_blocks  # noqa: ANN001
+    sqlite_store: LatencyStore,
+    quick_profiler,
+    small_blocks,  # noqa: ANN001
 ) -> None:
     from nasvit.latency_db.builder import _pick_reference
 

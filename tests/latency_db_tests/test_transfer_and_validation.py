@@ -1,0 +1,154 @@
+"""Import/export round trips, rejected imports, whole-network validation and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from nasvit.errors import NasvitError
+from nasvit.latency_db import LatencyStore, LatencyTable, MeasurementProtocol
+from nasvit.latency_db.transfer import TableImportError, export_table, import_table
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, quick_profiler, space):  # noqa: ANN001, ANN201
+    """One validated table for the module (validation measures real networks: not cheap)."""
+    from nasvit.latency import resolve_device, validate_table
+
+    store = LatencyStore.open(f"sqlite:///{tmp_path_factory.mktemp('built') / 'n.db'}")
+    device, _ = resolve_device(store)
+    record = validate_table(
+        space, store, quick_profiler, device, n=4, seed=1, resolutions=[32],
+        network_protocol=MeasurementProtocol.quick(),
+    )  # fmt: skip
+    return store, device, record
+
+
+def test_validation_measures_networks_and_stores_the_run(built, space) -> None:  # noqa: ANN001
+    store, device, record = built
+    assert record.raw.n == 4 and record.n_fit == 2 and record.calibrated_test is not None
+    assert 0 <= record.raw.within_10 <= record.raw.within_10 <= 1
+    for network in record.details["networks"]:
+        ratio = network["predicted_ms"] / network["measured_ms"]
+        assert 0.1 < ratio < 10  # a loose sanity factor; accuracy is the bench's job
+    assert store.latest_validation(device.id) == record
+    table = LatencyTable.load(store, device.name)
+    arch = space.parse(record.details["networks"][0]["arch"])
+    prediction = table.predict(space.lower(arch))
+    assert prediction.expected_error is not None and prediction.latency_ms > 0
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_export_import_round_trip(built, tmp_path: Path, suffix: str) -> None:  # noqa: ANN001
+    store, device, _ = built
+    path = tmp_path / f"table{suffix}"
+    count = export_table(store, device.name, path)
+    assert count == store.entry_count(device.id) > 0
+    other = LatencyStore.open(f"sqlite:///{tmp_path / 'other.db'}")
+    result = import_table(other, path, device_name="phone")
+    assert (result.device, result.inserted, result.skipped) == ("phone", count, 0)
+    imported = LatencyTable.load(other, "phone")
+    original = LatencyTable.load(store, device.id)
+    assert {k: e.median_ms for k, e in imported.entries.items()} == pytest.approx(
+        {k: e.median_ms for k, e in original.entries.items()}
+    )
+    assert imported.overhead_ms == pytest.approx(original.overhead_ms)
+    assert import_table(other, path).inserted == 0  # same device again: nothing new
+
+
+def _corrupt(frame: pd.DataFrame, how: str) -> pd.DataFrame:
+    frame = frame.copy()
+    if how == "missing-column":
+        return frame.drop(columns=["iqr_ms"])
+    if how == "nan":
+        frame.loc[1, "median_ms"] = float("nan")
+    elif how == "negative":
+        frame.loc[0, "median_ms"] = -1.0
+    elif how == "schema":
+        frame.loc[0, "key"] = frame.loc[0, "key"].replace("nasvit-block/1", "nasvit-block/0")
+    elif how == "duplicate":
+        frame.loc[1, "key"] = frame.loc[0, "key"]
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("missing-column", "missing column"),
+        ("nan", "missing or negative median_ms"),
+        ("negative", "negative median_ms"),
+        ("schema", "key schema 'nasvit-block/0'"),
+        ("duplicate", "duplicate key"),
+    ],
+)
+def test_corrupt_imports_are_rejected_and_write_nothing(
+    built,
+    tmp_path: Path,
+    how: str,
+    message: str,  # noqa: ANN001
+) -> None:
+    store, device, _ = built
+    good = tmp_path / "good.csv"
+    export_table(store, device.name, good)
+    bad = tmp_path / "bad.csv"
+    _corrupt(pd.read_csv(good), how).to_csv(bad, index=False)
+    target = LatencyStore.open(f"sqlite:///{tmp_path / 'target.db'}")
+    with pytest.raises(TableImportError, match=message):
+        import_table(target, bad, device_name="elsewhere")
+    assert target.devices() == []
+    json_bad = tmp_path / "bad.json"
+    json_bad.write_text(json.dumps({"format": "other"}))
+    with pytest.raises(TableImportError, match="not a nasvit-latency-table"):
+        import_table(target, json_bad)
+
+
+def _cli() -> typer.Typer:
+    from nasvit.cli_latency import latency_app, profile_command
+
+    app = typer.Typer()
+    app.add_typer(latency_app, name="latency")
+    app.command("profile")(profile_command)
+    return app
+
+
+def test_cli_profile_show_export_and_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    space,  # noqa: ANN001
+) -> None:
+    from nasvit.search_spaces.efficientformer import EfficientFormerSpace
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    original = EfficientFormerSpace.enumerate_blocks
+    monkeypatch.setattr(
+        EfficientFormerSpace,
+        "enumerate_blocks",
+        lambda self, *a, **k: original(self, *a, **k)[:5],  # keep the test fast
+    )
+    runner = CliRunner()
+    result = runner.invoke(
+        _cli(), ["profile", "--space", "efficientformer", "--resolutions", "32",
+                 "--database-url", url],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    shown = runner.invoke(_cli(), ["latency", "show", "--json", "--database-url", url])
+    devices = json.loads(shown.stdout)["devices"]
+    assert devices[0]["name"] == "local-cpu-ort-1t" and devices[0]["entries"] == 5
+    out = tmp_path / "t.json"
+    exported = runner.invoke(
+        _cli(), ["latency", "export", "--device", "local-cpu-ort-1t", "--out", str(out),
+                 "--database-url", url],
+    )  # fmt: skip
+    assert exported.exit_code == 0 and len(json.loads(out.read_text())["entries"]) == 5
+    for args in (
+        ["profile", "--space", "efficientformer", "--resolutions", "3x", "--database-url", url],
+        ["latency", "export", "--device", "nope", "--out", str(out), "--database-url", url],
+        ["latency", "import", str(tmp_path / "missing.csv"), "--database-url", url],
+    ):
+        failed = runner.invoke(_cli(), args)
+        assert isinstance(failed.exception, NasvitError), args
