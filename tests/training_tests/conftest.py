@@ -61,10 +61,13 @@ def digits() -> Dataset:
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, digits: Dataset) -> Path:
     """A tiny supernet trained 3 epochs on all of digits (shared by evaluation tests)."""
     out = tmp_path_factory.mktemp("trained") / "tiny.pt"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # session fixtures run before the per-test _one_thread
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(registry._FACTORIES, TINY, lambda: EfficientFormerSpace(TINY_CONFIG))
         get_space.cache_clear()
         space = get_space(TINY).restrict(resolution=[32])
         train_supernet(space, digits, TrainConfig(epochs=3, lr=3e-3), out, progress=False)
     get_space.cache_clear()
+    torch.set_num_threads(threads)
     return out
