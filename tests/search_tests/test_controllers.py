@@ -1,0 +1,108 @@
+"""Every controller obeys the ask/tell contract; guided ones beat random search on a synthetic
+problem whose accuracy and latency both grow with model capacity (deterministic seeds)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from nasvit.controllers import CONTROLLERS, EvolutionController, Observation, make_controller
+from nasvit.errors import UnknownNameError
+from nasvit.pareto import hypervolume
+from nasvit.search_spaces import Architecture, get_space
+from nasvit.space_adapters import (
+    arch_from_parameters,
+    categorical_parameters,
+    parameters_from_arch,
+)
+
+SPACE = get_space("efficientformer").restrict(resolution=[32, 64, 96])
+BUDGET_MS = 2.0
+
+
+def synthetic_objectives(arch: Architecture) -> tuple[float, float]:
+    """Latency ~ MACs-like cost; accuracy saturates with capacity, with diminishing returns,
+    and rewards attention blocks a little (so the front is not a single line)."""
+    widths, depths, ratios = arch["widths"], arch["depths"], arch["mlp_ratio"]
+    side = arch["resolution"] / 4
+    cost, layer = 0.0, 0
+    for stage in range(4):
+        area = (side / 2**stage) ** 2
+        for _ in range(depths[stage]):
+            cost += area * widths[stage] ** 2 * ratios[layer] * 2
+            layer += 1
+    latency = 0.05 + cost / 2.5e8
+    capacity = math.log1p(cost / 1e6) + 0.05 * arch["vit_num"]
+    return 1 - math.exp(-capacity / 2.0), latency
+
+
+def run_search(name: str, evaluations: int, seed: int, batch: int = 16) -> list[Observation]:
+    controller = make_controller(name, SPACE, BUDGET_MS, seed)
+    while len(controller.observations) < evaluations:
+        archs = controller.ask(min(batch, evaluations - len(controller.observations)))
+        assert archs, "controller ran dry"
+        for arch in archs:
+            controller.tell(arch, *synthetic_objectives(arch))
+    return controller.observations
+
+
+def front_hypervolume(observations: list[Observation]) -> float:
+    return hypervolume([o.point for o in observations], reference_latency=BUDGET_MS)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLLERS))
+def test_contract_new_valid_architectures_and_seeded(name: str) -> None:
+    first = run_search(name, 48, seed=3)
+    archs = [o.arch for o in first]
+    assert len(set(archs)) == 48
+    assert all(SPACE.contains(a) for a in archs)
+    assert [o.arch for o in run_search(name, 48, seed=3)] == archs
+
+
+# TPE's cost grows with the trial count, so it gets a shorter (still decisive) run.
+@pytest.mark.parametrize(
+    ("name", "evaluations"), [("nsga2", 240), ("tpe", 100), ("optuna-nsga2", 240)]
+)
+def test_guided_search_beats_random_at_equal_evaluations(name: str, evaluations: int) -> None:
+    seeds = range(3)
+    guided = np.mean([front_hypervolume(run_search(name, evaluations, s)) for s in seeds])
+    random = np.mean([front_hypervolume(run_search("random", evaluations, s)) for s in seeds])
+    assert guided > random
+
+
+def test_single_objective_evolution_finds_a_more_accurate_feasible_model_than_random() -> None:
+    def best_feasible(observations: list[Observation]) -> float:
+        return max(o.accuracy for o in observations if o.latency_ms <= BUDGET_MS)
+
+    seeds = range(3)
+    evolved = np.mean([best_feasible(run_search("evolution", 240, s)) for s in seeds])
+    random = np.mean([best_feasible(run_search("random", 240, s)) for s in seeds])
+    assert evolved > random
+
+
+def test_survivors_put_feasible_fronts_first() -> None:
+    controller = EvolutionController(SPACE, BUDGET_MS, population=3)
+    rng = np.random.default_rng(0)
+    archs = [SPACE.sample(rng) for _ in range(5)]
+    points = [(0.9, 3.0), (0.8, 1.0), (0.85, 2.0), (0.7, 2.5), (0.6, 0.5)]
+    pool = [Observation(a, acc, lat) for a, (acc, lat) in zip(archs, points, strict=True)]
+    survivors = controller.select_survivors(pool, 3)
+    assert {s.point for s in survivors} == {(0.8, 1.0), (0.85, 2.0), (0.6, 0.5)}
+    single = EvolutionController(SPACE, BUDGET_MS, single_objective=True)
+    assert [s.point for s in single.select_survivors(pool, 2)] == [(0.85, 2.0), (0.8, 1.0)]
+
+
+def test_parameter_adapter_round_trips() -> None:
+    rng = np.random.default_rng(0)
+    names = categorical_parameters(SPACE)
+    assert "widths[3]" in names and "mlp_ratio[37]" in names
+    for _ in range(20):
+        arch = SPACE.sample(rng)
+        assert arch_from_parameters(SPACE, parameters_from_arch(SPACE, arch)) == arch
+
+
+def test_unknown_controller_is_named() -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'random'"):
+        make_controller("randm", SPACE, 2.0)
