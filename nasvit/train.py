@@ -89,6 +89,18 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _adamw(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, fused where torch supports it: a supernet step updates every parameter of the
+    max-size layers (sliced weights get dense gradients), and the fused kernel is ~4x faster
+    than the per-tensor loop on CPU."""
+    try:
+        return torch.optim.AdamW(
+            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
+        )
+    except (RuntimeError, TypeError):  # older torch or a device without the fused kernel
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
 def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
     warmup = max(1, int(total_steps * warmup_fraction))
 
@@ -193,13 +205,12 @@ def train_supernet(
     """
     out = Path(out)
     metrics = Path(metrics_path) if metrics_path else out.with_name(out.name + ".metrics.jsonl")
+    metrics.parent.mkdir(parents=True, exist_ok=True)
     device = _device(config.device)
     use_amp = config.amp and device.type == "cuda"
     torch.manual_seed(config.seed)
     supernet = space.build_supernet(dataset.num_classes, dataset.in_channels).to(device)
-    optimizer = torch.optim.AdamW(
-        supernet.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
+    optimizer = _adamw(supernet, config)
     n_train = min(config.train_limit or dataset.size("train"), dataset.size("train"))
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

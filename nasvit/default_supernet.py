@@ -1,0 +1,156 @@
+"""The default supernet of a space: trained once on digits, cached under ``$NASVIT_HOME``.
+
+``nasvit search`` must work on a fresh machine with no other step, so when no checkpoint is
+given the pipeline calls :func:`default_supernet`. The first call trains a small supernet on
+scikit-learn's digits (progress shown) and caches it as
+``$NASVIT_HOME/supernets/<space>-digits-<recipe hash>.pt``; later calls load it. The hash covers
+the recipe (restrictions and training settings), so changing a recipe retrains instead of
+loading stale weights.
+
+Concurrency: a file lock serialises trainers of the same recipe (a second process waits, then
+loads what the first wrote); training writes ``<name>.partial`` and renames it into place, so a
+reader never sees a torn or half-trained file, and a killed trainer's partial file is resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from nasvit.checkpoint import load_supernet
+from nasvit.data import load_digits
+from nasvit.errors import NasvitError
+from nasvit.nn import Supernet
+from nasvit.search_spaces import SearchSpace, get_space
+from nasvit.train import TrainConfig, train_supernet
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a space's default supernet is trained on digits."""
+
+    restrictions: dict[str, Any] = field(default_factory=dict)  # arguments of space.restrict
+    train: TrainConfig = TrainConfig()
+    data_seed: int = 0  # seed of the digits split
+
+    def fingerprint(self) -> str:
+        text = json.dumps(
+            {
+                "version": RECIPE_VERSION,
+                "restrictions": self.restrictions,
+                "train": {k: v for k, v in self.train.to_dict().items() if k != "device"},
+                "data_seed": self.data_seed,
+            },
+            sort_keys=True,
+            default=list,
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _efficientformer_recipe() -> Recipe:
+    """Digits are 8x8: resolution 32 is the smallest input the stride-32 network takes. The
+    smaller half of each stage's widths keeps a sandwich step ~2x cheaper than full widths while
+    the largest subnets still run far above a 2 ms budget (full depths are kept for that)."""
+    widths = get_space("efficientformer").dimension("widths").choices  # type: ignore[attr-defined]
+    return Recipe(
+        restrictions={
+            "resolution": [32],
+            "widths": [list(c[: (len(c) + 1) // 2]) for c in widths],
+        },
+        train=TrainConfig(epochs=8, batch_size=64, lr=2e-3, num_random=2),
+    )
+
+
+def recipe_for(space_name: str) -> Recipe:
+    """The default recipe of ``space_name``; spaces without their own train at their smallest
+    resolution with default settings."""
+    if space_name == "efficientformer":
+        return _efficientformer_recipe()
+    space = get_space(space_name)
+    names = [d.name for d in space.searched_dimensions]
+    if "resolution" in names:
+        smallest = min(space.dimension("resolution").choices)  # type: ignore[attr-defined]
+        return Recipe(restrictions={"resolution": [smallest]})
+    return Recipe()
+
+
+def nasvit_home(home: str | Path | None = None) -> Path:
+    """``home``, else ``$NASVIT_HOME``, else ``~/.nasvit``."""
+    if home is not None:
+        return Path(home)
+    return Path(os.environ.get("NASVIT_HOME") or Path.home() / ".nasvit")
+
+
+def default_supernet_path(
+    space_name: str, home: str | Path | None = None, recipe: Recipe | None = None
+) -> Path:
+    """Where the default supernet of ``space_name`` is (or will be) cached."""
+    recipe = recipe or recipe_for(space_name)
+    return nasvit_home(home) / "supernets" / f"{space_name}-digits-{recipe.fingerprint()}.pt"
+
+
+def ensure_default_supernet(
+    space_name: str,
+    home: str | Path | None = None,
+    progress: bool = True,
+    recipe: Recipe | None = None,
+    device: str = "auto",
+) -> Path:
+    """Train the default supernet unless it is cached; return its checkpoint path."""
+    recipe = recipe or recipe_for(space_name)
+    path = default_supernet_path(space_name, home, recipe)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():  # another process trained it while we waited
+            return path
+        space: SearchSpace = get_space(space_name)
+        if recipe.restrictions:
+            space = space.restrict(**recipe.restrictions)
+        partial = path.with_name(path.name + ".partial")
+        if progress:
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"training the default {space_name} supernet on digits once "
+                f"({recipe.train.epochs} epochs; cached at {path})"
+            )
+        train_supernet(
+            space,
+            load_digits(seed=recipe.data_seed),
+            replace(recipe.train, device=device),
+            partial,
+            resume=partial.is_file(),
+            progress=progress,
+            metrics_path=path.with_name(path.name + ".metrics.jsonl"),
+        )
+        partial.replace(path)
+    return path
+
+
+def default_supernet(
+    space_name: str,
+    home: str | Path | None = None,
+    progress: bool = True,
+    recipe: Recipe | None = None,
+) -> tuple[SearchSpace, Supernet, dict[str, Any]]:
+    """(restricted space, supernet in eval mode, checkpoint extra) of the default supernet,
+    training and caching it on first use.
+
+    Raises:
+        NasvitError: unknown space, or a cached file that cannot be read (delete it to retrain).
+    """
+    path = ensure_default_supernet(space_name, home, progress, recipe)
+    try:
+        return load_supernet(path)
+    except NasvitError as exc:
+        raise NasvitError(f"{exc} (delete {path} to retrain the default supernet)") from None
