@@ -132,6 +132,17 @@ def export_command(
     console.print(message)
 
 
+def _register_subcommands() -> None:
+    # Imported here, not at the top, so `nasvit --help` and `nasvit spaces` stay fast.
+    from nasvit.cli_latency import latency_app, profile_command
+
+    app.command("profile")(profile_command)
+    app.add_typer(latency_app, name="latency")
+
+
+_register_subcommands()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``nasvit`` console script."""
     try:
