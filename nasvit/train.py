@@ -9,7 +9,7 @@ Two sampling recipes, so they can be compared at equal time (bench/bench_trainin
 
 An optional teacher checkpoint adds LightHuBERT-style distillation: KL to the teacher's logits
 plus an L1 loss between the student's hidden features and the teacher's (see
-:mod:`nasvit.features`-free hooks in :func:`_capture_features`).
+:mod:`nasvit.distill`).
 
 AdamW with linear warmup and a cosine decay per step; AMP only on CUDA. The checkpoint is written
 atomically after every epoch with the optimizer and RNG states inside, so ``resume=True``
@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from nasvit.checkpoint import load_supernet, save_supernet
 from nasvit.data import Dataset
+from nasvit.distill import Teacher, capture_features, distill_kl, feature_l1
 from nasvit.errors import NasvitError
 from nasvit.evaluate import SubnetEvaluator, resolution_of
 from nasvit.nn import Supernet
@@ -113,68 +114,6 @@ def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float
     return factor
 
 
-def _distill_kl(student: Tensor, teacher: Tensor) -> Tensor:
-    return F.kl_div(
-        F.log_softmax(student.float(), dim=1),
-        F.softmax(teacher.float(), dim=1),
-        reduction="batchmean",
-    )
-
-
-@contextlib.contextmanager
-def _capture_features(supernet: nn.Module) -> Iterator[list[Tensor]]:
-    """Record the hidden features of a forward pass: each stage's output (the input of the next
-    downsampling) and the tokens entering the head, all as (batch, tokens, channels)."""
-    downsamples = getattr(supernet, "downsamples", None)
-    head = getattr(supernet, "head", None)
-    if downsamples is None or head is None:
-        raise NasvitError(
-            f"feature distillation needs a supernet with stages (downsamples + head); "
-            f"{type(supernet).__name__} has none"
-        )
-    captured: list[Tensor] = []
-
-    def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        x = args[0]
-        captured.append(x.flatten(2).transpose(1, 2) if x.dim() == 4 else x)
-
-    handles = [m.register_forward_pre_hook(hook) for m in list(downsamples)[1:]]
-    handles.append(head.register_forward_pre_hook(hook))
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _feature_l1(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
-    """Mean L1 over stages, comparing the first channels (weight sharing keeps the first ones)."""
-    losses = []
-    for s, t in zip(student, teacher, strict=True):
-        channels = min(s.shape[-1], t.shape[-1])
-        losses.append(F.l1_loss(s[..., :channels].float(), t[..., :channels].float()))
-    return torch.stack(losses).mean()
-
-
-class _Teacher:
-    """A frozen supernet checkpoint run at its largest arch, on the student's input."""
-
-    def __init__(self, path: str, device: torch.device):
-        space, supernet, _ = load_supernet(path)
-        self.supernet = supernet.to(device).eval()
-        for p in self.supernet.parameters():
-            p.requires_grad_(False)
-        self.arch = space.largest()
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor, features: bool) -> tuple[Tensor, list[Tensor]]:
-        if not features:
-            return self.supernet(x, self.arch), []
-        with _capture_features(self.supernet) as captured:
-            logits = self.supernet(x, self.arch)
-        return logits, list(captured)
-
-
 def train_supernet(
     space: SearchSpace,
     dataset: Dataset,
@@ -228,7 +167,8 @@ def train_supernet(
         )
     elif metrics.exists():
         metrics.unlink()  # a fresh run starts a fresh log
-    teacher = _Teacher(config.teacher, device) if config.teacher else None
+    teacher = Teacher(config.teacher, device) if config.teacher else None
+    run = _Run(supernet, optimizer, scaler, teacher, device, use_amp)
     run_started = time.perf_counter()
     progress_bar = _progress(progress)
     with progress_bar:
@@ -245,34 +185,8 @@ def train_supernet(
             order = subset[rng.permutation(n_train)]
             for start in range(0, n_train, config.batch_size):
                 index = torch.as_tensor(order[start : start + config.batch_size])
-                archs = _step_archs(space, config, rng)
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                soft_targets: Tensor | None = None
-                for position, arch in enumerate(archs):
-                    x = dataset.images("train", resolution_of(space, arch), index).to(device)
-                    y = dataset.labels("train")[index].to(device)
-                    with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                        loss, logits = _subnet_loss(
-                            supernet,
-                            x,
-                            y,
-                            arch,
-                            config,
-                            teacher,
-                            soft_targets if position > 0 else None,
-                        )
-                    if position == 0 and config.sampling == "sandwich" and config.inplace_distill:
-                        soft_targets = logits.detach()
-                    scaler.scale(loss).backward()
-                    step_loss += float(loss.detach())
-                if config.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(supernet.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
+                losses.append(_train_step(run, space, dataset, config, index, rng))
                 scheduler.step()
-                losses.append(step_loss / len(archs))
                 progress_bar.update(
                     task,
                     advance=1,
@@ -305,6 +219,52 @@ def train_supernet(
     )
 
 
+@dataclass
+class _Run:
+    """What one training step touches."""
+
+    supernet: Supernet
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    teacher: Teacher | None
+    device: torch.device
+    use_amp: bool
+
+
+def _train_step(
+    run: _Run,
+    space: SearchSpace,
+    dataset: Dataset,
+    config: TrainConfig,
+    index: Tensor,
+    rng: np.random.Generator,
+) -> float:
+    """One optimizer step on the batch ``index``: gradients of every subnet of the step
+    (sandwich: largest first, so its logits can teach the rest) accumulate; returns the mean
+    subnet loss."""
+    archs = _step_archs(space, config, rng)
+    run.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    soft_targets: Tensor | None = None
+    for position, arch in enumerate(archs):
+        x = dataset.images("train", resolution_of(space, arch), index).to(run.device)
+        y = dataset.labels("train")[index].to(run.device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=run.use_amp):
+            loss, logits = _subnet_loss(
+                run.supernet, x, y, arch, config, run.teacher, soft_targets if position else None
+            )
+        if position == 0 and config.sampling == "sandwich" and config.inplace_distill:
+            soft_targets = logits.detach()
+        run.scaler.scale(loss).backward()
+        total += float(loss.detach())
+    if config.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.supernet.parameters(), config.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return total / len(archs)
+
+
 def _step_archs(space: SearchSpace, config: TrainConfig, rng: np.random.Generator) -> list[Any]:
     if config.sampling == "uniform":
         return [space.sample(rng)]
@@ -321,23 +281,23 @@ def _subnet_loss(
     y: Tensor,
     arch: Architecture,
     config: TrainConfig,
-    teacher: _Teacher | None,
+    teacher: Teacher | None,
     soft_targets: Tensor | None,
 ) -> tuple[Tensor, Tensor]:
     """Loss of one subnet on one batch, and its logits."""
     use_features = teacher is not None and config.feature_distill_weight > 0
     with contextlib.ExitStack() as stack:
-        captured = stack.enter_context(_capture_features(supernet)) if use_features else []
+        captured = stack.enter_context(capture_features(supernet)) if use_features else []
         logits = supernet(x, arch)
     if soft_targets is not None:
-        loss = _distill_kl(logits, soft_targets)
+        loss = distill_kl(logits, soft_targets)
     else:
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
     if teacher is not None:
         teacher_logits, teacher_features = teacher(x, use_features)
-        loss = loss + _distill_kl(logits, teacher_logits)
+        loss = loss + distill_kl(logits, teacher_logits)
         if use_features:
-            loss = loss + config.feature_distill_weight * _feature_l1(captured, teacher_features)
+            loss = loss + config.feature_distill_weight * feature_l1(captured, teacher_features)
     return loss, logits
 
 
