@@ -26,6 +26,7 @@ from filelock import FileLock
 from nasvit.checkpoint import load_supernet
 from nasvit.data import load_digits
 from nasvit.errors import NasvitError
+from nasvit.evaluate import SubnetEvaluator
 from nasvit.nn import Supernet
 from nasvit.search_spaces import SearchSpace, get_space
 from nasvit.train import TrainConfig, train_supernet
@@ -154,3 +155,13 @@ def default_supernet(
         return load_supernet(path)
     except NasvitError as exc:
         raise NasvitError(f"{exc} (delete {path} to retrain the default supernet)") from None
+
+
+def default_evaluator(
+    space_name: str, home: str | Path | None = None, progress: bool = True, split: str = "val"
+) -> SubnetEvaluator:
+    """A :class:`SubnetEvaluator` over the default supernet and the digits split it was
+    trained with: what a search without a checkpoint scores candidates with."""
+    recipe = recipe_for(space_name)
+    space, supernet, _ = default_supernet(space_name, home, progress, recipe)
+    return SubnetEvaluator(space, supernet, load_digits(seed=recipe.data_seed), split)

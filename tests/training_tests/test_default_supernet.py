@@ -143,3 +143,13 @@ def test_efficientformer_recipe_keeps_a_binding_latency_range() -> None:
 def test_unknown_space_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(NasvitError, match="unknown search space"):
         default_supernet("efficientformr", tmp_path, progress=False)
+
+
+def test_default_evaluator_scores_on_the_training_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(module, "recipe_for", lambda _name: RECIPE)
+    evaluator = module.default_evaluator(TINY, tmp_path, progress=False)
+    assert evaluator.split == "val" and evaluator.dataset.name == "digits"
+    result = evaluator.evaluate(evaluator.space.smallest())
+    assert 0.0 <= result.accuracy <= 1.0
