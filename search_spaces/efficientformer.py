@@ -17,6 +17,7 @@ runs MB4D blocks ``0..d-v-1`` then MB3D blocks ``0..v-1``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -555,17 +556,51 @@ class EfficientFormerSpace(SearchSpace):
         num_classes: int = 1000,
         in_channels: int = 3,
     ) -> list[BlockSpec]:
-        c = self.config
-        chosen = tuple(resolutions) if resolutions is not None else c.resolutions
-        unknown = sorted(set(chosen) - set(c.resolutions))
+        resolution_choices = self.dimension("resolution").choices  # type: ignore[union-attr]
+        chosen = tuple(resolutions) if resolutions is not None else resolution_choices
+        unknown = sorted(set(chosen) - set(resolution_choices))
         if unknown:
-            allowed = ", ".join(map(str, c.resolutions))
+            allowed = ", ".join(map(str, resolution_choices))
             raise ArchitectureError(f"resolution(s) {unknown} not in the space ({allowed})")
         steps: dict[str, _Step] = {}
         for resolution in chosen:
-            for step in _reachable_steps(c, resolution, batch, num_classes, in_channels):
+            for step in self._reachable_steps(resolution, batch, num_classes, in_channels):
                 steps.setdefault(_spec(step).key, step)
         return [_spec(step) for step in steps.values()]
+
+    def _reachable_steps(
+        self, resolution: int, batch: int, num_classes: int, in_channels: int
+    ) -> Iterator[_Step]:
+        """Every block a subnet at ``resolution`` can contain. A stage's blocks depend only on
+        its width (and the previous stage's, for the downsampling), and the attention/head
+        blocks only on whether there are zero, one or more MB3D blocks; so plans of synthetic
+        architectures varying one stage at a time cover every key. Choices come from this
+        (possibly restricted) space; block parameters from the family's configuration."""
+        widths: tuple[tuple[int, ...], ...] = self.dimension("widths").choices  # type: ignore
+        ratios: tuple[int, ...] = self.dimension("mlp_ratio").choices  # type: ignore
+        vits: tuple[int, ...] = self.dimension("vit_num").choices  # type: ignore
+        max_last_depth = max(self.dimension("depths").choices[-1])  # type: ignore
+        # 0: head on a feature map; 1: one MB3D that flattens; 2: also MB3D on tokens.
+        vit_cases = [
+            v for v in (0, 1, 2) if any(min(x, 2) == v for x in vits if x <= max_last_depth)
+        ]
+        for stage in range(STAGES):
+            previous_choices = widths[stage - 1] if stage > 0 else (widths[0][0],)
+            for dim, previous, ratio in itertools.product(widths[stage], previous_choices, ratios):
+                arch_widths = [w[0] for w in widths]
+                arch_widths[stage] = dim
+                if stage > 0:
+                    arch_widths[stage - 1] = previous
+                depths = (1, 1, 1, 3)  # room for an MB4D block and two MB3D blocks
+                for vit_num in vit_cases if stage == STAGES - 1 else [vit_cases[0]]:
+                    arch = {
+                        "resolution": resolution,
+                        "widths": tuple(arch_widths),
+                        "depths": depths,
+                        "vit_num": vit_num,
+                        "mlp_ratio": (ratio,) * sum(depths),
+                    }
+                    yield from _plan(arch, self.config, in_channels, num_classes, batch)
 
 
 def _spec(step: _Step) -> BlockSpec:
@@ -576,39 +611,6 @@ def _spec(step: _Step) -> BlockSpec:
         params=step.params,
         builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
     )
-
-
-def _reachable_steps(
-    c: EfficientFormerConfig, resolution: int, batch: int, num_classes: int, in_channels: int
-) -> Iterator[_Step]:
-    """Every block a subnet at ``resolution`` can contain: each stage's blocks depend only on
-    that stage's width (and the previous stage's, for the downsampling), so enumerating plans of
-    synthetic architectures that vary one stage at a time covers all keys."""
-    widths = c.widths
-    smallest_depths = tuple(min(d) for d in c.depths)
-    for stage in range(STAGES):
-        for dim in widths[stage]:
-            previous_choices = widths[stage - 1] if stage > 0 else (widths[0][0],)
-            for previous in previous_choices:
-                for ratio in c.mlp_ratios:
-                    arch_widths = [w[0] for w in widths]
-                    arch_widths[stage] = dim
-                    if stage > 0:
-                        arch_widths[stage - 1] = previous
-                    depths = list(smallest_depths)
-                    vit_options = [0]
-                    if stage == STAGES - 1:
-                        depths[-1] = min(2, max(c.depths[-1]))
-                        vit_options = [v for v in (0, 1, 2) if v in c.vit_nums and v <= depths[-1]]
-                    for vit_num in vit_options:
-                        arch = {
-                            "resolution": resolution,
-                            "widths": tuple(arch_widths),
-                            "depths": tuple(depths),
-                            "vit_num": vit_num,
-                            "mlp_ratio": (ratio,) * sum(depths),
-                        }
-                        yield from _plan(arch, c, in_channels, num_classes, batch)
 
 
 @register_space("efficientformer")

@@ -116,3 +116,23 @@ def test_restricted_space_shares_the_supernet_and_drops_unreachable_references(s
     assert set(space.reference_archs()) == set(PUBLISHED_PARAMETERS)
     full_keys = set(space.build_supernet(num_classes=10).state_dict())
     assert set(small.build_supernet(num_classes=10).state_dict()) == full_keys
+
+
+@pytest.mark.parametrize(
+    "restriction",
+    [
+        {"resolution": [32], "widths": [[16, 32], [32], [64, 96], [128, 192]]},
+        {"resolution": [64], "vit_num": [4, 5], "depths": [[1], [2], [1, 3], [6, 8]]},
+        {"resolution": [32], "vit_num": [0], "mlp_ratio": [3]},
+    ],
+)
+def test_restricted_enumeration_covers_exactly_what_lowering_reaches(space, restriction) -> None:
+    restricted = space.restrict(**restriction)
+    keys = {b.key for b in restricted.enumerate_blocks(num_classes=10)}
+    rng = np.random.default_rng(0)
+    lowered = set()
+    for _ in range(300):
+        lowered |= {b.key for b in restricted.lower(restricted.sample(rng), num_classes=10)}
+    assert lowered <= keys
+    full = {b.key for b in space.enumerate_blocks(num_classes=10)}
+    assert keys < full  # the restriction shrinks the table to build
