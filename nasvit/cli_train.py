@@ -35,6 +35,15 @@ def _load_checkpoint(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
     return load_supernet(ckpt)
 
 
+def _dataset_for(extra: dict[str, Any], data: str | None) -> Any:
+    """``--data`` if given, else the dataset (and split seed) the checkpoint was trained on."""
+    from nasvit.data import load_dataset
+
+    trained = json.loads(extra["dataset"]) if "dataset" in extra else {}
+    seed = int(trained.get("split_seed", 0))
+    return load_dataset(data or trained.get("name", "digits"), seed=seed)
+
+
 def train_command(
     space_name: Annotated[str, typer.Option("--space", help="Search space name.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (every epoch).")],
@@ -116,7 +125,10 @@ def eval_command(
     random_count: Annotated[
         int, typer.Option("--random", min=0, help="Also evaluate N random archs.")
     ] = 0,
-    data: Annotated[str, typer.Option("--data", help="Dataset (see nasvit train).")] = "digits",
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Dataset (see nasvit train); default: the training data."),
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="val | test")] = "val",
     calibration: Annotated[
         int, typer.Option("--calibration-size", min=1, help="Images for BN recalibration.")
@@ -127,13 +139,12 @@ def eval_command(
     """Accuracy of subnets of a trained supernet (BatchNorm recalibrated per subnet)."""
     import numpy as np
 
-    from nasvit.data import load_dataset
     from nasvit.evaluate import SubnetEvaluator
     from nasvit.search_spaces import ArchitectureError
 
     if split not in ("val", "test"):
         raise NasvitError(f"unknown --split '{split}'; known: val, test")
-    space, supernet, _ = _load_checkpoint(ckpt)
+    space, supernet, extra = _load_checkpoint(ckpt)
     try:
         archs = [space.parse(text) for text in arch_texts or []]
     except ArchitectureError as exc:
@@ -143,7 +154,7 @@ def eval_command(
     if not archs:
         raise NasvitError("give --arch (repeatable) and/or --random N")
     evaluator = SubnetEvaluator(
-        space, supernet, load_dataset(data), split, calibration_size=calibration, seed=seed
+        space, supernet, _dataset_for(extra, data), split, calibration_size=calibration, seed=seed
     )
     results = evaluator.evaluate_many(archs, progress=not as_json and len(archs) > 1)
     if as_json:
@@ -164,13 +175,15 @@ def predictor_command(
         int, typer.Option("--test-size", min=2, help="Held-out archs for the ranking report.")
     ] = 200,
     kind: Annotated[str, typer.Option("--kind", help="mlp | gbt | both")] = "both",
-    data: Annotated[str, typer.Option("--data", help="Dataset (see nasvit train).")] = "digits",
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Dataset (see nasvit train); default: the training data."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Measure random archs with the supernet, fit accuracy predictors, save them beside the
     checkpoint and report Spearman / Kendall tau on held-out archs."""
-    from nasvit.data import load_dataset
     from nasvit.evaluate import SubnetEvaluator
     from nasvit.predictor import fit_and_score, measure_pairs, predictor_path
 
@@ -179,8 +192,8 @@ def predictor_command(
         raise NasvitError(f"unknown --kind '{kind}'; known: mlp, gbt, both")
     if test_size > samples - 2:
         raise NasvitError(f"--test-size {test_size} leaves too few of --samples {samples}")
-    space, supernet, _ = _load_checkpoint(ckpt)
-    evaluator = SubnetEvaluator(space, supernet, load_dataset(data), "val", seed=seed)
+    space, supernet, extra = _load_checkpoint(ckpt)
+    evaluator = SubnetEvaluator(space, supernet, _dataset_for(extra, data), "val", seed=seed)
     stat = ckpt.stat()
     pairs = measure_pairs(
         evaluator,
@@ -188,7 +201,7 @@ def predictor_command(
         seed,
         cache=ckpt.with_name(f"{ckpt.stem}.pairs.jsonl"),
         # A retrained checkpoint (new size or mtime) or other data invalidates the cache.
-        cache_key=f"{stat.st_size}:{stat.st_mtime_ns}:{data}:{seed}",
+        cache_key=f"{stat.st_size}:{stat.st_mtime_ns}:{evaluator.dataset.name}:{seed}",
         progress=not as_json,
     )
     archs = [p.arch for p in pairs]

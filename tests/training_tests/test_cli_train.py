@@ -129,3 +129,31 @@ def test_eval_rejects_bad_architectures(trained_checkpoint: Path) -> None:
     assert code == 2 and "give --arch" in text
     code, text = run("eval", "--ckpt", str(trained_checkpoint), "--random", "1", "--split", "x")
     assert code == 2 and "unknown --split" in text
+
+
+def test_eval_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path: Path) -> None:
+    import numpy as np
+
+    x = np.random.default_rng(0).integers(0, 256, (80, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(80) % 4)
+    out = tmp_path / "rgb.pt"
+    code, text = run(
+        "train",
+        "--space",
+        TINY,
+        "--restrict",
+        '{"resolution": [32]}',
+        "--epochs",
+        "1",
+        "--data",
+        str(tmp_path / "rgb.npz"),
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert code == 0, text
+    code, text = run("eval", "--ckpt", str(out), "--random", "1", "--json")
+    assert code == 0, text
+    assert json.loads(text)[0]["samples"] == 8  # the .npz's val split, not digits
+    code, text = run("eval", "--ckpt", str(out), "--random", "1", "--data", "digits")
+    assert code == 2 and "3-channel input but dataset digits has 1" in text
