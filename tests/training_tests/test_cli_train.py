@@ -156,4 +156,4 @@ def test_eval_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path: Path)
     assert code == 0, text
     assert json.loads(text)[0]["samples"] == 8  # the .npz's val split, not digits
     code, text = run("eval", "--ckpt", str(out), "--random", "1", "--data", "digits")
-    assert code == 2 and "3-channel input but dataset digits has 1" in text
+    assert code == 2 and "4 classes but dataset digits has 10" in text
