@@ -6,6 +6,7 @@ spaces lives in :mod:`nasvit.latency`.
 """
 
 from nasvit.latency_db.builder import BuildReport, ProgressCallback, build_table
+from nasvit.latency_db.cache import CacheFlusher, CacheModel, last_level_cache_bytes
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
 from nasvit.latency_db.profilers import (
@@ -39,6 +40,8 @@ from nasvit.latency_db.table import (
 __all__ = [
     "RUNTIMES",
     "BuildReport",
+    "CacheFlusher",
+    "CacheModel",
     "Calibration",
     "CudaOnnxRuntimeProfiler",
     "CudaProfiler",
@@ -63,6 +66,7 @@ __all__ = [
     "build_table",
     "default_url",
     "error_stats",
+    "last_level_cache_bytes",
     "make_profiler",
     "nasvit_home",
     "with_protocol",

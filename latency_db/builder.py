@@ -9,7 +9,10 @@ Protocol (see docs/latency.md):
     - a reference block is re-timed after every batch; if it drifted more than
       ``drift_tolerance`` from its first timing, the batch is measured again (at most
       ``max_remeasures`` times, then kept and counted in the report);
-    - the per-call overhead of an empty model is measured once per device.
+    - the per-call overhead of an empty model is measured once per device;
+    - every entry stores the block's weight bytes, and blocks whose weights exceed
+      ``cold_min_bytes`` also get a cold-cache timing (profilers with ``measure_warm_cold``;
+      see :mod:`nasvit.latency_db.cache`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from nasvit.latency_db.measurement import Measurement
 from nasvit.latency_db.profilers import Profiler
 from nasvit.latency_db.records import DeviceRecord, NewEntry
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
+
+#: Blocks with fewer weight bytes get no cold timing: their cold-warm gap is small (it is taken
+#: as zero) and the cold protocol costs a cache flush per timed run.
+DEFAULT_COLD_MIN_BYTES = 0
 
 #: Called after each block with (blocks done, blocks to do).
 ProgressCallback = Callable[[int, int], None]
@@ -67,6 +76,21 @@ def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
     return ordered[len(ordered) // 2]
 
 
+def _measure(
+    profiler: Profiler, item: Any, cold_min_bytes: int | None
+) -> tuple[Measurement, Measurement | None]:
+    weight_bytes = getattr(item, "weight_bytes", None)
+    measure_both = getattr(profiler, "measure_warm_cold", None)
+    if (
+        measure_both is not None
+        and cold_min_bytes is not None
+        and weight_bytes is not None
+        and weight_bytes > cold_min_bytes
+    ):
+        return measure_both(item)
+    return profiler.measure(item), None
+
+
 def build_table(
     store: LatencyStore,
     profiler: Profiler,
@@ -78,6 +102,7 @@ def build_table(
     max_remeasures: int = 2,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    cold_min_bytes: int | None = DEFAULT_COLD_MIN_BYTES,
 ) -> BuildReport:
     """Measure the blocks of ``blocks`` that ``device`` has no entry for and store them.
 
@@ -91,6 +116,8 @@ def build_table(
         max_remeasures: re-measurements per batch before a drifting batch is kept anyway.
         seed: seeds the block order.
         progress: called after every block with (done, total).
+        cold_min_bytes: blocks with more weight bytes than this also get a cold timing; None
+            measures warm only.
     """
     started = time.perf_counter()
     unique = list({b.key: b for b in blocks}.values())
@@ -122,9 +149,9 @@ def build_table(
                 continue
             prepared = [profiler.prepare(b) for b in batch]
             for attempt in range(max_remeasures + 1):
-                results = []
+                results: list[tuple[Measurement, Measurement | None]] = []
                 for offset, item in enumerate(prepared):
-                    results.append(profiler.measure(item))
+                    results.append(_measure(profiler, item, cold_min_bytes))
                     if progress and attempt == 0:
                         progress(min(start + offset + 1, len(todo)), len(todo))
                 drift = abs(profiler.measure(reference).median_ms / baseline - 1.0)
@@ -140,13 +167,17 @@ def build_table(
                     key=b.key,
                     key_schema=BLOCK_KEY_SCHEMA,
                     kind=b.kind,
-                    median_ms=r.median_ms,
-                    iqr_ms=r.iqr_ms,
-                    n=r.n,
+                    median_ms=warm.median_ms,
+                    iqr_ms=warm.iqr_ms,
+                    n=warm.n,
                     profiler=profiler.name,
                     runtime_version=profiler.settings.version,
+                    weight_bytes=getattr(item, "weight_bytes", None),
+                    cold_median_ms=None if cold is None else cold.median_ms,
+                    cold_iqr_ms=None if cold is None else cold.iqr_ms,
+                    cold_n=None if cold is None else cold.n,
                 )
-                for b, r in zip(batch, results, strict=True)
+                for b, item, (warm, cold) in zip(batch, prepared, results, strict=True)
             ]
             inserted += store.add_entries(device.id, entries)
             measured += len(batch)

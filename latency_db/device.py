@@ -15,6 +15,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nasvit.latency_db.cache import last_level_cache_bytes
 from nasvit.latency_db.profilers import RuntimeSettings
 
 _SHORT_RUNTIME = {"onnxruntime": "ort", "torch": "torch"}
@@ -51,6 +52,8 @@ class DeviceFingerprint:
         runtime, runtime_version, provider, threads, optimization, precision, accelerator: see
             :class:`~nasvit.latency_db.profilers.RuntimeSettings`.
         batch: batch size of the measured inputs.
+        cache_bytes: last-level cache size (0: unknown); the residency model of network
+            predictions is stated relative to it (see :mod:`nasvit.latency_db.cache`).
     """
 
     cpu_model: str
@@ -65,6 +68,7 @@ class DeviceFingerprint:
     precision: str = "fp32"
     accelerator: str = ""
     batch: int = 1
+    cache_bytes: int = 0
 
     @classmethod
     def local(cls, settings: RuntimeSettings, batch: int = 1) -> DeviceFingerprint:
@@ -82,6 +86,7 @@ class DeviceFingerprint:
             precision=settings.precision,
             accelerator=settings.accelerator,
             batch=batch,
+            cache_bytes=last_level_cache_bytes(),
         )
 
     def to_dict(self) -> dict[str, str | int]:

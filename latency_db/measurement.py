@@ -64,6 +64,8 @@ class MeasurementProtocol:
         repeats: most timed calls per session.
         min_repeats: fewest timed calls per session, whatever the budget.
         budget_s: time budget for the timed calls of one session.
+        cold_repeats: timed calls per session of a *cold* measurement (each preceded by a cache
+            flush, so they cost more; see :mod:`nasvit.latency_db.cache`).
     """
 
     sessions: int = 3
@@ -71,17 +73,20 @@ class MeasurementProtocol:
     repeats: int = 40
     min_repeats: int = 10
     budget_s: float = 0.03
+    cold_repeats: int = 7
 
     def __post_init__(self) -> None:
         if self.sessions < 1 or self.min_repeats < 1 or self.warmup < 0:
             raise ValueError("sessions and min_repeats must be >= 1, warmup >= 0")
         if self.repeats < self.min_repeats:
             raise ValueError("repeats must be >= min_repeats")
+        if self.cold_repeats < 1:
+            raise ValueError("cold_repeats must be >= 1")
 
     @classmethod
     def quick(cls) -> MeasurementProtocol:
         """A cheap protocol for tests and smoke runs (numbers are noisier)."""
-        return cls(sessions=2, warmup=2, repeats=5, min_repeats=3, budget_s=0.01)
+        return cls(sessions=2, warmup=2, repeats=5, min_repeats=3, budget_s=0.01, cold_repeats=3)
 
     @classmethod
     def network(cls) -> MeasurementProtocol:
@@ -113,4 +118,21 @@ class MeasurementProtocol:
             spent += elapsed_ms / 1e3
             if len(timed) >= self.min_repeats and spent >= self.budget_s:
                 break
+        return timed
+
+    def time_cold_session(
+        self, run: Callable[[], None], prime: Callable[[], None], flush: Callable[[], None]
+    ) -> list[float]:
+        """Warm up ``prime``, then ``cold_repeats`` times: ``flush()`` the caches, ``prime()``
+        (a twin model with its own weights: brings code and runtime state back), and time
+        ``run``. ``run`` is expected to be warmed up already (by :meth:`time_session`)."""
+        for _ in range(min(self.warmup, 2)):
+            prime()
+        timed: list[float] = []
+        for _ in range(self.cold_repeats):
+            flush()
+            prime()
+            start = time.perf_counter_ns()
+            run()
+            timed.append((time.perf_counter_ns() - start) / 1e6)
         return timed

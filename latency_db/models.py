@@ -6,7 +6,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,6 +63,12 @@ class LatencyEntry(Base):
     runtime_version: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(32), default="measured")  # or "imported"
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Migration 0002: the block's weight bytes and its cold-cache timing (see cache.py); None
+    # for entries measured before, or blocks too small to need a cold timing.
+    weight_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cold_median_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cold_iqr_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cold_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ValidationRun(Base):
@@ -84,3 +100,10 @@ class ValidationRun(Base):
     calibrated_within_5: Mapped[float | None] = mapped_column(Float, nullable=True)
     calibrated_within_10: Mapped[float | None] = mapped_column(Float, nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Migration 0002: the cache residency model fitted on this run (CacheModel.to_dict()) and
+    # its held-out figures.
+    cache_model: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    cache_test_mape: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cache_test_within_5: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cache_test_within_10: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cache_test_spearman: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.latency_db.cache import CacheFlusher
 from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
 from nasvit.nn.blocks import BlockSpec
 
@@ -113,6 +114,12 @@ def _module_of(model: BlockSpec | nn.Module) -> nn.Module:
     return model.build() if isinstance(model, BlockSpec) else model.eval()
 
 
+def module_weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (what a runtime keeps as weights)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return int(sum(t.numel() * t.element_size() for t in tensors))
+
+
 def export_onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     """Export ``module`` to ONNX in memory with a static shape (TorchScript exporter: about 30 ms
     per small block, many times faster than the dynamo exporter)."""
@@ -140,10 +147,12 @@ class Identity(nn.Module):
 
 @dataclass(frozen=True)
 class PreparedOnnx:
-    """ONNX bytes ready for fresh sessions; keeps block export out of the timed region."""
+    """ONNX bytes ready for fresh sessions; keeps block export out of the timed region.
+    ``weight_bytes`` is None when the model came as ONNX (not counted)."""
 
     model: bytes
     input_shape: tuple[int, ...]
+    weight_bytes: int | None = None
 
 
 class OnnxRuntimeProfiler:
@@ -171,6 +180,14 @@ class OnnxRuntimeProfiler:
         self.threads = threads
         self.optimization = optimization
         self.protocol = protocol or MeasurementProtocol()
+        self._flusher: CacheFlusher | None = None
+
+    @property
+    def flusher(self) -> CacheFlusher:
+        """The cache flusher of cold measurements (allocated on first use)."""
+        if self._flusher is None:
+            self._flusher = CacheFlusher()
+        return self._flusher
 
     @property
     def name(self) -> str:
@@ -212,19 +229,40 @@ class OnnxRuntimeProfiler:
             return PreparedOnnx(model, shape)
         if isinstance(model, (str, Path)):
             return PreparedOnnx(Path(model).read_bytes(), shape)
-        return PreparedOnnx(export_onnx_bytes(_module_of(model), shape), shape)
+        module = _module_of(model)
+        return PreparedOnnx(export_onnx_bytes(module, shape), shape, module_weight_bytes(module))
 
     def measure(
         self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
     ) -> Measurement:
-        prepared = self.prepare(model, input_shape)
+        return self._measure(self.prepare(model, input_shape), cold=False)[0]
+
+    def measure_warm_cold(
+        self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
+    ) -> tuple[Measurement, Measurement]:
+        """Warm and cold timings from the same sessions (see :mod:`nasvit.latency_db.cache`):
+        each session is timed warm, then ``cold_repeats`` times after a cache flush and a run
+        of a twin session (same block, its own copy of the weights)."""
+        warm, cold = self._measure(self.prepare(model, input_shape), cold=True)
+        assert cold is not None
+        return warm, cold
+
+    def _measure(
+        self, prepared: PreparedOnnx, cold: bool
+    ) -> tuple[Measurement, Measurement | None]:
         feed_value = np.random.default_rng(0).standard_normal(prepared.input_shape, np.float32)
-        runs = []
+        warm_runs, cold_runs = [], []
+        twin = self._session(prepared.model) if cold else None  # its own copy of the weights
         for _ in range(self.protocol.sessions):
             session = self._session(prepared.model)
             feed = {session.get_inputs()[0].name: feed_value}
-            runs.append(self.protocol.time_session(lambda s=session, f=feed: s.run(None, f)))
-        return Measurement.from_sessions(runs)
+            run = lambda s=session, f=feed: s.run(None, f)  # noqa: E731
+            warm_runs.append(self.protocol.time_session(run))
+            if twin is not None:
+                prime = lambda s=twin, f=feed: s.run(None, f)  # noqa: E731
+                cold_runs.append(self.protocol.time_cold_session(run, prime, self.flusher))
+        cold_measurement = Measurement.from_sessions(cold_runs) if cold else None
+        return Measurement.from_sessions(warm_runs), cold_measurement
 
     def measure_overhead(self, input_shape: tuple[int, ...] = (1, 8, 8, 8)) -> Measurement:
         return self.measure(Identity(), input_shape)

@@ -37,6 +37,10 @@ class NewEntry:
     runtime_version: str
     source: str = "measured"
     measured_at: datetime | None = None
+    weight_bytes: int | None = None
+    cold_median_ms: float | None = None
+    cold_iqr_ms: float | None = None
+    cold_n: int | None = None
 
     def columns(self) -> dict[str, Any]:
         """Column values, without ``measured_at`` (the store fills the default)."""
@@ -45,7 +49,9 @@ class NewEntry:
 
 @dataclass(frozen=True)
 class EntryRecord:
-    """A stored block latency."""
+    """A stored block latency. ``median_ms`` is the warm timing; ``cold_median_ms`` (when
+    measured) the timing with the block's weights evicted from the cache; ``weight_bytes`` the
+    block's parameter and buffer bytes (see :mod:`nasvit.latency_db.cache`)."""
 
     key: str
     key_schema: str
@@ -57,6 +63,10 @@ class EntryRecord:
     runtime_version: str
     source: str
     measured_at: datetime
+    weight_bytes: int | None = None
+    cold_median_ms: float | None = None
+    cold_iqr_ms: float | None = None
+    cold_n: int | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,8 @@ class ValidationRecord:
     details: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     id: int | None = None
+    cache_model: dict[str, Any] | None = None
+    cache_test: ErrorStats | None = None
 
     @property
     def calibration_helps(self) -> bool:
@@ -104,6 +116,17 @@ class ValidationRecord:
             and self.calibrated_test is not None
             and self.calibrated_test.mape < self.raw_test.mape
         )
+
+    @property
+    def cache_model_helps(self) -> bool:
+        """Whether the fitted cache residency model beat the raw sum and the linear
+        calibration on the held-out networks."""
+        if self.cache_model is None or self.cache_test is None or self.raw_test is None:
+            return False
+        rivals = [self.raw_test.mape]
+        if self.calibrated_test is not None:
+            rivals.append(self.calibrated_test.mape)
+        return self.cache_test.mape < min(rivals)
 
     def columns(self) -> dict[str, Any]:
         raw_test, calibrated = self.raw_test, self.calibrated_test
@@ -126,6 +149,11 @@ class ValidationRecord:
             "calibrated_within_5": calibrated.within_5 if calibrated else None,
             "calibrated_within_10": calibrated.within_10 if calibrated else None,
             "details": self.details,
+            "cache_model": self.cache_model,
+            "cache_test_mape": self.cache_test.mape if self.cache_test else None,
+            "cache_test_within_5": self.cache_test.within_5 if self.cache_test else None,
+            "cache_test_within_10": self.cache_test.within_10 if self.cache_test else None,
+            "cache_test_spearman": self.cache_test.spearman if self.cache_test else None,
         }
 
     @classmethod
@@ -142,6 +170,12 @@ class ValidationRecord:
             calibrated = ErrorStats(
                 row.n_test, row.calibrated_mape, row.calibrated_within_5, row.calibrated_within_10
             )
+        cache_test = None
+        if row.n_test and row.cache_test_mape is not None:
+            cache_test = ErrorStats(
+                row.n_test, row.cache_test_mape, row.cache_test_within_5,
+                row.cache_test_within_10, row.cache_test_spearman,
+            )  # fmt: skip
         return cls(
             space=row.space,
             key_schema=row.key_schema,
@@ -154,6 +188,8 @@ class ValidationRecord:
             details=dict(row.details or {}),
             created_at=aware(row.created_at),
             id=row.id,
+            cache_model=dict(row.cache_model) if row.cache_model else None,
+            cache_test=cache_test,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -173,4 +209,6 @@ class ValidationRecord:
             else {"slope": self.slope, "intercept": self.intercept, "n_fit": self.n_fit},
             "raw_test": stats(self.raw_test),
             "calibrated_test": stats(self.calibrated_test),
+            "cache_model": self.cache_model,
+            "cache_test": stats(self.cache_test),
         }

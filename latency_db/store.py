@@ -114,6 +114,10 @@ def _entry_record(row: LatencyEntry) -> EntryRecord:
         runtime_version=row.runtime_version,
         source=row.source,
         measured_at=aware(row.measured_at),
+        weight_bytes=row.weight_bytes,
+        cold_median_ms=row.cold_median_ms,
+        cold_iqr_ms=row.cold_iqr_ms,
+        cold_n=row.cold_n,
     )
 
 

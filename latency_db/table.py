@@ -6,6 +6,11 @@ Prediction for blocks ``b_1..b_N`` on one device::
     latency = slope * raw + intercept                   # only when a validation fitted a
                                                         # calibration that beat the raw sum
 
+or, when the latest validation fitted a cache residency model that beat both on its held-out
+networks (see :mod:`nasvit.latency_db.cache`)::
+
+    latency = sum(warm_i + cold_share_i * (cold_i - warm_i)) - (N - 1) * overhead
+
 The expected error attached to each prediction comes from the latest validation run of the
 device (held-out figures of the path actually used).
 """
@@ -19,6 +24,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from nasvit.errors import NasvitError
+from nasvit.latency_db.cache import CacheModel
 from nasvit.latency_db.records import DeviceRecord, EntryRecord, ErrorStats, ValidationRecord
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BlockSpec
@@ -90,6 +96,8 @@ class Prediction:
         blocks: number of blocks.
         p90_ms: a pessimistic figure: each block at median + IQR/2 (for latency budgets).
         calibrated: whether the linear calibration was applied.
+        cache_aware: whether the cache residency model was applied (then ``latency_ms`` mixes
+            warm and cold block timings and ``calibrated`` is False).
         expected_error: held-out error of this prediction path in the latest validation, or
             None when the table was never validated.
     """
@@ -101,6 +109,7 @@ class Prediction:
     p90_ms: float
     calibrated: bool
     expected_error: ErrorStats | None
+    cache_aware: bool = False
 
     def describe(self) -> str:
         text = f"{self.latency_ms:.3f} ms"
@@ -126,7 +135,11 @@ class LatencyTable:
         self.validation = validation
         self.overhead_ms = device.overhead_ms or 0.0
         self.calibration: Calibration | None = None
-        if validation is not None and validation.calibration_helps:
+        self.cache_model: CacheModel | None = None
+        if validation is not None and validation.cache_model_helps:
+            assert validation.cache_model is not None
+            self.cache_model = CacheModel.from_dict(validation.cache_model)
+        elif validation is not None and validation.calibration_helps:
             assert validation.slope is not None and validation.intercept is not None
             self.calibration = Calibration(validation.slope, validation.intercept)
 
@@ -146,6 +159,11 @@ class LatencyTable:
     def predict(self, blocks: Sequence[BlockSpec], calibrated: bool = True) -> Prediction:
         """Predict the latency of a network made of ``blocks`` (in any order).
 
+        Args:
+            calibrated: apply what the latest validation learned (the cache residency model or
+                the linear calibration, whichever beat the raw sum there); False gives the raw
+                sum of warm medians minus the overhead correction.
+
         Raises:
             MissingBlocksError: some block has no entry (the message names them).
         """
@@ -159,6 +177,19 @@ class LatencyTable:
         correction = (len(rows) - 1) * self.overhead_ms
         raw = block_sum - correction
         p90 = sum(r.median_ms + r.iqr_ms / 2 for r in rows) - correction
+        if calibrated and self.cache_model is not None:
+            inputs = cache_inputs(rows, blocks)
+            upper = cache_inputs(rows, blocks, spread=True)
+            return Prediction(
+                latency_ms=self.cache_model.predict(*inputs) - correction,
+                raw_ms=raw,
+                block_sum_ms=block_sum,
+                blocks=len(rows),
+                p90_ms=self.cache_model.predict(*upper) - correction,
+                calibrated=False,
+                expected_error=self.validation.cache_test if self.validation else None,
+                cache_aware=True,
+            )
         use_calibration = calibrated and self.calibration is not None
         latency = self.calibration.apply(raw) if use_calibration else raw  # type: ignore[union-attr]
         return Prediction(
@@ -180,3 +211,25 @@ class LatencyTable:
 
     def predict_ms(self, blocks: Sequence[BlockSpec]) -> float:
         return self.predict(blocks).latency_ms
+
+
+def activation_bytes(blocks: Sequence[BlockSpec], itemsize: int = 4) -> int:
+    """Bytes of all block outputs of a network (fp32 by default)."""
+    return int(sum(itemsize * int(np.prod(b.output_shape)) for b in blocks))
+
+
+def cache_inputs(
+    rows: Sequence[EntryRecord], blocks: Sequence[BlockSpec], spread: bool = False
+) -> tuple[list[float], list[float], list[float], float]:
+    """``(warm_ms, cold_ms, weight_bytes, activation_bytes)`` of a network for
+    :meth:`CacheModel.predict`; a block without a cold timing counts as cold = warm, without
+    weight bytes as 0. ``spread`` adds half the IQR to each timing (the p90-style budget)."""
+    warm = [r.median_ms + (r.iqr_ms / 2 if spread else 0.0) for r in rows]
+    cold = [
+        w
+        if r.cold_median_ms is None
+        else r.cold_median_ms + ((r.cold_iqr_ms or 0.0) / 2 if spread else 0.0)
+        for w, r in zip(warm, rows, strict=True)
+    ]
+    weights = [float(r.weight_bytes or 0) for r in rows]
+    return warm, cold, weights, float(activation_bytes(blocks))

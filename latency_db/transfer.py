@@ -33,8 +33,14 @@ ENTRY_COLUMNS = (
     "n",
     "profiler",
     "runtime_version",
+    "weight_bytes",
+    "cold_median_ms",
+    "cold_iqr_ms",
+    "cold_n",
     "measured_at",
 )
+#: Optional (cache-state) columns: empty for blocks without a cold timing.
+OPTIONAL_NUMERIC = ("weight_bytes", "cold_median_ms", "cold_iqr_ms", "cold_n")
 
 
 class TableImportError(NasvitError):
@@ -122,6 +128,13 @@ def _check(frame: pd.DataFrame, name: str) -> None:
                 f"{name}: {len(bad)} row(s) with a missing or negative {column} "
                 f"(first at {'line' if name.endswith('.csv') else 'entry'} {row})"
             )
+    for column in OPTIONAL_NUMERIC:
+        if column not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = frame.index[(values.isna() & frame[column].notna()) | (values < 0)]
+        if len(bad):
+            raise TableImportError(f"{name}: {len(bad)} row(s) with an invalid {column}")
     if (pd.to_numeric(frame["median_ms"]) == 0).any():
         raise TableImportError(f"{name}: a median latency of 0 ms is not a measurement")
     keys = frame["key"].astype(str)
@@ -176,6 +189,10 @@ def import_table(
         value = row.get(column)
         return default if value is None or pd.isna(value) else str(value)
 
+    def optional(row: Any, column: str, kind: type) -> Any:
+        value = row.get(column)
+        return None if value is None or pd.isna(value) else kind(value)
+
     entries = [
         NewEntry(
             key=str(row["key"]),
@@ -187,6 +204,10 @@ def import_table(
             profiler=text(row, "profiler", "unknown"),
             runtime_version=text(row, "runtime_version", fingerprint.runtime_version),
             source="imported",
+            weight_bytes=optional(row, "weight_bytes", int),
+            cold_median_ms=optional(row, "cold_median_ms", float),
+            cold_iqr_ms=optional(row, "cold_iqr_ms", float),
+            cold_n=optional(row, "cold_n", int),
         )
         for row in frame.to_dict(orient="records")
     ]

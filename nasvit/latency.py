@@ -21,6 +21,7 @@ import numpy as np
 from nasvit.errors import NasvitError
 from nasvit.latency_db import (
     BuildReport,
+    CacheModel,
     Calibration,
     DeviceFingerprint,
     DeviceRecord,
@@ -35,6 +36,7 @@ from nasvit.latency_db import (
     make_profiler,
     with_protocol,
 )
+from nasvit.latency_db.table import cache_inputs
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
 from nasvit.search_spaces import get_space
 from nasvit.search_spaces.core import SearchSpace
@@ -157,6 +159,11 @@ def validate_table(
         build_table(store, profiler, device, [b for blocks in lowered for b in blocks], seed=seed)
     table = LatencyTable.load(store, device.id)
     predicted = [table.predict(blocks, calibrated=False).raw_ms for blocks in lowered]
+    cache = [
+        (cache_inputs([table.entries[b.key] for b in blocks], blocks),
+         -(len(blocks) - 1) * table.overhead_ms)
+        for blocks in lowered
+    ]  # fmt: skip
 
     network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
     measured = []
@@ -167,7 +174,10 @@ def validate_table(
         if progress:
             progress(index + 1, len(archs))
 
-    record = _summarise(space.name, archs, space, predicted, measured, fit_fraction)
+    record = _summarise(
+        space.name, archs, space, predicted, measured, fit_fraction,
+        cache, device.fingerprint.cache_bytes,
+    )  # fmt: skip
     store.add_validation(device.id, record)
     stored = store.latest_validation(device.id)
     assert stored is not None  # just written
@@ -181,6 +191,8 @@ def _summarise(
     predicted: Sequence[float],
     measured: Sequence[float],
     fit_fraction: float,
+    cache: Sequence[tuple[tuple, float]] = (),
+    cache_bytes: int = 0,
 ) -> ValidationRecord:
     n = len(predicted)
     n_fit = int(round(n * fit_fraction)) if n >= 4 else 0
@@ -197,12 +209,26 @@ def _summarise(
             test_pred, test_meas = predicted[n_fit:], measured[n_fit:]
             raw_test = error_stats(test_pred, test_meas)
             calibrated_test = error_stats([calibration.apply(p) for p in test_pred], test_meas)
+    cache_model = cache_test = None
+    if n_fit >= 3 and cache and cache_bytes > 0:
+        model = CacheModel.fit(
+            cache_bytes,
+            [inputs for inputs, _ in cache[:n_fit]],
+            measured[:n_fit],
+            [offset for _, offset in cache[:n_fit]],
+        )
+        cache_model = model.to_dict()
+        cache_pred = [model.predict(*inputs) + offset for inputs, offset in cache]
+        cache_test = error_stats(cache_pred[n_fit:], measured[n_fit:])
     details = {
         "networks": [
             {"arch": space.short_string(a), "predicted_ms": p, "measured_ms": m}
             for a, p, m in zip(archs, predicted, measured, strict=True)
         ]
     }
+    if cache_model is not None:
+        for network, value in zip(details["networks"], cache_pred, strict=True):
+            network["cache_aware_ms"] = value
     return ValidationRecord(
         space=space_name,
         key_schema=BLOCK_KEY_SCHEMA,
@@ -213,4 +239,6 @@ def _summarise(
         raw_test=raw_test,
         calibrated_test=calibrated_test,
         details=details,
+        cache_model=cache_model,
+        cache_test=cache_test,
     )

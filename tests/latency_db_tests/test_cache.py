@@ -1,0 +1,127 @@
+"""Cache-state-aware latency: cache size detection, the residency model, cold measurements and
+predictions that mix warm and cold block timings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nasvit.latency_db import (
+    DeviceFingerprint,
+    ErrorStats,
+    LatencyStore,
+    LatencyTable,
+    MeasurementProtocol,
+    NewEntry,
+    OnnxRuntimeProfiler,
+    ValidationRecord,
+    build_table,
+)
+from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
+from nasvit.nn.blocks import BlockSpec
+
+MB = 2**20
+
+
+def test_cache_sizes_are_parsed_and_detected() -> None:
+    assert _parse_size("32768K") == 32 * MB
+    assert _parse_size("32 MiB (1 instance)") == 32 * MB
+    assert _parse_size("1024") == 1024 and _parse_size("junk") == 0
+    assert last_level_cache_bytes() >= 0
+    flusher = CacheFlusher(8 * MB)
+    flusher()
+    assert flusher.nbytes == 8 * MB
+
+
+def test_residency_model_is_warm_when_the_network_fits_and_cold_when_far_larger() -> None:
+    model = CacheModel(cache_bytes=32 * MB, onset=1.0, width=2.0)
+    warm, cold = [1.0, 1.0], [3.0, 3.0]
+    assert model.predict(warm, cold, [4 * MB, 4 * MB]) == pytest.approx(2.0)  # all cached
+    assert model.predict(warm, cold, [200 * MB, 200 * MB]) == pytest.approx(6.0)  # all evicted
+    # Half way: the rest of the network streams 64 MB = 2 caches -> (2 - 1) / 2 = 0.5 evicted.
+    assert model.cold_shares([64 * MB, 64 * MB]) == pytest.approx([0.5, 0.5])
+    assert model.predict(warm, cold, [64 * MB, 64 * MB]) == pytest.approx(4.0)
+    # A cold timing below the warm one (noise) never lowers the prediction.
+    assert model.predict([1.0], [0.5], [500 * MB]) == pytest.approx(1.0)
+    assert CacheModel(0).predict(warm, cold, [500 * MB] * 2) == pytest.approx(2.0)
+    assert CacheModel.from_dict(model.to_dict()) == model
+
+
+def test_fit_recovers_a_synthetic_residency_curve() -> None:
+    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0)
+    rng = np.random.default_rng(0)
+    networks, measured = [], []
+    for _ in range(40):
+        blocks = int(rng.integers(5, 20))
+        weights = rng.uniform(0.1, 10.0, blocks) * MB
+        warm = rng.uniform(0.05, 1.0, blocks)
+        cold = warm + weights / (20 * MB)  # a DRAM-bandwidth-like penalty
+        networks.append((warm, cold, weights, 0.0))
+        measured.append(truth.predict(warm, cold, weights) - 0.01)
+    fitted = CacheModel.fit(32 * MB, networks, measured, offsets_ms=[-0.01] * len(measured))
+    predicted = np.array([fitted.predict(*net) - 0.01 for net in networks])
+    errors = np.abs(predicted / np.array(measured) - 1)
+    assert errors.mean() < 0.005 and errors.max() < 0.03
+    with pytest.raises(ValueError, match="three"):
+        CacheModel.fit(32 * MB, networks[:2], measured[:2])
+
+
+def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(
+    sqlite_store: LatencyStore,
+) -> None:
+    """The mechanism, not the timing: warm and cold come from the same sessions, the builder
+    stores weight bytes for every block and cold timings for blocks above the threshold."""
+    profiler = OnnxRuntimeProfiler(protocol=MeasurementProtocol.quick())
+    profiler._flusher = CacheFlusher(4 * MB)  # keep the test cheap
+    big = BlockSpec("test.linear", (1, 512), (1, 512), {"n": 512},
+                    lambda: torch.nn.Linear(512, 512))  # fmt: skip
+    small = BlockSpec("test.linear", (1, 8), (1, 8), {"n": 8}, lambda: torch.nn.Linear(8, 8))
+    warm, cold = profiler.measure_warm_cold(big)
+    quick = MeasurementProtocol.quick()
+    assert cold.n == quick.sessions * quick.cold_repeats and cold.sessions == quick.sessions
+    assert warm.median_ms > 0 and cold.median_ms > 0
+    device = sqlite_store.ensure_device(DeviceFingerprint.local(profiler.settings))
+    build_table(sqlite_store, profiler, device, [big, small], cold_min_bytes=4096)
+    entries = sqlite_store.entries(device.id)
+    assert entries[big.key].weight_bytes == (512 * 512 + 512) * 4
+    assert entries[big.key].cold_median_ms is not None and entries[big.key].cold_n == cold.n
+    assert entries[small.key].weight_bytes == (8 * 8 + 8) * 4
+    assert entries[small.key].cold_median_ms is None
+
+
+def _block(name: str) -> BlockSpec:
+    return BlockSpec(kind="test." + name, input_shape=(1, 1), output_shape=(1, 1))
+
+
+def test_table_uses_the_cache_model_only_when_it_beat_the_alternatives(
+    sqlite_store: LatencyStore,
+) -> None:
+    fp = DeviceFingerprint("cpu", 1, 1, "os", "onnxruntime", "1", "CPU", 1, "all",
+                           cache_bytes=32 * MB)  # fmt: skip
+    device = sqlite_store.ensure_device(fp)
+    sqlite_store.set_overhead(device.id, 0.0, 0.0, 10)
+    rows = [
+        NewEntry(_block("a").key, "nasvit-block/1", "k", 1.0, 0.2, 10, "p", "1",
+                 weight_bytes=64 * MB, cold_median_ms=3.0, cold_iqr_ms=0.2, cold_n=5),
+        NewEntry(_block("b").key, "nasvit-block/1", "k", 1.0, 0.2, 10, "p", "1",
+                 weight_bytes=64 * MB),
+    ]  # fmt: skip
+    sqlite_store.add_entries(device.id, rows)
+    model = CacheModel(32 * MB, onset=1.0, width=2.0).to_dict()
+    raw = ErrorStats(5, 30.0, 0.0, 0.2)
+    for cache_mape, expect_cache in ((2.0, True), (40.0, False)):
+        sqlite_store.add_validation(
+            device.id,
+            ValidationRecord("s", "nasvit-block/1", raw, 1.0, 0.0, 5, raw, raw,
+                             cache_model=model, cache_test=ErrorStats(5, cache_mape, 0.9, 1.0)),
+        )  # fmt: skip
+        table = LatencyTable.load(sqlite_store, device.id)
+        p = table.predict([_block("a"), _block("b")])
+        assert p.cache_aware is expect_cache
+        # a: 64 MB of the rest streamed -> (2 - 1) / 2 evicted -> 1 + 0.5 * 2; b: no cold timing.
+        assert p.latency_ms == pytest.approx(3.0 if expect_cache else 2.0)
+        assert p.raw_ms == pytest.approx(2.0)
+        if expect_cache:
+            assert p.expected_error is not None and p.expected_error.mape == 2.0
+            assert p.p90_ms > p.latency_ms
