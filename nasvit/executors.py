@@ -1,0 +1,131 @@
+"""Where candidate accuracies are computed: in this process, or on Ray workers.
+
+Both executors take a batch of architectures and return their accuracies in order, so the
+search loop does not care where the work runs. The Ray executor puts the supernet weights into
+the object store once and keeps one long-lived actor per worker (each holds the supernet and
+the resized data), so per-candidate overhead is a method call, not a model load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from nasvit.evaluate import SubnetEvaluator
+from nasvit.search_spaces import Architecture
+
+
+class Executor(Protocol):
+    workers: int
+
+    def accuracies(self, archs: Sequence[Architecture]) -> list[float]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """Evaluates candidates one after another in this process."""
+
+    workers = 1
+
+    def __init__(self, evaluator: SubnetEvaluator):
+        self.evaluator = evaluator
+
+    def accuracies(self, archs: Sequence[Architecture]) -> list[float]:
+        return [self.evaluator.evaluate(arch).accuracy for arch in archs]
+
+    def close(self) -> None:
+        pass
+
+
+class _EvaluatorActor:
+    """A Ray actor: rebuilds the evaluator from the shared payload once, then serves batches."""
+
+    def __init__(self, payload: dict[str, Any], threads: int):
+        import torch
+
+        from nasvit.data import load_dataset
+        from nasvit.search_spaces import get_space
+
+        torch.set_num_threads(threads)
+        space = get_space(payload["space"])
+        if payload["restrictions"]:
+            space = space.restrict(**payload["restrictions"])
+        supernet = space.build_supernet(payload["num_classes"], payload["in_channels"])
+        supernet.load_state_dict(payload["state_dict"])
+        supernet.eval()
+        dataset = load_dataset(payload["data"], seed=payload["data_seed"])
+        self.space = space
+        self.evaluator = SubnetEvaluator(space, supernet, dataset, payload["split"])
+
+    def accuracies(self, arch_dicts: list[dict[str, Any]]) -> list[float]:
+        return [self.evaluator.evaluate(self.space.validate(a)).accuracy for a in arch_dicts]
+
+
+class RayExecutor:
+    """Spreads batches of candidates over ``workers`` Ray actors.
+
+    Args:
+        evaluator: the local evaluator whose supernet and data the workers replicate.
+        data: the dataset source the evaluator was built from (``digits`` or a path).
+        data_seed: the split seed of that dataset.
+        workers: number of actors (one CPU each).
+        address: an existing cluster (``ray://...`` or ``auto``); default starts a local Ray
+            limited to ``workers`` CPUs.
+    """
+
+    def __init__(
+        self,
+        evaluator: SubnetEvaluator,
+        data: str,
+        data_seed: int,
+        workers: int,
+        address: str | None = None,
+    ):
+        import ray
+
+        self.workers = workers
+        self._started_ray = not ray.is_initialized()
+        if self._started_ray:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        payload = {
+            "space": evaluator.space.name,
+            "restrictions": evaluator.space.restrictions,
+            "num_classes": evaluator.supernet.num_classes,
+            "in_channels": evaluator.supernet.in_channels,
+            # Weights enter the object store once; every actor reads the same copy.
+            "state_dict": {k: v.cpu() for k, v in evaluator.supernet.state_dict().items()},
+            "data": data,
+            "data_seed": data_seed,
+            "split": evaluator.split,
+        }
+        payload_ref = ray.put(payload)
+        actor_class = ray.remote(num_cpus=1)(_EvaluatorActor)
+        self._actors = [actor_class.remote(payload_ref, 1) for _ in range(workers)]
+
+    def accuracies(self, archs: Sequence[Architecture]) -> list[float]:
+        import ray
+
+        # Contiguous chunks, one per actor, so each remote call amortises its overhead.
+        chunks = [list(range(i, len(archs), self.workers)) for i in range(self.workers)]
+        futures = [
+            actor.accuracies.remote([archs[i].to_dict() for i in chunk])
+            for actor, chunk in zip(self._actors, chunks, strict=True)
+            if chunk
+        ]
+        results: list[float] = [0.0] * len(archs)
+        for chunk, values in zip([c for c in chunks if c], ray.get(futures), strict=True):
+            for index, value in zip(chunk, values, strict=True):
+                results[index] = value
+        return results
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        if self._started_ray:
+            ray.shutdown()

@@ -1,0 +1,298 @@
+"""The search job: supernet -> latency table -> search -> end-to-end check -> export.
+
+One function, :func:`run_search`, serves the CLI and (later) the job service. Each finished
+trial is appended to ``trials.jsonl`` in the output folder before the next batch starts, so an
+interrupted search resumes (``resume=True``) without re-evaluating finished candidates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasvit.budget import format_ms
+from nasvit.controllers import make_controller
+from nasvit.errors import NasvitError
+from nasvit.pareto import hypervolume, pareto_front
+from nasvit.search_spaces import Architecture, SearchSpace
+
+TRIALS_FILE = "trials.jsonl"
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything a search needs; defaults give the README's main job."""
+
+    space: str
+    budget_ms: float
+    device: str | None = None
+    controller: str = "nsga2"
+    evaluations: int = 200
+    batch_size: int = 16
+    workers: int = 1
+    seed: int = 0
+    checkpoint: Path | None = None
+    data: str = "digits"
+    out: Path = Path("nasvit-search")
+    resume: bool = False
+    ray_address: str | None = None
+    measure_top: int = 6  # Pareto points exported and measured end to end
+
+
+@dataclass
+class Trial:
+    index: int
+    arch: dict[str, Any]
+    short: str
+    accuracy: float
+    latency_ms: float
+    feasible: bool
+
+
+@dataclass
+class SearchResult:
+    best: Trial
+    best_measured_ms: float
+    front: list[dict[str, Any]]
+    trials: list[Trial]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressHook = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+def _prepare_supernet(request: SearchRequest) -> tuple[SearchSpace, Any, str, int]:
+    """(space, supernet, data source, data seed) from a checkpoint or the default supernet."""
+    from nasvit.checkpoint import load_supernet
+    from nasvit.default_supernet import default_supernet, recipe_for
+
+    if request.checkpoint is not None:
+        space, supernet, extra = load_supernet(request.checkpoint)
+        if space.name != request.space:
+            raise NasvitError(
+                f"checkpoint {request.checkpoint} is for space '{space.name}', "
+                f"not '{request.space}'"
+            )
+        return space, supernet, request.data, int(extra.get("data_seed", 0))
+    recipe = recipe_for(request.space)
+    space, supernet, _ = default_supernet(request.space, recipe=recipe)
+    return space, supernet, "digits", recipe.data_seed
+
+
+def _load_trials(path: Path, space: SearchSpace) -> list[Trial]:
+    trials = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            data = json.loads(line)
+            space.validate(data["arch"])
+            trials.append(Trial(**data))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NasvitError(f"{path}:{number}: not a trial of this search ({exc})") from None
+    return trials
+
+
+def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> SearchResult:
+    """Run (or resume) a search and write its artifacts to ``request.out``.
+
+    Raises:
+        NasvitError: bad input, or no architecture meets the budget (the message names the
+            fastest one found).
+    """
+    from nasvit.data import load_dataset
+    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.executors import InProcessExecutor, RayExecutor
+    from nasvit.latency import resolve_device
+    from nasvit.latency_db import LatencyStore, LatencyTable, build_table
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    report_progress = progress or (lambda stage, done, total: None)
+    out = Path(request.out)
+    trials_path = out / TRIALS_FILE
+    if trials_path.exists() and not request.resume:
+        raise NasvitError(f"{out} already holds a search; pass --resume or choose another --out")
+    space, supernet, data, data_seed = _prepare_supernet(request)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be good
+    timings["supernet_s"] = time.perf_counter() - started
+    shape_args = {"num_classes": supernet.num_classes, "in_channels": supernet.in_channels}
+
+    stage_start = time.perf_counter()
+    store = LatencyStore.open()
+    device, profiler = resolve_device(store, request.device)
+    blocks = space.enumerate_blocks(**shape_args)
+    table = LatencyTable.load(store, device.id)
+    if table.missing(blocks):
+        build_table(
+            store,
+            profiler,
+            device,
+            blocks,
+            progress=lambda done, total: report_progress("profiling blocks", done, total),
+        )
+        table = LatencyTable.load(store, device.id)
+    timings["latency_table_s"] = time.perf_counter() - stage_start
+
+    dataset = load_dataset(data, seed=data_seed)
+    evaluator = SubnetEvaluator(space, supernet, dataset, "val")
+    executor: Any
+    if request.workers > 1 or request.ray_address:
+        executor = RayExecutor(evaluator, data, data_seed, request.workers, request.ray_address)
+    else:
+        executor = InProcessExecutor(evaluator)
+
+    controller = make_controller(request.controller, space, request.budget_ms, request.seed)
+    trials = _load_trials(trials_path, space) if trials_path.exists() else []
+    for trial in trials:  # resume: the controller learns from what was already evaluated
+        controller.tell(space.validate(trial.arch), trial.accuracy, trial.latency_ms)
+
+    def predict(arch: Architecture) -> float:
+        return table.predict(space.lower(arch, **shape_args)).latency_ms
+
+    stage_start = time.perf_counter()
+    resumed = len(trials)
+    try:
+        with trials_path.open("a") as sink:
+            while len(trials) < request.evaluations:
+                wanted = min(request.batch_size, request.evaluations - len(trials))
+                archs = controller.ask(wanted)
+                if not archs:
+                    break
+                accuracies = executor.accuracies(archs)
+                for arch, accuracy in zip(archs, accuracies, strict=True):
+                    latency = predict(arch)
+                    controller.tell(arch, accuracy, latency)
+                    trial = Trial(
+                        index=len(trials),
+                        arch=arch.to_dict(),
+                        short=space.short_string(arch),
+                        accuracy=accuracy,
+                        latency_ms=latency,
+                        feasible=latency <= request.budget_ms,
+                    )
+                    trials.append(trial)
+                    sink.write(json.dumps(asdict(trial)) + "\n")
+                sink.flush()
+                report_progress("evaluating candidates", len(trials), request.evaluations)
+    finally:
+        executor.close()
+    timings["search_s"] = time.perf_counter() - stage_start
+
+    points = [(t.accuracy, t.latency_ms) for t in trials]
+    feasible = [t for t in trials if t.feasible]
+    if not feasible:
+        fastest = min(trials, key=lambda t: t.latency_ms)
+        raise NasvitError(
+            f"no architecture found meets {format_ms(request.budget_ms)}; the fastest found is "
+            f"{fastest.short} at {format_ms(fastest.latency_ms)} (predicted)"
+        )
+
+    # End-to-end check: export the best candidates with trained weights and time them.
+    stage_start = time.perf_counter()
+    front_indices = pareto_front(points)
+    measured: dict[int, float] = {}
+    # Most accurate first; among equally accurate ones the faster wins.
+    candidates = sorted(feasible, key=lambda t: (-t.accuracy, t.latency_ms))
+    best: Trial | None = None
+    for trial in candidates[: request.measure_top]:
+        measured[trial.index] = _measure_exported(space, evaluator, trial, profiler, out)
+        if measured[trial.index] <= request.budget_ms * 1.0 and best is None:
+            best = trial
+    for index in front_indices[: request.measure_top]:
+        if index not in measured:
+            measured[index] = _measure_exported(space, evaluator, trials[index], profiler, out)
+    if best is None:  # all top candidates were over budget when measured: trust the table
+        best = candidates[0]
+    timings["end_to_end_s"] = time.perf_counter() - stage_start
+
+    subnet = evaluator.subnet(space.validate(best.arch))
+    from nasvit.onnx_export import export_onnx
+
+    export_onnx(
+        subnet,
+        space.input_shape(space.validate(best.arch), 1, supernet.in_channels),
+        out / "best.onnx",
+    )
+    test_accuracy = (
+        SubnetEvaluator(space, supernet, dataset, "test")
+        .evaluate(space.validate(best.arch))
+        .accuracy
+    )
+
+    front = [
+        {
+            "index": i,
+            "short": trials[i].short,
+            "accuracy": trials[i].accuracy,
+            "predicted_ms": trials[i].latency_ms,
+            "measured_ms": measured.get(i),
+            "feasible": trials[i].feasible,
+        }
+        for i in front_indices
+    ]
+    timings["total_s"] = time.perf_counter() - started
+    prediction = table.predict(space.lower(space.validate(best.arch), **shape_args))
+    report = {
+        "request": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(request).items()},
+        "space": space.name,
+        "restrictions": space.restrictions,
+        "device": device.name,
+        "budget_ms": request.budget_ms,
+        "evaluations": len(trials),
+        "resumed_from": resumed,
+        "hypervolume": hypervolume(points, reference_latency=request.budget_ms),
+        "best": {
+            **asdict(best),
+            "predicted_ms": best.latency_ms,
+            "measured_ms": measured[best.index],
+            "test_accuracy": test_accuracy,
+            "expected_error": prediction.describe(),
+        },
+        "pareto_front": front,
+        "timings": timings,
+    }
+    _write_outputs(out, space, best, trials, front, report)
+    return SearchResult(best, measured[best.index], front, trials, report)
+
+
+def _measure_exported(
+    space: SearchSpace, evaluator: Any, trial: Trial, profiler: Any, out: Path
+) -> float:
+    from nasvit.onnx_export import export_onnx
+
+    arch = space.validate(trial.arch)
+    shape = space.input_shape(arch, 1, evaluator.supernet.in_channels)
+    path = export_onnx(evaluator.subnet(arch), shape, out / "candidate.onnx")
+    try:
+        return float(profiler.measure(path, shape).median_ms)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _write_outputs(
+    out: Path,
+    space: SearchSpace,
+    best: Trial,
+    trials: list[Trial],
+    front: list[dict[str, Any]],
+    report: dict[str, Any],
+) -> None:
+    (out / "best.json").write_text(
+        json.dumps({"space": space.name, "arch": best.arch, "short": best.short}, indent=2)
+    )
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    with (out / "trials.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "short", "accuracy", "predicted_ms", "feasible"])
+        for t in trials:
+            writer.writerow(
+                [t.index, t.short, f"{t.accuracy:.4f}", f"{t.latency_ms:.4f}", t.feasible]
+            )
+    with (out / "pareto.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(front[0]))
+        writer.writeheader()
+        writer.writerows(front)

@@ -1,0 +1,180 @@
+"""`nasvit search` end to end on a small restricted supernet: real onnxruntime profiling into a
+real SQLite table, real evaluation on digits, artifacts, resume, bad input, and Ray workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nasvit.checkpoint import save_supernet
+from nasvit.onnx_export import run_onnx
+from nasvit.search_spaces import get_space
+
+NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One NASVIT_HOME (database) for the module, so the block table is profiled once."""
+    return tmp_path_factory.mktemp("nasvit-home")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    space = get_space("efficientformer").restrict(
+        resolution=[32],
+        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
+        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
+        vit_num=[0, 1, 2],
+    )
+    torch.manual_seed(0)
+    supernet = space.build_supernet(num_classes=10, in_channels=1)
+    return save_supernet(tmp_path_factory.mktemp("ckpt") / "tiny.pt", space, supernet)
+
+
+def search(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NASVIT_HOME": str(home)}
+    env.pop("NASVIT_DATABASE_URL", None)
+    return subprocess.run(
+        [NASVIT, "search", "--space", "efficientformer", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -> None:
+    out = tmp_path / "run"
+    first = search(
+        home,
+        "--budget",
+        "300us",
+        "--ckpt",
+        str(checkpoint),
+        "--evaluations",
+        "16",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["evaluations"] == 16 and report["best"]["predicted_ms"] <= 0.3
+    assert report["best"]["measured_ms"] > 0
+    for name in ["best.onnx", "best.json", "pareto.csv", "trials.csv", "report.json"]:
+        assert (out / name).is_file(), name
+    best = json.loads((out / "best.json").read_text())
+    space = get_space("efficientformer")
+    arch = space.validate(best["arch"])
+    output = run_onnx(out / "best.onnx", np.random.rand(1, 1, 32, 32).astype(np.float32))
+    assert output.shape == (1, 10) and arch["resolution"] == 32
+    with (out / "pareto.csv").open() as handle:
+        front = list(csv.DictReader(handle))
+    latencies = [float(row["predicted_ms"]) for row in front]
+    accuracies = [float(row["accuracy"]) for row in front]
+    assert latencies == sorted(latencies) and accuracies == sorted(accuracies)
+
+    lines_before = (out / "trials.jsonl").read_text().splitlines()
+    again = search(
+        home,
+        "--budget",
+        "300us",
+        "--ckpt",
+        str(checkpoint),
+        "--evaluations",
+        "16",
+        "--out",
+        str(out),
+    )
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = search(
+        home,
+        "--budget",
+        "300us",
+        "--ckpt",
+        str(checkpoint),
+        "--evaluations",
+        "28",
+        "--out",
+        str(out),
+        "--resume",
+        "--json",
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    lines_after = (out / "trials.jsonl").read_text().splitlines()
+    assert lines_after[:16] == lines_before and len(lines_after) == 28
+    assert json.loads(resumed.stdout)["resumed_from"] == 16
+    shorts = [json.loads(line)["short"] for line in lines_after]
+    assert len(set(shorts)) == 28  # nothing evaluated twice
+
+
+def test_an_impossible_budget_names_the_fastest_architecture(home, checkpoint, tmp_path) -> None:
+    result = search(
+        home,
+        "--budget",
+        "1us",
+        "--ckpt",
+        str(checkpoint),
+        "--evaluations",
+        "8",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 2
+    assert "no architecture found meets 1 us; the fastest found is r32_" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "2"], "cannot read latency budget '2'"),
+        (["--budget", "2ms", "--controller", "nsga3"], "unknown controller 'nsga3'"),
+        (["--budget", "2ms", "--evaluations", "-5"], "Invalid value for '--evaluations'"),
+        (["--budget", "2ms", "--ckpt", "missing.pt"], "checkpoint not found"),
+    ],
+)
+def test_bad_search_input_exits_2(home, tmp_path, args, message) -> None:
+    result = search(home, *args, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_ray_workers_give_the_same_search_as_one_process(home, checkpoint, tmp_path) -> None:
+    runs = {}
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}"
+        result = search(
+            home,
+            "--budget",
+            "300us",
+            "--ckpt",
+            str(checkpoint),
+            "--evaluations",
+            "12",
+            "--workers",
+            workers,
+            "--out",
+            str(out),
+            "--seed",
+            "5",
+        )
+        assert result.returncode == 0, result.stderr
+        runs[workers] = [
+            json.loads(line) for line in (out / "trials.jsonl").read_text().split("\n") if line
+        ]
+    assert [t["short"] for t in runs["1"]] == [t["short"] for t in runs["2"]]
+    for one, two in zip(runs["1"], runs["2"], strict=True):
+        assert one["accuracy"] == pytest.approx(two["accuracy"], abs=1e-6)
