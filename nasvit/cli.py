@@ -242,9 +242,13 @@ def search_command(
 def _register_subcommands() -> None:
     # Imported here, not at the top, so `nasvit --help` and `nasvit spaces` stay fast.
     from nasvit.cli_latency import latency_app, profile_command
+    from nasvit.cli_train import eval_command, predictor_command, train_command
 
     app.command("profile")(profile_command)
     app.add_typer(latency_app, name="latency")
+    app.command("train")(train_command)
+    app.command("eval")(eval_command)
+    app.command("predictor")(predictor_command)
 
 
 _register_subcommands()
