@@ -1,9 +1,11 @@
 """Latency-table accuracy and build time (issue 3 targets).
 
 Builds the efficientformer table for onnxruntime with 1 and 2 threads (default resolutions, or
-``--resolutions``), then validates it on ``--n`` random subnets and prints: share within ±10% and
-±5%, MAPE and Spearman rho (raw over all networks; raw and calibrated on the held-out half), and
-the table build time. Uses its own SQLite file so the user's database is untouched.
+``--resolutions``), with warm and cold-cache timings per block, then validates it on ``--n`` random
+subnets and prints: share within ±10% and ±5%, MAPE and Spearman rho (raw warm sum over all
+networks; on the held-out half: raw, linear calibration, and the cache residency model fitted on
+the other half, which is what predictions use), and the table build time. Uses its own SQLite
+file so the user's database is untouched; a rerun reuses the table (delete the file to rebuild).
 
     python bench/bench_latency.py --n 200 --threads 1,2 --db /tmp/bench-latency.db
 """
@@ -44,8 +46,12 @@ def main() -> None:
             space, store, profiler, store.device(device.id), args.n, seed=args.seed,
             resolutions=resolutions,
         )  # fmt: skip
+        if v.cache_model:
+            shape = ", ".join(f"{k} {val:.3g}" for k, val in v.cache_model.items())
+            print(f"[{device.name}] cache model: {shape}", flush=True)
         for label, stats in (("raw, all", v.raw), ("raw, held-out", v.raw_test),
-                             ("calibrated, held-out", v.calibrated_test)):  # fmt: skip
+                             ("linear calibration, held-out", v.calibrated_test),
+                             ("cache-aware, held-out", v.cache_test)):  # fmt: skip
             if stats is None:
                 continue
             rho = "n/a" if stats.spearman is None else f"{stats.spearman:.3f}"

@@ -54,6 +54,7 @@ class DeviceFingerprint:
         batch: batch size of the measured inputs.
         cache_bytes: last-level cache size (0: unknown); the residency model of network
             predictions is stated relative to it (see :mod:`nasvit.latency_db.cache`).
+        clock: ``"wall"`` or ``"thread"`` (CPU time of the inference thread).
     """
 
     cpu_model: str
@@ -69,6 +70,7 @@ class DeviceFingerprint:
     accelerator: str = ""
     batch: int = 1
     cache_bytes: int = 0
+    clock: str = "wall"
 
     @classmethod
     def local(cls, settings: RuntimeSettings, batch: int = 1) -> DeviceFingerprint:
@@ -87,6 +89,7 @@ class DeviceFingerprint:
             accelerator=settings.accelerator,
             batch=batch,
             cache_bytes=last_level_cache_bytes(),
+            clock=settings.clock,
         )
 
     def to_dict(self) -> dict[str, str | int]:

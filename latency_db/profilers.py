@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -57,6 +57,7 @@ class RuntimeSettings:
         optimization: graph optimisation level (``"eager"`` for PyTorch).
         precision: numeric precision of weights and activations.
         accelerator: GPU name for CUDA profilers, empty on the CPU.
+        clock: what timings are read from (``MeasurementProtocol.clock``).
     """
 
     runtime: str
@@ -66,6 +67,7 @@ class RuntimeSettings:
     optimization: str
     precision: str = "fp32"
     accelerator: str = ""
+    clock: str = "wall"
 
 
 @runtime_checkable
@@ -165,7 +167,11 @@ class OnnxRuntimeProfiler:
         threads: int = 1,
         optimization: str = "all",
         protocol: MeasurementProtocol | None = None,
+        clock: str | None = None,
     ):
+        """``clock`` defaults to the calling thread's CPU time with one thread (the sequential
+        executor runs the graph on the calling thread; robust on shared machines) and to wall
+        time otherwise; see :attr:`MeasurementProtocol.clock`."""
         import onnxruntime as ort
 
         if optimization not in OPTIMIZATION_LEVELS:
@@ -179,7 +185,11 @@ class OnnxRuntimeProfiler:
         self._ort = ort
         self.threads = threads
         self.optimization = optimization
-        self.protocol = protocol or MeasurementProtocol()
+        single = threads == 1 and self.provider == "CPUExecutionProvider"
+        self.clock = clock or ("thread" if single else "wall")
+        if self.clock == "thread" and threads != 1:
+            raise NasvitError("the thread clock only measures single-threaded runs")
+        self.protocol = replace(protocol or MeasurementProtocol(), clock=self.clock)
         self._flusher: CacheFlusher | None = None
 
     @property
@@ -201,6 +211,7 @@ class OnnxRuntimeProfiler:
             provider=self.provider,
             threads=self.threads,
             optimization=self.optimization,
+            clock=self.clock,
         )
 
     def _session(self, model: bytes) -> Any:
@@ -405,7 +416,7 @@ class CudaProfiler(TorchProfiler):
 def with_protocol(profiler: P, protocol: MeasurementProtocol) -> P:
     """A copy of ``profiler`` (same runtime settings) that measures with ``protocol``."""
     clone = copy.copy(profiler)
-    clone.protocol = protocol
+    clone.protocol = replace(protocol, clock=profiler.protocol.clock)
     return clone
 
 

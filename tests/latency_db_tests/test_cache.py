@@ -125,3 +125,28 @@ def test_table_uses_the_cache_model_only_when_it_beat_the_alternatives(
         if expect_cache:
             assert p.expected_error is not None and p.expected_error.mape == 2.0
             assert p.p90_ms > p.latency_ms
+
+
+def test_single_thread_onnxruntime_times_cpu_time_of_the_inference_thread() -> None:
+    import time
+
+    from nasvit.errors import NasvitError
+    from nasvit.latency_db import with_protocol
+
+    one = OnnxRuntimeProfiler()
+    assert one.protocol.clock == one.settings.clock == "thread"
+    assert DeviceFingerprint.local(one.settings).clock == "thread"
+    assert with_protocol(one, MeasurementProtocol.network()).protocol.clock == "thread"
+    assert OnnxRuntimeProfiler(threads=2).protocol.clock == "wall"
+    with pytest.raises(NasvitError, match="single-threaded"):
+        OnnxRuntimeProfiler(threads=2, clock="thread")
+    with pytest.raises(ValueError, match="clock"):
+        MeasurementProtocol(clock="sundial")
+    # The thread clock leaves out time the thread does not run (here: sleeping; on a shared
+    # machine: time other processes hold the core); the wall clock counts it.
+    sleeping = MeasurementProtocol(sessions=1, warmup=0, repeats=3, min_repeats=3)
+    wall = sleeping.time_session(lambda: time.sleep(0.02))
+    cpu = MeasurementProtocol(**{**sleeping.__dict__, "clock": "thread"}).time_session(
+        lambda: time.sleep(0.02)
+    )
+    assert min(wall) >= 19.0 and max(cpu) < 10.0
