@@ -134,12 +134,21 @@ def bench_uniform(ckpt: Path, home: Path, count: int, out: Path) -> None:
 
     space = get_space(SPACE).restrict(**recipe.restrictions)
     data = load_digits()
-    probe = replace(recipe.train, sampling="uniform", epochs=1, eval_every_epoch=False)
-    probe_result = train_supernet(space, data, probe, home / "uniform-probe.pt", progress=False)
-    epochs = max(1, round(budget / probe_result.seconds))
-    config = replace(recipe.train, sampling="uniform", epochs=epochs)
+    probe_path = home / "uniform-probe.pt"
+    if not probe_path.is_file():
+        probe = replace(recipe.train, sampling="uniform", epochs=1, eval_every_epoch=False)
+        train_supernet(space, data, probe, probe_path, progress=False)
+    probe_seconds = json.loads(Path(f"{probe_path}.metrics.jsonl").read_text())["seconds"]
+    epochs = max(1, round(budget / probe_seconds))
+    # Per-epoch val evaluation is off: it does not change the weights (so an interrupted bench
+    # resumes) and 50+ epochs of it would dominate the wall time.
     uniform_path = home / "uniform.pt"
-    result = train_supernet(space, data, config, uniform_path, progress=False)
+    if uniform_path.is_file():  # an interrupted bench keeps the epochs it planned
+        epochs = json.loads(load_supernet(uniform_path)[2]["train_config"])["epochs"]
+    config = replace(recipe.train, sampling="uniform", epochs=epochs, eval_every_epoch=False)
+    result = train_supernet(
+        space, data, config, uniform_path, resume=uniform_path.is_file(), progress=False
+    )
     _save(
         out,
         "uniform",

@@ -376,7 +376,8 @@ def _restore(
         raise NasvitError(f"cannot resume {out}: it holds no training state")
     previous = json.loads(extra["train_config"])
     different = sorted(k for k, v in config.to_dict().items() if previous.get(k) != v)
-    if different and different != ["device"]:
+    # Where it runs and whether it reports val accuracy each epoch do not change the weights.
+    if set(different) - {"device", "eval_every_epoch"}:
         raise NasvitError(
             f"cannot resume {out}: settings differ from the checkpoint's: {', '.join(different)}"
         )
