@@ -160,6 +160,13 @@ def validate_command(
             f"{100 * cal.within_10:.1f}% within ±10% (slope {result.slope:.3f}, "
             f"intercept {result.intercept:.3f} ms)"
         )
+    if result.cache_test is not None and result.cache_model is not None:
+        cache = result.cache_test
+        typer.echo(
+            f"held-out {cache.n}: cache-aware MAPE {cache.mape:.2f}%, "
+            f"{100 * cache.within_5:.1f}% within ±5%, {100 * cache.within_10:.1f}% within ±10%"
+            f" ({'used' if result.cache_model_helps else 'not used'} by predictions)"
+        )
 
 
 @latency_app.command("show")
