@@ -171,8 +171,18 @@ class CacheModel:
         if len(networks) != measured.size or measured.size < 3:
             raise ValueError("fitting a cache model needs at least three measured networks")
 
+        def bounded(params: Sequence[float]) -> tuple[float, float, float, float]:
+            # Keep the search in a sane region (math.exp overflows otherwise).
+            onset, log_width, log_power, activation = (float(p) for p in params)
+            return (
+                min(max(onset, -10.0), 50.0),
+                min(max(log_width, -6.0), 6.0),
+                min(max(log_power, -4.0), 3.0),
+                min(max(activation, 0.0), 1e4),
+            )
+
         def loss(params: Sequence[float]) -> float:
-            onset, log_width, log_power, activation = params
+            onset, log_width, log_power, activation = bounded(params)
             model = cls(
                 cache_bytes, float(onset), math.exp(log_width), math.exp(log_power),
                 max(float(activation), 0.0),
@@ -193,6 +203,6 @@ class CacheModel:
         result = minimize(loss, np.array(best[1]), method="Nelder-Mead",
                           options={"maxiter": 600, "xatol": 1e-3, "fatol": 1e-7})  # fmt: skip
         params = result.x if result.fun <= best[0] else np.array(best[1])
-        onset, log_width, log_power, activation = (float(p) for p in params)
+        onset, log_width, log_power, activation = bounded(params)
         return cls(cache_bytes, onset, math.exp(log_width), math.exp(log_power),
                    max(activation, 0.0))  # fmt: skip
