@@ -175,6 +175,10 @@ def predictor_command(
         int, typer.Option("--test-size", min=2, help="Held-out archs for the ranking report.")
     ] = 200,
     kind: Annotated[str, typer.Option("--kind", help="mlp | gbt | both")] = "both",
+    target: Annotated[
+        str,
+        typer.Option("--target", help="accuracy | neg_loss (minus val loss; finer-grained)."),
+    ] = "accuracy",
     data: Annotated[
         str | None,
         typer.Option("--data", help="Dataset (see nasvit train); default: the training data."),
@@ -185,11 +189,19 @@ def predictor_command(
     """Measure random archs with the supernet, fit accuracy predictors, save them beside the
     checkpoint and report Spearman / Kendall tau on held-out archs."""
     from nasvit.evaluate import SubnetEvaluator
-    from nasvit.predictor import fit_and_score, measure_pairs, predictor_path
+    from nasvit.predictor import (
+        TARGETS,
+        fit_and_score,
+        measure_pairs,
+        predictor_path,
+        target_values,
+    )
 
     kinds = ["mlp", "gbt"] if kind == "both" else [kind]
     if any(k not in ("mlp", "gbt") for k in kinds):
         raise NasvitError(f"unknown --kind '{kind}'; known: mlp, gbt, both")
+    if target not in TARGETS:
+        raise NasvitError(f"unknown --target '{target}'; known: {', '.join(TARGETS)}")
     if test_size > samples - 2:
         raise NasvitError(f"--test-size {test_size} leaves too few of --samples {samples}")
     space, supernet, extra = _load_checkpoint(ckpt)
@@ -205,25 +217,36 @@ def predictor_command(
         progress=not as_json,
     )
     archs = [p.arch for p in pairs]
-    accuracies = [p.accuracy for p in pairs]
+    values = target_values(pairs, target)  # type: ignore[arg-type]
     reports = []
     for k in kinds:
-        predictor, report = fit_and_score(space, archs, accuracies, k, test_size, seed)  # type: ignore[arg-type]
-        predictor.fit(archs, accuracies)  # the saved model learns from every measured pair
-        saved = predictor.save(predictor_path(ckpt, k))  # type: ignore[arg-type]
+        predictor, report = fit_and_score(
+            space,
+            archs,
+            values,
+            k,
+            test_size,
+            seed,
+            target,  # type: ignore[arg-type]
+        )
+        predictor.fit(archs, values)  # the saved model learns from every measured pair
+        saved = predictor.save(predictor_path(ckpt, k, target))  # type: ignore[arg-type]
         reports.append({**report.to_dict(), "path": str(saved)})
     if as_json:
         print(json.dumps(reports, indent=2))
         return
-    table = Table("predictor", "train", "held out", "Spearman", "Kendall tau", "MAE", "saved to")
+    table = Table(
+        "predictor", "target", "train", "held out", "Spearman", "Kendall tau", "MAE", "saved to"
+    )
     for r in reports:
         table.add_row(
             r["kind"],
+            r["target"],
             str(r["train_size"]),
             str(r["test_size"]),
             f"{r['spearman']:.3f}",
             f"{r['kendall']:.3f}",
-            f"{r['mae']:.2%}",
+            f"{r['mae']:.4f}",
             r["path"],
         )
     console.print(table)

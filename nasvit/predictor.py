@@ -5,6 +5,9 @@ Two models, as in the anchors: an MLP on a one-hot encoding (once-for-all uses 3
 rank agreement (Spearman rho, Kendall tau) on held-out archs, because a search only needs the
 ranking to be right. A predictor remembers its space and restrictions and refuses archs of
 another space; it is saved with joblib next to the supernet checkpoint.
+
+A predictor may also be fitted on minus the validation loss (``target="neg_loss"``), a
+continuous score that ranks subnets where a small validation split quantises accuracy.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ if TYPE_CHECKING:
     from nasvit.evaluate import ArchAccuracy, SubnetEvaluator
 
 PredictorKind = Literal["mlp", "gbt"]
+# What a predictor estimates: top-1 accuracy, or minus the mean cross-entropy (higher is better
+# for both). On small validation splits accuracy is coarsely quantised (digits' 179 val images
+# give a handful of distinct values across subnets), while the loss keeps the ranking signal.
+PredictorTarget = Literal["accuracy", "neg_loss"]
+TARGETS: tuple[str, ...] = ("accuracy", "neg_loss")
 PREDICTOR_FORMAT = "nasvit.predictor/1"
 
 
@@ -75,6 +83,7 @@ class RankReport:
     """Agreement between predicted and measured accuracy on held-out archs."""
 
     kind: str
+    target: str
     train_size: int
     test_size: int
     spearman: float
@@ -93,11 +102,21 @@ class AccuracyPredictor:
         kind: ``mlp`` (one-hot input, scikit-learn MLPRegressor) or ``gbt``
             (index input, scikit-learn gradient boosting).
         seed: seed of the model's initialisation / subsampling.
+        target: ``accuracy`` or ``neg_loss`` (what :meth:`predict` returns).
     """
 
-    def __init__(self, space: SearchSpace, kind: PredictorKind = "mlp", seed: int = 0):
+    def __init__(
+        self,
+        space: SearchSpace,
+        kind: PredictorKind = "mlp",
+        seed: int = 0,
+        target: PredictorTarget = "accuracy",
+    ):
         if kind not in ("mlp", "gbt"):
             raise NasvitError(f"unknown predictor kind '{kind}'; known: mlp, gbt")
+        if target not in TARGETS:
+            raise NasvitError(f"unknown predictor target '{target}'; known: {', '.join(TARGETS)}")
+        self.target = target
         self.space = space
         self.kind = kind
         self.seed = seed
@@ -160,6 +179,7 @@ class AccuracyPredictor:
         measured = np.asarray(accuracies, dtype=np.float64)
         return RankReport(
             kind=self.kind,
+            target=self.target,
             train_size=train_size,
             test_size=len(measured),
             spearman=float(stats.spearmanr(predicted, measured).statistic),
@@ -179,6 +199,7 @@ class AccuracyPredictor:
             "restrictions": self.space.restrictions,
             "kind": self.kind,
             "seed": self.seed,
+            "target": self.target,
             "model": self.model,
         }
         temporary = path.with_suffix(path.suffix + ".tmp")
@@ -203,15 +224,27 @@ def load_predictor(path: str | Path) -> AccuracyPredictor:
     space = get_space(payload["space"])
     if payload["restrictions"]:
         space = space.restrict(**payload["restrictions"])
-    predictor = AccuracyPredictor(space, payload["kind"], payload["seed"])
+    predictor = AccuracyPredictor(
+        space, payload["kind"], payload["seed"], payload.get("target", "accuracy")
+    )
     predictor.model = payload["model"]
     return predictor
 
 
-def predictor_path(checkpoint: str | Path, kind: PredictorKind = "mlp") -> Path:
+def predictor_path(
+    checkpoint: str | Path, kind: PredictorKind = "mlp", target: PredictorTarget = "accuracy"
+) -> Path:
     """Where the predictor of a supernet checkpoint lives: beside it, named after it."""
     checkpoint = Path(checkpoint)
-    return checkpoint.with_name(f"{checkpoint.stem}.predictor-{kind}.joblib")
+    suffix = "" if target == "accuracy" else f"-{target}"
+    return checkpoint.with_name(f"{checkpoint.stem}.predictor-{kind}{suffix}.joblib")
+
+
+def target_values(results: Sequence[ArchAccuracy], target: PredictorTarget) -> list[float]:
+    """The values a predictor of ``target`` is fitted on, one per measured arch."""
+    if target not in TARGETS:
+        raise NasvitError(f"unknown predictor target '{target}'; known: {', '.join(TARGETS)}")
+    return [r.accuracy if target == "accuracy" else -r.loss for r in results]
 
 
 def fit_and_score(
@@ -221,6 +254,7 @@ def fit_and_score(
     kind: PredictorKind = "mlp",
     test_size: int | float = 0.2,
     seed: int = 0,
+    target: PredictorTarget = "accuracy",
 ) -> tuple[AccuracyPredictor, RankReport]:
     """Fit on a seeded random part of the pairs and report ranking on the rest.
 
@@ -233,7 +267,7 @@ def fit_and_score(
         raise NasvitError(f"cannot hold out {held} of {n} pairs (need >= 2 on each side)")
     order = np.random.default_rng(seed).permutation(n)
     test, train = order[:held], order[held:]
-    predictor = AccuracyPredictor(space, kind, seed)
+    predictor = AccuracyPredictor(space, kind, seed, target)
     predictor.fit([archs[i] for i in train], [accuracies[i] for i in train])
     report = predictor.score(
         [archs[i] for i in test], [accuracies[i] for i in test], train_size=len(train)

@@ -93,6 +93,25 @@ def test_predictor_command_saves_beside_the_checkpoint(trained_checkpoint: Path)
     assert report["kind"] == "gbt" and report["test_size"] == 8 and report["train_size"] == 22
     assert Path(report["path"]).parent == trained_checkpoint.parent
     assert trained_checkpoint.with_name(f"{trained_checkpoint.stem}.pairs.jsonl").is_file()
+    code, text = run(
+        "predictor",
+        "--ckpt",
+        str(trained_checkpoint),
+        "--samples",
+        "30",
+        "--test-size",
+        "8",
+        "--kind",
+        "gbt",
+        "--target",
+        "neg_loss",
+        "--json",
+    )
+    assert code == 0, text  # reuses the measured pairs
+    (report,) = json.loads(text)
+    assert report["target"] == "neg_loss" and report["path"].endswith("-gbt-neg_loss.joblib")
+    code, text = run("predictor", "--ckpt", str(trained_checkpoint), "--target", "top5")
+    assert code == 2 and "unknown --target 'top5'" in text
 
 
 @pytest.mark.parametrize(

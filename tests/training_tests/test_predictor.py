@@ -20,6 +20,7 @@ from nasvit.predictor import (
     measure_pairs,
     one_hot,
     predictor_path,
+    target_values,
 )
 from nasvit.search_spaces import SearchSpace, get_space
 
@@ -73,6 +74,13 @@ def test_predictor_ranks_real_supernet_measurements(
     assert np.std(accuracies) > 0.005  # the supernet's subnets differ
     _, report = fit_and_score(space, archs, accuracies, "gbt", test_size=40, seed=0)
     assert report.spearman > 0.3, report
+    losses = target_values(pairs, "neg_loss")
+    assert losses == [-p.loss for p in pairs]
+    predictor, by_loss = fit_and_score(
+        space, archs, losses, "gbt", test_size=40, seed=0, target="neg_loss"
+    )
+    assert by_loss.target == "neg_loss" and predictor.target == "neg_loss"
+    assert by_loss.spearman > 0.5, by_loss
 
     def fail(_arch):  # the second call must come entirely from the cache
         raise AssertionError("re-measured a cached arch")
@@ -100,5 +108,10 @@ def test_save_and_load_round_trip(tmp_path: Path, tiny_space: SearchSpace) -> No
         load_predictor(tmp_path / "none.joblib")
     with pytest.raises(NasvitError, match="not fitted"):
         AccuracyPredictor(tiny_space).predict(archs)
+    assert predictor_path(tmp_path / "net.pt", "mlp", "neg_loss").name == (
+        "net.predictor-mlp-neg_loss.joblib"
+    )
+    with pytest.raises(NasvitError, match="unknown predictor target"):
+        AccuracyPredictor(tiny_space, "gbt", target="top5")  # type: ignore[arg-type]
     with pytest.raises(NasvitError, match="unknown predictor kind"):
         AccuracyPredictor(tiny_space, "svm")  # type: ignore[arg-type]
