@@ -186,7 +186,7 @@ def bench_predictor(ckpt: Path, pairs: int, held_out: int, out: Path) -> None:
     for kind in ("mlp", "gbt"):
         _, rank = fit_and_score(space, archs, accuracies, kind, held_out, seed=0)
         report[kind] = rank.to_dict()
-        _, rank = fit_and_score(space, archs, losses, kind, held_out, seed=0)
+        _, rank = fit_and_score(space, archs, losses, kind, held_out, seed=0, target="neg_loss")
         report[f"{kind}_on_val_loss"] = rank.to_dict()
     report["val_accuracy_vs_loss_spearman"] = float(
         spearmanr(accuracies, losses).statistic  # how much ranking loss says about accuracy
