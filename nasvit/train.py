@@ -165,6 +165,9 @@ def train_supernet(
         start_epoch, history = _restore(
             out, space, supernet, optimizer, scheduler, scaler, rng, config, dataset
         )
+        # The log is rewritten from the checkpoint: a run killed between logging an epoch and
+        # saving it would otherwise log that epoch twice.
+        metrics.write_text("".join(json.dumps(record) + "\n" for record in history))
     elif metrics.exists():
         metrics.unlink()  # a fresh run starts a fresh log
     teacher = Teacher(config.teacher, device) if config.teacher else None

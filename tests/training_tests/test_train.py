@@ -63,6 +63,8 @@ def test_resume_continues_exactly_where_it_stopped(
     assert first.epochs == 1
     _, _, extra = load_supernet(tmp_path / "resumed.pt")
     assert extra["epoch"] == 1 and not extra["complete"] and "resume_state" in extra
+    with (tmp_path / "resumed.pt.metrics.jsonl").open("a") as log:
+        log.write('{"epoch": 2, "killed": "after logging, before saving"}\n')
     # Reporting val accuracy does not change the weights, so it may differ on resume.
     reporting = dataclasses.replace(QUICK, eval_every_epoch=True)
     second = train_supernet(
