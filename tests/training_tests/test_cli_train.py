@@ -176,3 +176,25 @@ def test_eval_defaults_to_the_data_the_checkpoint_was_trained_on(tmp_path: Path)
     assert json.loads(text)[0]["samples"] == 8  # the .npz's val split, not digits
     code, text = run("eval", "--ckpt", str(out), "--random", "1", "--data", "digits")
     assert code == 2 and "4 classes but dataset digits has 10" in text
+
+
+def test_the_installed_nasvit_script_runs_the_commands(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "nasvit"
+    if not script.is_file():
+        pytest.skip("the nasvit console script is not installed next to this interpreter")
+    done = subprocess.run(
+        [str(script), "eval", "--ckpt", str(tmp_path / "missing.pt"), "--random", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: checkpoint not found: {tmp_path / 'missing.pt'}"
+    assert "Traceback" not in done.stderr
+    helped = subprocess.run(
+        [str(script), "train", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert helped.returncode == 0 and "--sampling" in helped.stdout
