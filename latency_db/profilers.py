@@ -140,6 +140,26 @@ def export_onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
+def ort_session_options(threads: int, optimization: str) -> Any:
+    """onnxruntime options for timing: explicit intra-op threads, one inter-op thread,
+    sequential execution, the given graph optimisation level, warnings silenced."""
+    import onnxruntime as ort
+
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = levels[optimization]
+    options.log_severity_level = 3
+    return options
+
+
 class Identity(nn.Module):
     """An empty model that still exports one node (onnxruntime rejects graphs without nodes)."""
 
@@ -216,18 +236,7 @@ class OnnxRuntimeProfiler:
 
     def _session(self, model: bytes) -> Any:
         ort = self._ort
-        levels = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = levels[self.optimization]
-        options.log_severity_level = 3
+        options = ort_session_options(self.threads, self.optimization)
         return ort.InferenceSession(model, options, providers=[self.provider])
 
     def prepare(

@@ -1,65 +1,38 @@
-"""ONNX export of static subnets and onnxruntime sessions to run them."""
+"""ONNX export of static subnets and onnxruntime sessions to run them.
+
+The exporter and the session settings are the latency database's, so a model a user exports is
+built and run exactly as the blocks and networks that were timed.
+"""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-DEFAULT_OPSET = 17
+from nasvit.latency_db.profilers import export_onnx_bytes, ort_session_options
 
 
-def export_onnx(
-    module: nn.Module,
-    input_shape: tuple[int, ...],
-    path: str | Path,
-    opset: int = DEFAULT_OPSET,
-) -> Path:
-    """Export ``module`` (eval mode) with a static input shape; weights are embedded.
-
-    The TorchScript exporter (``dynamo=False``) is used: it is much faster for small blocks and
-    needs no onnxscript; static shapes are what latency tables and deployments use anyway.
-    """
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:
+    """Export ``module`` (in eval mode) with a static input shape; weights are embedded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = module.training
     module.eval()
-    example = torch.randn(input_shape)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation chatter is not for users
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=["input"],
-                output_names=["output"],
-                opset_version=opset,
-                dynamo=False,
-            )
+        path.write_bytes(export_onnx_bytes(module, tuple(input_shape)))
     finally:
         module.train(was_training)
     return path
 
 
-def onnx_session(path: str | Path, threads: int = 1, optimization: str = "all"):  # noqa: ANN201
+def onnx_session(path: str | Path, threads: int = 1, optimization: str = "all") -> Any:
     """An onnxruntime CPU session with explicit threading (1 intra-op thread by default)."""
     import onnxruntime as ort
 
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = levels[optimization]
+    options = ort_session_options(threads, optimization)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
