@@ -50,7 +50,7 @@ def choice_counts(space: SearchSpace) -> list[int]:
             assert isinstance(dim, LayerChoices)
             # encode() pads every layer list to its maximum length (a private helper of the
             # core; a public accessor would be better).
-            counts.extend([len(dim.choices)] * space._max_layer_count(dim))
+            counts.extend([len(dim.choices)] * space.max_layer_count(dim))
     if len(counts) != space.encoding_length:
         raise NasvitError(f"space '{space.name}': cannot map its encoding to choice counts")
     return counts

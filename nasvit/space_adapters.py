@@ -30,7 +30,7 @@ def categorical_parameters(space: SearchSpace) -> dict[str, tuple[Any, ...]]:
             for i, choices in enumerate(dim.choices):
                 parameters[f"{dim.name}[{i}]"] = choices
         else:
-            for i in range(space._max_layer_count(dim)):
+            for i in range(space.max_layer_count(dim)):
                 parameters[f"{dim.name}[{i}]"] = dim.choices
     return parameters
 
@@ -59,7 +59,7 @@ def parameters_from_arch(space: SearchSpace, arch: Architecture) -> dict[str, An
             values.update({f"{dim.name}[{i}]": v for i, v in enumerate(value)})
         elif isinstance(dim, LayerChoices):
             assert isinstance(value, tuple)
-            for i in range(space._max_layer_count(dim)):
+            for i in range(space.max_layer_count(dim)):
                 values[f"{dim.name}[{i}]"] = value[i] if i < len(value) else dim.choices[0]
     return values
 

@@ -95,7 +95,8 @@ class SearchSpace(abc.ABC):
             return int(sum(source_value))
         return int(source_value)
 
-    def _max_layer_count(self, dim: LayerChoices) -> int:
+    def max_layer_count(self, dim: LayerChoices) -> int:
+        """The longest list ``dim`` can hold (its width in :meth:`encode`)."""
         source = self._by_name[dim.length_from]
         if isinstance(source, ChoiceList):
             return int(sum(max(c) for c in source.choices))  # type: ignore[type-var]
@@ -276,7 +277,7 @@ class SearchSpace(abc.ABC):
             elif isinstance(dim, ChoiceList):
                 total += dim.length
             else:
-                total += self._max_layer_count(dim)
+                total += self.max_layer_count(dim)
         return total
 
     def encode(self, arch: Architecture) -> np.ndarray:
@@ -292,7 +293,7 @@ class SearchSpace(abc.ABC):
             else:
                 assert isinstance(value, tuple)
                 layers = [dim.choices.index(v) for v in value]
-                out.extend(layers + [-1] * (self._max_layer_count(dim) - len(layers)))
+                out.extend(layers + [-1] * (self.max_layer_count(dim) - len(layers)))
         return np.asarray(out, dtype=np.float64)
 
     def decode(self, vector: Sequence[float] | np.ndarray) -> Architecture:
@@ -320,7 +321,7 @@ class SearchSpace(abc.ABC):
             elif isinstance(dim, ChoiceList):
                 values[dim.name] = tuple(take(c) for c in dim.choices)
             else:
-                width = self._max_layer_count(dim)
+                width = self.max_layer_count(dim)
                 raw_layers[dim.name] = [int(round(v)) for v in vector[position : position + width]]
                 position += width
         for name, indices in raw_layers.items():
