@@ -1,7 +1,7 @@
 """Where candidate accuracies are computed: in this process, or on Ray workers.
 
-Both executors take a batch of architectures and return their accuracies in order, so the
-search loop does not care where the work runs. The Ray executor puts the supernet weights into
+Both executors take a batch of architectures and return (accuracy, loss) pairs in order, so
+the search loop does not care where the work runs. The Ray executor puts the supernet weights into
 the object store once and keeps one long-lived actor per worker (each holds the supernet and
 the resized data), so per-candidate overhead is a method call, not a model load.
 """
@@ -18,9 +18,14 @@ from nasvit.search_spaces import Architecture
 class Executor(Protocol):
     workers: int
 
-    def accuracies(self, archs: Sequence[Architecture]) -> list[float]: ...
+    def evaluate(self, archs: Sequence[Architecture]) -> list[tuple[float, float]]: ...
 
     def close(self) -> None: ...
+
+
+def _accuracy_and_loss(evaluator: SubnetEvaluator, arch: Architecture) -> tuple[float, float]:
+    result = evaluator.evaluate(arch)
+    return result.accuracy, result.loss
 
 
 class InProcessExecutor:
@@ -31,8 +36,8 @@ class InProcessExecutor:
     def __init__(self, evaluator: SubnetEvaluator):
         self.evaluator = evaluator
 
-    def accuracies(self, archs: Sequence[Architecture]) -> list[float]:
-        return [self.evaluator.evaluate(arch).accuracy for arch in archs]
+    def evaluate(self, archs: Sequence[Architecture]) -> list[tuple[float, float]]:
+        return [_accuracy_and_loss(self.evaluator, arch) for arch in archs]
 
     def close(self) -> None:
         pass
@@ -58,8 +63,8 @@ class _EvaluatorActor:
         self.space = space
         self.evaluator = SubnetEvaluator(space, supernet, dataset, payload["split"])
 
-    def accuracies(self, arch_dicts: list[dict[str, Any]]) -> list[float]:
-        return [self.evaluator.evaluate(self.space.validate(a)).accuracy for a in arch_dicts]
+    def evaluate(self, arch_dicts: list[dict[str, Any]]) -> list[tuple[float, float]]:
+        return [_accuracy_and_loss(self.evaluator, self.space.validate(a)) for a in arch_dicts]
 
 
 class RayExecutor:
@@ -106,20 +111,20 @@ class RayExecutor:
         actor_class = ray.remote(num_cpus=1)(_EvaluatorActor)
         self._actors = [actor_class.remote(payload_ref, 1) for _ in range(workers)]
 
-    def accuracies(self, archs: Sequence[Architecture]) -> list[float]:
+    def evaluate(self, archs: Sequence[Architecture]) -> list[tuple[float, float]]:
         import ray
 
         # Contiguous chunks, one per actor, so each remote call amortises its overhead.
         chunks = [list(range(i, len(archs), self.workers)) for i in range(self.workers)]
         futures = [
-            actor.accuracies.remote([archs[i].to_dict() for i in chunk])
+            actor.evaluate.remote([archs[i].to_dict() for i in chunk])
             for actor, chunk in zip(self._actors, chunks, strict=True)
             if chunk
         ]
-        results: list[float] = [0.0] * len(archs)
+        results: list[tuple[float, float]] = [(0.0, 0.0)] * len(archs)
         for chunk, values in zip([c for c in chunks if c], ray.get(futures), strict=True):
             for index, value in zip(chunk, values, strict=True):
-                results[index] = value
+                results[index] = (value[0], value[1])
         return results
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from nasvit.checkpoint import save_supernet
 from nasvit.onnx_export import run_onnx
+from nasvit.pipeline import ranking_score
 from nasvit.search_spaces import get_space
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
@@ -82,8 +83,9 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
     with (out / "pareto.csv").open() as handle:
         front = list(csv.DictReader(handle))
     latencies = [float(row["predicted_ms"]) for row in front]
-    accuracies = [float(row["accuracy"]) for row in front]
-    assert latencies == sorted(latencies) and accuracies == sorted(accuracies)
+    scores = [ranking_score(float(row["accuracy"]), float(row["loss"])) for row in front]
+    assert latencies == sorted(latencies) and scores == sorted(scores)
+    assert scores == sorted(set(scores))  # a front point is strictly better than the previous
 
     lines_before = (out / "trials.jsonl").read_text().splitlines()
     again = search(
@@ -178,3 +180,9 @@ def test_ray_workers_give_the_same_search_as_one_process(home, checkpoint, tmp_p
     assert [t["short"] for t in runs["1"]] == [t["short"] for t in runs["2"]]
     for one, two in zip(runs["1"], runs["2"], strict=True):
         assert one["accuracy"] == pytest.approx(two["accuracy"], abs=1e-6)
+
+
+def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:
+    step = 1 / 179  # one image of the digits validation split
+    assert ranking_score(0.9, 0.2) > ranking_score(0.9, 0.3)
+    assert ranking_score(0.9 + step, 50.0) > ranking_score(0.9, 0.0)
