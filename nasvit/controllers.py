@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nasvit.errors import UnknownNameError
-from nasvit.pareto import constrained_dominates, crowding_distance, non_dominated_sort
+from nasvit.pareto import crowding_distance, non_dominated_sort
 from nasvit.search_spaces import Architecture, SearchSpace
 
 # How many fresh proposals a controller may reject as duplicates before giving up on novelty.
@@ -153,11 +153,6 @@ class EvolutionController(Controller):
             0.0 if self.budget_ms is None else max(0.0, observation.latency_ms - self.budget_ms)
         )
         return (violation, -observation.accuracy)
-
-
-def better(a: Observation, b: Observation, budget_ms: float | None) -> bool:
-    """Whether ``a`` constrained-dominates ``b`` (exposed for reports and tests)."""
-    return constrained_dominates(a.point, b.point, budget_ms)
 
 
 ControllerFactory = Callable[[SearchSpace, "float | None", int], Controller]

@@ -211,28 +211,31 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     stage_start = time.perf_counter()
     front_indices = pareto_front(points)
     measured: dict[int, float] = {}
+    exported: dict[int, Path] = {}
+
+    def measure(trial: Trial) -> None:
+        measured[trial.index], exported[trial.index] = _measure_exported(
+            space, evaluator, trial, profiler, out
+        )
+
     # Best ranked first; among equal scores the faster wins.
     candidates = sorted(feasible, key=lambda t: (-t.score, t.latency_ms))
     best: Trial | None = None
     for trial in candidates[: request.measure_top]:
-        measured[trial.index] = _measure_exported(space, evaluator, trial, profiler, out)
-        if measured[trial.index] <= request.budget_ms * 1.0 and best is None:
+        measure(trial)
+        if measured[trial.index] <= request.budget_ms and best is None:
             best = trial
     for index in front_indices[: request.measure_top]:
         if index not in measured:
-            measured[index] = _measure_exported(space, evaluator, trials[index], profiler, out)
+            measure(trials[index])
     if best is None:  # all top candidates were over budget when measured: trust the table
         best = candidates[0]
     timings["end_to_end_s"] = time.perf_counter() - stage_start
 
-    subnet = evaluator.subnet(space.validate(best.arch))
-    from nasvit.onnx_export import export_onnx
-
-    export_onnx(
-        subnet,
-        space.input_shape(space.validate(best.arch), 1, supernet.in_channels),
-        out / "best.onnx",
-    )
+    # The best was exported (with recalibrated BatchNorm) to be timed: keep that file.
+    exported.pop(best.index).replace(out / "best.onnx")
+    for path in exported.values():
+        path.unlink(missing_ok=True)
     test_accuracy = (
         SubnetEvaluator(space, supernet, dataset, "test")
         .evaluate(space.validate(best.arch))
@@ -278,16 +281,14 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
 
 def _measure_exported(
     space: SearchSpace, evaluator: Any, trial: Trial, profiler: Any, out: Path
-) -> float:
+) -> tuple[float, Path]:
+    """Export the trial's subnet with trained weights and time it as a whole network."""
     from nasvit.onnx_export import export_onnx
 
     arch = space.validate(trial.arch)
     shape = space.input_shape(arch, 1, evaluator.supernet.in_channels)
-    path = export_onnx(evaluator.subnet(arch), shape, out / "candidate.onnx")
-    try:
-        return float(profiler.measure(path, shape).median_ms)
-    finally:
-        path.unlink(missing_ok=True)
+    path = export_onnx(evaluator.subnet(arch), shape, out / f"candidate-{trial.index}.onnx")
+    return float(profiler.measure(path, shape).median_ms), path
 
 
 def _write_outputs(

@@ -57,6 +57,8 @@ class SearchSpace(abc.ABC):
     def __init__(self, dimensions: Sequence[Dimension], constraints: Sequence[Constraint] = ()):
         self.dimensions: tuple[Dimension, ...] = tuple(dimensions)
         self.constraints: tuple[Constraint, ...] = tuple(constraints)
+        #: The arguments of :meth:`restrict` that produced this space (empty if none).
+        self.restrictions: dict[str, Any] = {}
         self._by_name: dict[str, Dimension] = {}
         for dim in self.dimensions:
             if dim.name in self._by_name:
@@ -497,21 +499,13 @@ class SearchSpace(abc.ABC):
             raise ArchitectureError(
                 f"cannot restrict unknown dimension(s) {', '.join(unknown)} of '{self.name}'"
             )
+        merged = {**self.restrictions, **{k: list(v) for k, v in allowed.items()}}
         restricted = copy.copy(self)
         SearchSpace.__init__(restricted, dimensions, self.constraints)
-        restricted.restrictions = {**self.restrictions, **{k: list(v) for k, v in allowed.items()}}
+        restricted.restrictions = merged
         if restricted.size() == 0:
             raise ArchitectureError(f"restriction {allowed} leaves no architecture in the space")
         return restricted
-
-    @property
-    def restrictions(self) -> dict[str, Any]:
-        """The arguments of :meth:`restrict` that produced this space (empty if none)."""
-        return getattr(self, "_restrictions", {})
-
-    @restrictions.setter
-    def restrictions(self, value: dict[str, Any]) -> None:
-        self._restrictions = value
 
     @abc.abstractmethod
     def input_shape(
