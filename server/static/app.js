@@ -1,1 +1,473 @@
+// nasvit dashboard: plain JavaScript over the /api/v1 endpoints, drawn with the locally served
+// plotly.js. No build step, so the file is shipped as written.
 "use strict";
+
+const API = "/api/v1";
+const TOKEN_KEY = "nasvit.token";
+const ACTIVE_STATUSES = new Set(["queued", "running"]);
+// A running job is polled often enough to feel live; an idle page still notices new jobs.
+const POLL_ACTIVE_MS = 2000;
+const POLL_IDLE_MS = 10000;
+const TRIALS_PAGE = 500;
+const JOBS_PAGE = 100;
+const FRONT_COLOR = "#1f77b4";
+const DOMINATED_COLOR = "#b0b0b0";
+const MEASURED_COLOR = "#ff7f0e";
+const BUDGET_COLOR = "#d62728";
+const COMPARE_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
+  "#17becf", "#bcbd22"];
+
+const state = {
+  jobs: [],
+  selectedId: null,
+  compared: new Set(),
+  // job id -> {job, trials, pareto, final}; final: fetched after the job stopped changing.
+  details: new Map(),
+  timer: null,
+  polling: false,
+  pollAgain: false,
+};
+
+// ---- HTTP ---------------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+async function apiFetch(path) {
+  const response = await fetch(API + path, { headers: authHeaders() });
+  if (response.ok) return response;
+  let detail = response.statusText;
+  try {
+    const body = await response.json();
+    if (body && body.detail) detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  } catch (_) {
+    // Not JSON: keep the status text.
+  }
+  if (response.status === 401 || response.status === 403) {
+    detail = `${detail} — this server needs an API token to read: paste one above`;
+  }
+  throw new ApiError(response.status, detail);
+}
+
+async function apiJson(path) {
+  return (await apiFetch(path)).json();
+}
+
+async function fetchAllTrials(jobId) {
+  const items = [];
+  for (let offset = 0; ; offset += TRIALS_PAGE) {
+    const page = await apiJson(`/searches/${jobId}/trials?offset=${offset}&limit=${TRIALS_PAGE}`);
+    items.push(...page.items);
+    if (page.items.length === 0 || items.length >= page.total) return items;
+  }
+}
+
+async function fetchPareto(jobId) {
+  try {
+    return await apiJson(`/searches/${jobId}/pareto`);
+  } catch (error) {
+    // A job with no finished trial yet may have no front; draw it empty until one appears.
+    if (error instanceof ApiError && (error.status === 404 || error.status === 409)) return null;
+    throw error;
+  }
+}
+
+// ---- formatting ---------------------------------------------------------------------------
+
+function formatMs(value) {
+  if (value === null || value === undefined) return "—";
+  return `${Number(value.toPrecision(4))} ms`;
+}
+
+function formatTime(iso) {
+  if (!iso) return "—";
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
+}
+
+function jobLabel(job) {
+  return `${job.space} · ${job.device || "this CPU"} · ${formatMs(job.budget_ms)} (${job.id.slice(0, 8)})`;
+}
+
+function setMessage(text, isError = false) {
+  const message = document.getElementById("message");
+  message.textContent = text;
+  message.classList.toggle("error", isError);
+}
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+// ---- jobs table ---------------------------------------------------------------------------
+
+function progressCell(job) {
+  const cell = element("td");
+  const progress = job.progress || {};
+  const bar = element("progress");
+  bar.max = 1;
+  bar.value = progress.fraction || (job.status === "succeeded" ? 1 : 0);
+  cell.append(bar);
+  const parts = [];
+  if (progress.total) parts.push(`${progress.done}/${progress.total}`);
+  if (progress.stage) parts.push(progress.stage);
+  cell.append(element("span", ` ${parts.join(" ")}`, "muted"));
+  return cell;
+}
+
+function renderJobs(listing) {
+  const body = document.querySelector("#jobs-table tbody");
+  body.replaceChildren();
+  document.getElementById("jobs-total").textContent = `(${listing.total})`;
+  document.getElementById("jobs-empty").hidden = listing.items.length > 0;
+  for (const job of listing.items) {
+    const row = element("tr");
+    row.dataset.jobId = job.id;
+    row.classList.toggle("selected", job.id === state.selectedId);
+
+    const compareCell = element("td");
+    const box = element("input");
+    box.type = "checkbox";
+    box.className = "compare";
+    box.title = "Compare on one plot";
+    box.checked = state.compared.has(job.id);
+    box.addEventListener("click", (event) => event.stopPropagation());
+    box.addEventListener("change", () => toggleCompared(job.id, box.checked));
+    compareCell.append(box);
+    row.append(compareCell);
+
+    row.append(element("td", job.id.slice(0, 8), "mono"));
+    row.append(element("td", job.space));
+    row.append(element("td", job.device || "this CPU"));
+    row.append(element("td", formatMs(job.budget_ms)));
+    row.append(element("td", job.controller));
+    const statusCell = element("td");
+    statusCell.append(element("span", job.status, `status status-${job.status}`));
+    if (job.error) statusCell.title = job.error;
+    row.append(statusCell);
+    row.append(progressCell(job));
+    const best = job.best;
+    row.append(element("td", best ? `${(100 * best.accuracy).toFixed(1)} % @ ${formatMs(best.predicted_ms)}` : "—"));
+    row.append(element("td", formatTime(job.created_at)));
+    row.addEventListener("click", () => selectJob(job.id));
+    body.append(row);
+  }
+}
+
+// ---- per-job plots ------------------------------------------------------------------------
+
+function hoverData(point) {
+  const measured = point.measured_ms === null || point.measured_ms === undefined
+    ? "not measured" : formatMs(point.measured_ms);
+  return [point.short, formatMs(point.predicted_ms), measured, point.index];
+}
+
+const HOVER_TEMPLATE = "<b>%{customdata[0]}</b><br>accuracy %{y:.4f}<br>"
+  + "predicted %{customdata[1]}<br>measured %{customdata[2]}<extra>trial %{customdata[3]}</extra>";
+
+function pointsTrace(name, points, x, marker, extra = {}) {
+  return {
+    type: "scatter", mode: "markers", name,
+    x: points.map(x), y: points.map((p) => p.accuracy),
+    customdata: points.map(hoverData), hovertemplate: HOVER_TEMPLATE, marker, ...extra,
+  };
+}
+
+function budgetShape(budgetMs, color = BUDGET_COLOR) {
+  return {
+    type: "line", name: "budget", xref: "x", yref: "paper", x0: budgetMs, x1: budgetMs, y0: 0, y1: 1,
+    line: { color, width: 2, dash: "dash" },
+  };
+}
+
+function paretoTraces(detail) {
+  const trials = detail.trials;
+  const front = trials.filter((p) => !p.dominated).sort((a, b) => a.predicted_ms - b.predicted_ms);
+  const dominated = trials.filter((p) => p.dominated);
+  const measured = trials.filter((p) => p.measured_ms !== null && p.measured_ms !== undefined);
+  const best = detail.job.best;
+  const bestPoints = best ? trials.filter((p) => p.short === best.short).slice(0, 1) : [];
+  // Trace order is fixed (front, dominated, measured, best, front line) so the page and its
+  // tests can tell the traces apart.
+  return [
+    pointsTrace("Pareto front", front, (p) => p.predicted_ms, { color: FRONT_COLOR, size: 9 }),
+    pointsTrace("dominated", dominated, (p) => p.predicted_ms, { color: DOMINATED_COLOR, size: 7 }),
+    pointsTrace("measured (end to end)", measured, (p) => p.measured_ms,
+      { color: MEASURED_COLOR, size: 9, symbol: "diamond-open", line: { width: 2 } }),
+    pointsTrace("best", bestPoints, (p) => p.predicted_ms,
+      { color: "#000000", size: 16, symbol: "star-open", line: { width: 2 } }),
+    {
+      type: "scatter", mode: "lines", name: "front", showlegend: false, hoverinfo: "skip",
+      x: front.map((p) => p.predicted_ms), y: front.map((p) => p.accuracy),
+      line: { color: FRONT_COLOR, width: 1, shape: "hv" },
+    },
+  ];
+}
+
+function drawPareto(detail) {
+  const budget = detail.job.budget_ms;
+  const layout = {
+    title: { text: `Accuracy vs latency — ${detail.trials.length} trials` },
+    xaxis: { title: { text: "latency (ms; predicted, measured where shown)" }, zeroline: false },
+    yaxis: { title: { text: "validation accuracy" } },
+    shapes: [budgetShape(budget)],
+    annotations: [{
+      x: budget, y: 1, xref: "x", yref: "paper", text: `budget ${formatMs(budget)}`,
+      showarrow: false, xanchor: "left", yanchor: "top", font: { color: BUDGET_COLOR },
+    }],
+    legend: { orientation: "h", y: -0.2 },
+    margin: { t: 50, r: 20 },
+    hovermode: "closest",
+  };
+  const plot = document.getElementById("pareto-plot");
+  Plotly.react(plot, paretoTraces(detail), layout, { displaylogo: false, responsive: true });
+  plot.dataset.trials = String(detail.trials.length);
+  plot.dataset.jobId = detail.job.id;
+  if (!plot.dataset.clickBound) {
+    plot.on("plotly_click", () => downloadBest(plot.dataset.jobId));
+    plot.dataset.clickBound = "1";
+  }
+}
+
+function hypervolumeTraces(ids) {
+  const traces = [];
+  ids.forEach((id, i) => {
+    const detail = state.details.get(id);
+    const curve = (detail && detail.pareto && detail.pareto.hypervolume_curve) || [];
+    traces.push({
+      type: "scatter", mode: "lines+markers", name: jobLabel(detail.job),
+      x: curve.map((c) => c.evaluations), y: curve.map((c) => c.hypervolume),
+      line: { color: COMPARE_COLORS[i % COMPARE_COLORS.length], shape: "hv" },
+      marker: { size: 4 },
+    });
+  });
+  return traces;
+}
+
+function drawHypervolume() {
+  const ids = [state.selectedId, ...[...state.compared].filter((id) => id !== state.selectedId)]
+    .filter((id) => id && state.details.has(id));
+  Plotly.react(document.getElementById("hypervolume-plot"), hypervolumeTraces(ids), {
+    title: { text: "Hypervolume over evaluations" },
+    xaxis: { title: { text: "evaluations" } },
+    yaxis: { title: { text: "hypervolume (under the budget)" } },
+    legend: { orientation: "h", y: -0.2 },
+    margin: { t: 50, r: 20 },
+    showlegend: ids.length > 1,
+  }, { displaylogo: false, responsive: true });
+}
+
+function renderSummary(detail) {
+  const job = detail.job;
+  document.getElementById("job-section").hidden = false;
+  document.getElementById("job-id").textContent = job.id;
+  const status = document.getElementById("job-status");
+  status.textContent = job.status;
+  status.className = `status status-${job.status}`;
+  const parts = [
+    `space ${job.space}`, `device ${job.device || "this CPU"}`, `budget ${formatMs(job.budget_ms)}`,
+    `controller ${job.controller}`, `${job.evaluations} evaluations`, `seed ${job.seed}`,
+  ];
+  const progress = job.progress || {};
+  if (progress.stage) parts.push(`${progress.stage} ${progress.done}/${progress.total}`);
+  if (job.worker) parts.push(`worker ${job.worker}`);
+  if (job.started_at) parts.push(`started ${formatTime(job.started_at)}`);
+  if (job.finished_at) parts.push(`finished ${formatTime(job.finished_at)}`);
+  if (detail.pareto) parts.push(`hypervolume ${Number(detail.pareto.hypervolume.toPrecision(4))}`);
+  if (job.best) {
+    parts.push(`best ${job.best.short}: accuracy ${job.best.accuracy.toFixed(4)}, predicted `
+      + `${formatMs(job.best.predicted_ms)}, measured ${formatMs(job.best.measured_ms)}`);
+  }
+  if (job.error) parts.push(`error: ${job.error}`);
+  document.getElementById("job-summary").textContent = parts.join(" · ");
+  document.getElementById("download-best").disabled = job.status !== "succeeded";
+}
+
+// ---- comparison ---------------------------------------------------------------------------
+
+function drawComparison() {
+  const section = document.getElementById("compare-section");
+  const ids = [...state.compared].filter((id) => state.details.has(id));
+  section.hidden = ids.length === 0;
+  if (ids.length === 0) return;
+  const traces = [];
+  const shapes = [];
+  ids.forEach((id, i) => {
+    const detail = state.details.get(id);
+    const color = COMPARE_COLORS[i % COMPARE_COLORS.length];
+    const front = (detail.pareto && detail.pareto.front) || [];
+    traces.push({
+      ...pointsTrace(jobLabel(detail.job), front, (p) => p.predicted_ms, { color, size: 8 }),
+      mode: "lines+markers", line: { color, shape: "hv" }, meta: id,
+    });
+    shapes.push(budgetShape(detail.job.budget_ms, color));
+  });
+  const plot = document.getElementById("compare-plot");
+  Plotly.react(plot, traces, {
+    title: { text: "Pareto fronts compared (predicted latency)" },
+    xaxis: { title: { text: "predicted latency (ms)" }, zeroline: false },
+    yaxis: { title: { text: "validation accuracy" }, zeroline: false, range: accuracyRange(traces) },
+    shapes,
+    legend: { orientation: "h", y: -0.2 },
+    margin: { t: 50, r: 20 },
+    hovermode: "closest",
+  }, { displaylogo: false, responsive: true });
+  if (!plot.dataset.clickBound) {
+    plot.on("plotly_click", (event) => downloadBest(event.points[0].data.meta));
+    plot.dataset.clickBound = "1";
+  }
+}
+
+// Plotly pads a flat series to +-1, which hides fronts of one accuracy level; pad by the data.
+function accuracyRange(traces) {
+  const values = traces.flatMap((t) => t.y);
+  if (values.length === 0) return undefined;
+  const low = Math.min(...values);
+  const high = Math.max(...values);
+  const pad = Math.max(0.02, 0.1 * (high - low));
+  return [low - pad, high + pad];
+}
+
+function toggleCompared(jobId, checked) {
+  if (checked) state.compared.add(jobId);
+  else state.compared.delete(jobId);
+  refreshDetails().catch(reportError);
+}
+
+// ---- downloads ----------------------------------------------------------------------------
+
+async function downloadBest(jobId) {
+  if (!jobId) return;
+  try {
+    // fetch + blob rather than a plain link: a link cannot carry the Authorization header.
+    const response = await apiFetch(`/searches/${jobId}/artifacts/best.onnx`);
+    const url = URL.createObjectURL(await response.blob());
+    const link = element("a");
+    link.href = url;
+    link.download = `${jobId}-best.onnx`;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    setMessage(`Downloaded best.onnx of ${jobId.slice(0, 8)}`);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      setMessage(`best.onnx of ${jobId.slice(0, 8)} is not there yet (it is written when the search finishes)`, true);
+    } else {
+      reportError(error);
+    }
+  }
+}
+
+// ---- loading and polling ------------------------------------------------------------------
+
+async function loadDetail(jobId) {
+  const known = state.details.get(jobId);
+  if (known && known.final) return known;
+  const job = await apiJson(`/searches/${jobId}`);
+  const [pareto, trials] = await Promise.all([fetchPareto(jobId), fetchAllTrials(jobId)]);
+  const detail = { job, pareto, trials, final: !ACTIVE_STATUSES.has(job.status) };
+  state.details.set(jobId, detail);
+  return detail;
+}
+
+async function refreshDetails() {
+  if (state.selectedId) {
+    const detail = await loadDetail(state.selectedId);
+    renderSummary(detail);
+    drawPareto(detail);
+  }
+  await Promise.all([...state.compared].map(loadDetail));
+  if (state.selectedId) drawHypervolume();
+  drawComparison();
+}
+
+function selectJob(jobId) {
+  state.selectedId = jobId;
+  history.replaceState(null, "", `#job=${jobId}`);
+  for (const row of document.querySelectorAll("#jobs-table tbody tr")) {
+    row.classList.toggle("selected", row.dataset.jobId === jobId);
+  }
+  refreshDetails().catch(reportError);
+}
+
+function anyActive() {
+  const watched = [state.selectedId, ...state.compared].filter(Boolean);
+  return state.jobs.some((job) => ACTIVE_STATUSES.has(job.status))
+    || watched.some((id) => state.details.has(id) && !state.details.get(id).final);
+}
+
+function reportError(error) {
+  setMessage(error instanceof ApiError ? `${error.status}: ${error.message}` : String(error), true);
+}
+
+async function tick() {
+  // One poll at a time: a token change while a poll is in flight asks for one more afterwards.
+  if (state.polling) {
+    state.pollAgain = true;
+    return;
+  }
+  state.polling = true;
+  clearTimeout(state.timer);
+  try {
+    const listing = await apiJson(`/searches?offset=0&limit=${JOBS_PAGE}`);
+    state.jobs = listing.items;
+    renderJobs(listing);
+    // A job that left the active states gets one last full fetch.
+    for (const job of listing.items) {
+      const detail = state.details.get(job.id);
+      if (detail && detail.job.status !== job.status) detail.final = false;
+    }
+    await refreshDetails();
+    if (document.getElementById("message").classList.contains("error")) setMessage("");
+    document.body.dataset.loaded = "1";
+  } catch (error) {
+    reportError(error);
+  } finally {
+    state.polling = false;
+    const delay = state.pollAgain ? 0 : anyActive() ? POLL_ACTIVE_MS : POLL_IDLE_MS;
+    state.pollAgain = false;
+    state.timer = setTimeout(tick, delay);
+  }
+}
+
+function setUpToken() {
+  const input = document.getElementById("token-input");
+  input.value = localStorage.getItem(TOKEN_KEY) || "";
+  document.getElementById("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = input.value.trim();
+    if (token) localStorage.setItem(TOKEN_KEY, token);
+    else localStorage.removeItem(TOKEN_KEY);
+    setMessage(token ? "Token saved in this browser" : "Token removed");
+    tick();
+  });
+  document.getElementById("token-clear").addEventListener("click", () => {
+    input.value = "";
+    localStorage.removeItem(TOKEN_KEY);
+    setMessage("Token removed");
+    tick();
+  });
+}
+
+function start() {
+  setUpToken();
+  document.getElementById("download-best").addEventListener("click", () => downloadBest(state.selectedId));
+  const fromHash = /^#job=([0-9a-zA-Z-]+)$/.exec(location.hash);
+  if (fromHash) state.selectedId = fromHash[1];
+  tick();
+}
+
+start();
