@@ -140,7 +140,10 @@ def search_command(
         str | None, typer.Option("--device", help="Latency table's device (default: this CPU).")
     ] = None,
     controller: Annotated[
-        str, typer.Option("--controller", help="nsga2 | evolution | tpe | optuna-nsga2 | random")
+        str,
+        typer.Option(
+            "--controller", help="nsga2 | evolution | predictor | tpe | optuna-nsga2 | random"
+        ),
     ] = "nsga2",
     evaluations: Annotated[
         int, typer.Option("--evaluations", min=1, max=100_000, help="Candidates to evaluate.")
@@ -242,6 +245,7 @@ def search_command(
 def _register_subcommands() -> None:
     # Imported here, not at the top, so `nasvit --help` and `nasvit spaces` stay fast.
     from nasvit.cli_latency import latency_app, profile_command
+    from nasvit.cli_server import serve_command, token_app, worker_command
     from nasvit.cli_train import eval_command, predictor_command, train_command
 
     app.command("profile")(profile_command)
@@ -249,6 +253,9 @@ def _register_subcommands() -> None:
     app.command("train")(train_command)
     app.command("eval")(eval_command)
     app.command("predictor")(predictor_command)
+    app.command("serve")(serve_command)
+    app.command("worker")(worker_command)
+    app.add_typer(token_app, name="token")
 
 
 _register_subcommands()

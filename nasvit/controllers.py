@@ -155,7 +155,8 @@ class EvolutionController(Controller):
         return (violation, -observation.accuracy)
 
 
-ControllerFactory = Callable[[SearchSpace, "float | None", int], Controller]
+ControllerFactory = Callable[..., Controller]
+LatencyFunction = Callable[[Architecture], float]
 
 
 def _optuna(kind: str) -> ControllerFactory:
@@ -167,6 +168,14 @@ def _optuna(kind: str) -> ControllerFactory:
     return factory
 
 
+def _predictor_assisted(
+    space: SearchSpace, budget_ms: float | None, seed: int, latency: LatencyFunction | None = None
+) -> Controller:
+    from nasvit.predictor_controller import PredictorAssistedController
+
+    return PredictorAssistedController(space, budget_ms, seed, latency=latency)
+
+
 # A lazy name -> factory registry: Optuna is imported only when one of its samplers is chosen.
 CONTROLLERS: dict[str, ControllerFactory] = {
     "random": RandomController,
@@ -176,12 +185,22 @@ CONTROLLERS: dict[str, ControllerFactory] = {
     ),
     "tpe": _optuna("tpe"),
     "optuna-nsga2": _optuna("nsga2"),
+    "predictor": _predictor_assisted,
 }
+# Controllers that screen candidates with the device's latency prediction before evaluating.
+USES_LATENCY_FUNCTION = frozenset({"predictor"})
 
 
 def make_controller(
-    name: str, space: SearchSpace, budget_ms: float | None, seed: int = 0
+    name: str,
+    space: SearchSpace,
+    budget_ms: float | None,
+    seed: int = 0,
+    latency: LatencyFunction | None = None,
 ) -> Controller:
+    """A controller by name; ``latency`` (the table's prediction) goes to those that use it."""
     if name not in CONTROLLERS:
         raise UnknownNameError("controller", name, CONTROLLERS)
+    if latency is not None and name in USES_LATENCY_FUNCTION:
+        return CONTROLLERS[name](space, budget_ms, seed, latency=latency)
     return CONTROLLERS[name](space, budget_ms, seed)

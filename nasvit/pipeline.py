@@ -158,13 +158,15 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     else:
         executor = InProcessExecutor(evaluator)
 
-    controller = make_controller(request.controller, space, request.budget_ms, request.seed)
+    def predict(arch: Architecture) -> float:
+        return table.predict(space.lower(arch, **shape_args)).latency_ms
+
+    controller = make_controller(
+        request.controller, space, request.budget_ms, request.seed, latency=predict
+    )
     trials = _load_trials(trials_path, space) if trials_path.exists() else []
     for trial in trials:  # resume: the controller learns from what was already evaluated
         controller.tell(space.validate(trial.arch), trial.score, trial.latency_ms)
-
-    def predict(arch: Architecture) -> float:
-        return table.predict(space.lower(arch, **shape_args)).latency_ms
 
     stage_start = time.perf_counter()
     resumed = len(trials)
