@@ -1,0 +1,230 @@
+"""``nasvit worker``: claim queued searches from the database and run them.
+
+A worker runs :func:`nasvit.pipeline.run_search` in its own process with
+``out = <artifact root>/<job id>`` and ``resume=True``: the pipeline appends every finished trial
+to ``trials.jsonl`` before the next batch, so a job taken over after its worker died (its lease
+expired) continues from the persisted trials and loses none.
+
+While a job runs, a heartbeat thread renews the lease and polls the job's cancel flag about
+once a second; the progress hook (called after every evaluated batch and profiled block) raises
+to stop the search when the job was cancelled, the lease was lost or the worker is shutting
+down. Cancellation therefore takes effect at the next progress point, within seconds; a search
+that finishes its last step before that is recorded as succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from nasvit.errors import NasvitError
+from nasvit.server.db import Database
+from nasvit.server.jobs import Claim, JobStore
+from nasvit.server.settings import Settings
+
+log = logging.getLogger("nasvit.server.worker")
+PROGRESS_WRITE_INTERVAL_S = 0.5  # block profiling reports thousands of steps
+CANCEL_POLL_S = 1.0
+
+
+class _Stop(Exception):
+    """Raised inside the search (from the progress hook) to end it early."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # "cancelled" | "lease lost" | "shutdown"
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a partial last line off ``trials.jsonl``: a worker killed while writing a batch can
+    leave one, and the pipeline refuses a file with an unreadable line. Complete lines stay."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+        log.warning("dropped a partly written trial at the end of %s", path)
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the claim's lease every ``heartbeat_seconds`` and polls the cancel flag."""
+
+    def __init__(self, jobs: JobStore, claim: Claim, settings: Settings, shutdown: threading.Event):
+        super().__init__(name=f"heartbeat-{claim.job.id[:8]}", daemon=True)
+        self.jobs, self.claim, self.settings, self.shutdown = jobs, claim, settings, shutdown
+        self.finished = threading.Event()
+        self.stop_reason: str | None = None
+
+    def run(self) -> None:
+        tick = min(CANCEL_POLL_S, self.settings.heartbeat_seconds)
+        last_renewal = time.monotonic()
+        while not self.finished.wait(tick):
+            try:
+                # Renewing is a write; polling the flag rides along every tick because it is
+                # what makes cancellation prompt (the lease itself only needs renewing rarely).
+                now = time.monotonic()
+                if now - last_renewal >= self.settings.heartbeat_seconds:
+                    owned, cancel = self.jobs.heartbeat(self.claim, self.settings.lease_seconds)
+                    last_renewal = now
+                else:
+                    owned, cancel = True, self.jobs.get(self.claim.job.id).cancel_requested
+            except Exception:  # a database hiccup: keep the job, try again next tick
+                log.exception("heartbeat of job %s failed", self.claim.job.id)
+                continue
+            if not owned:
+                self.stop_reason = "lease lost"
+            elif cancel:
+                self.stop_reason = "cancelled"
+            elif self.shutdown.is_set():
+                self.stop_reason = "shutdown"
+
+
+class Worker:
+    """Claims and runs jobs one at a time. :meth:`stop` (e.g. on SIGTERM) ends the loop and
+    hands a running job back to the queue at its next progress point."""
+
+    def __init__(self, settings: Settings, name: str | None = None):
+        self.settings = settings
+        self.name = name or default_worker_name()
+        self.database = Database.open(settings.resolved_database_url)
+        self.jobs = JobStore(self.database)
+        self.shutdown = threading.Event()
+        # run_search opens the latency store and default supernets from the environment.
+        settings.export_to_environment()
+
+    def stop(self) -> None:
+        self.shutdown.set()
+
+    def run(self, once: bool = False, poll_seconds: float = 2.0) -> int:
+        """Process jobs until stopped (``once``: at most one, and stop when none is queued).
+        Returns how many jobs this worker ran."""
+        ran = 0
+        while not self.shutdown.is_set():
+            try:
+                claim = self.jobs.claim(self.name, self.settings.lease_seconds)
+            except Exception:  # database unreachable for a moment: wait and retry
+                log.exception("claiming a job failed")
+                claim = None
+            if claim is None:
+                if once:
+                    break
+                self.shutdown.wait(poll_seconds)
+                continue
+            self.run_job(claim)
+            ran += 1
+            if once:
+                break
+        return ran
+
+    def run_job(self, claim: Claim) -> str:
+        """Run one claimed job to its end; returns the status it was left in."""
+        folder = self.settings.resolved_artifact_root / claim.job.id
+        folder.mkdir(parents=True, exist_ok=True)
+        # A previous owner that lost its lease but still runs would append to the same file:
+        # wait for it to notice (its next progress point) and let go.
+        lock = FileLock(str(folder / ".worker.lock"))
+        try:
+            lock.acquire(timeout=self.settings.heartbeat_seconds)
+        except Timeout:
+            log.warning("job %s is still held by another process; requeueing", claim.job.id)
+            self.jobs.release(claim)
+            return "queued"
+        try:
+            return self._run_locked(claim, folder)
+        finally:
+            lock.release()
+
+    def _run_locked(self, claim: Claim, folder: Path) -> str:
+        from nasvit.pipeline import TRIALS_FILE, SearchRequest, run_search
+
+        job = claim.job
+        log.info("running job %s (attempt %d)", job.id, claim.attempt)
+        drop_torn_tail(folder / TRIALS_FILE)
+        spec = job.request
+        checkpoint = self.settings.checkpoints.get(spec["space"])
+        request = SearchRequest(
+            space=spec["space"],
+            budget_ms=float(spec["budget_ms"]),
+            device=spec.get("device"),
+            controller=spec["controller"],
+            evaluations=int(spec["evaluations"]),
+            workers=int(spec.get("workers", 1)),
+            seed=int(spec["seed"]),
+            checkpoint=None if checkpoint is None else Path(checkpoint),
+            out=folder,
+            resume=True,
+        )
+        heartbeat = _Heartbeat(self.jobs, claim, self.settings, self.shutdown)
+        last_write = {"stage": "", "at": 0.0}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if heartbeat.stop_reason is not None:
+                raise _Stop(heartbeat.stop_reason)
+            now = time.monotonic()
+            due = now - last_write["at"] >= PROGRESS_WRITE_INTERVAL_S
+            if stage != last_write["stage"] or done >= total or due:
+                if not self.jobs.set_progress(claim, stage, done, total):
+                    raise _Stop("lease lost")
+                last_write.update(stage=stage, at=now)
+
+        heartbeat.start()
+        try:
+            result = run_search(request, progress)
+        except _Stop as stop:
+            return self._stopped(claim, stop.reason)
+        except NasvitError as exc:
+            return self._finish(claim, "failed", error=str(exc))
+        except KeyboardInterrupt:
+            self.jobs.release(claim)  # the trials so far stay; the next claim resumes
+            raise
+        except Exception as exc:  # a bug: keep the worker alive, record it, log the traceback
+            log.error("job %s crashed:\n%s", job.id, traceback.format_exc())
+            return self._finish(
+                claim, "failed", error=f"internal error: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            heartbeat.finished.set()
+            heartbeat.join()
+        best = result.report["best"]
+        summary: dict[str, Any] = {
+            "short": best["short"],
+            "accuracy": best["accuracy"],
+            "predicted_ms": best["predicted_ms"],
+            "measured_ms": best["measured_ms"],
+        }
+        return self._finish(claim, "succeeded", best=summary)
+
+    def _stopped(self, claim: Claim, reason: str) -> str:
+        if reason == "cancelled":
+            return self._finish(claim, "cancelled")
+        if reason == "shutdown":
+            self.jobs.release(claim)
+            log.info("job %s handed back to the queue (worker shutting down)", claim.job.id)
+            return "queued"
+        log.warning("job %s: lease lost to another worker; stopped", claim.job.id)
+        return "lost"
+
+    def _finish(self, claim: Claim, status: str, **fields: Any) -> str:
+        if not self.jobs.finish(claim, status, **fields):
+            log.warning("job %s was taken over before it could be marked %s", claim.job.id, status)
+            return "lost"
+        log.info(
+            "job %s %s%s", claim.job.id, status, f": {fields['error']}" if "error" in fields else ""
+        )
+        return status
+
+    def close(self) -> None:
+        self.database.close()
