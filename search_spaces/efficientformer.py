@@ -603,14 +603,24 @@ class EfficientFormerSpace(SearchSpace):
                     yield from _plan(arch, self.config, in_channels, num_classes, batch)
 
 
+# Lowering runs for every candidate a search scores, and candidates share a few hundred blocks:
+# building each spec once (and reusing it) keeps lowering cheap.
+_SPECS: dict[tuple[Any, ...], BlockSpec] = {}
+
+
 def _spec(step: _Step) -> BlockSpec:
-    return BlockSpec(
-        kind=f"efficientformer.{step.kind}",
-        input_shape=step.input_shape,
-        output_shape=step.output_shape,
-        params=step.params,
-        builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
-    )
+    identity = (step.kind, step.input_shape, step.output_shape, *step.params.items())
+    spec = _SPECS.get(identity)
+    if spec is None:
+        spec = BlockSpec(
+            kind=f"efficientformer.{step.kind}",
+            input_shape=step.input_shape,
+            output_shape=step.output_shape,
+            params=step.params,
+            builder=partial(_STATIC_BLOCKS[step.kind], **step.params),
+        )
+        _SPECS[identity] = spec
+    return spec
 
 
 @register_space("efficientformer")

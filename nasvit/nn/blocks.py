@@ -8,6 +8,7 @@ database depends on this module only, never on a search space.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -23,6 +24,22 @@ ParamValue = int | float | str | bool
 
 def _format_shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
+
+
+# Searches lower thousands of candidates per second, and the same few hundred blocks recur in
+# all of them: formatting each key once instead of per lookup made lowering several times cheaper.
+@functools.lru_cache(maxsize=65536)
+def _canonical_key(
+    kind: str,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    params: tuple[tuple[str, ParamValue], ...],
+) -> str:
+    param_text = ",".join(f"{name}={value}" for name, value in params)
+    return (
+        f"{BLOCK_KEY_SCHEMA}|{kind}|in={_format_shape(input_shape)}"
+        f"|out={_format_shape(output_shape)}|{param_text}"
+    )
 
 
 @dataclass(frozen=True)
@@ -43,13 +60,11 @@ class BlockSpec:
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     builder: Callable[[], nn.Module] | None = field(default=None, compare=False, repr=False)
 
-    @property
+    @functools.cached_property  # specs are reused across lowerings; frozen fields never change
     def key(self) -> str:
         """Versioned canonical key: schema, kind, shapes and sorted params."""
-        param_text = ",".join(f"{name}={self.params[name]}" for name in sorted(self.params))
-        return (
-            f"{BLOCK_KEY_SCHEMA}|{self.kind}|in={_format_shape(self.input_shape)}"
-            f"|out={_format_shape(self.output_shape)}|{param_text}"
+        return _canonical_key(
+            self.kind, self.input_shape, self.output_shape, tuple(sorted(self.params.items()))
         )
 
     def build(self) -> nn.Module:

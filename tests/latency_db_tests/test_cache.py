@@ -19,6 +19,7 @@ from nasvit.latency_db import (
     build_table,
 )
 from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
+from nasvit.latency_db.table import MissingBlocksError
 from nasvit.nn.blocks import BlockSpec
 
 MB = 2**20
@@ -150,3 +151,48 @@ def test_single_thread_onnxruntime_times_cpu_time_of_the_inference_thread() -> N
         lambda: time.sleep(0.02)
     )
     assert min(wall) >= 19.0 and max(cpu) < 10.0
+
+
+@pytest.mark.parametrize("path", ["cache", "calibrated", "raw"])
+def test_batch_prediction_equals_one_by_one_prediction(
+    sqlite_store: LatencyStore, path: str
+) -> None:
+    rng = np.random.default_rng(0)
+    fp = DeviceFingerprint("cpu", 1, 1, "os", "onnxruntime", "1", "CPU", 1, "all",
+                           cache_bytes=32 * MB)  # fmt: skip
+    device = sqlite_store.ensure_device(fp)
+    sqlite_store.set_overhead(device.id, 0.004, 0.0, 10)
+    blocks = [
+        BlockSpec(
+            kind=f"test.b{i}", input_shape=(1, 8), output_shape=(1, int(rng.integers(1, 9e5)))
+        )
+        for i in range(8)
+    ]
+    sqlite_store.add_entries(
+        device.id,
+        [
+            NewEntry(b.key, "nasvit-block/1", "k", float(warm), 0.1, 10, "p", "1",
+                     weight_bytes=int(rng.integers(1, 40)) * MB,
+                     cold_median_ms=None if i == 0 else float(warm * rng.uniform(1, 4)))
+            for i, (b, warm) in enumerate(zip(blocks, rng.uniform(0.1, 2.0, size=8), strict=True))
+        ],
+    )  # fmt: skip
+    raw = ErrorStats(5, 30.0, 0.0, 0.2)
+    good, bad = ErrorStats(5, 2.0, 0.9, 1.0), ErrorStats(5, 90.0, 0.0, 0.0)
+    model = CacheModel(32 * MB, onset=0.7, width=1.5, power=1.3, activation_weight=2.0)
+    sqlite_store.add_validation(
+        device.id,
+        ValidationRecord("s", "nasvit-block/1", raw, 1.2, 0.3, 5, raw,
+                         good if path == "calibrated" else bad, cache_model=model.to_dict(),
+                         cache_test=good if path == "cache" else bad),
+    )  # fmt: skip
+    table = LatencyTable.load(sqlite_store, device.id)
+    networks = [
+        [blocks[j] for j in rng.integers(0, 8, size=rng.integers(1, 12))] for _ in range(50)
+    ]
+    expected = [table.predict(n).latency_ms for n in networks]
+    assert table.predict(networks[0]).cache_aware is (path == "cache")
+    assert table.predict(networks[0]).calibrated is (path == "calibrated")
+    np.testing.assert_allclose(table.predict_many(networks), expected, rtol=1e-12)
+    with pytest.raises(MissingBlocksError):
+        table.predict_many([[blocks[0], _block("unknown")]])
