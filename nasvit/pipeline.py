@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from nasvit.budget import format_ms
 from nasvit.controllers import make_controller
 from nasvit.errors import NasvitError
@@ -217,7 +219,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
 
     def measure(trial: Trial) -> None:
         measured[trial.index], exported[trial.index] = _measure_exported(
-            space, evaluator, trial, profiler, out
+            space, evaluator, trial, profiler, out, request.budget_ms
         )
 
     # Best ranked first; among equal scores the faster wins.
@@ -281,16 +283,30 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     return SearchResult(best, measured[best.index], front, trials, report)
 
 
+# A whole-network median within this share of the budget is re-measured before it decides
+# whether a candidate fits: one measurement of the same file varied from 1.78 to 2.66 ms between
+# runs on a loaded machine, enough to flip the decision either way.
+NEAR_BUDGET_SHARE = 0.2
+NEAR_BUDGET_MEASUREMENTS = 3
+
+
 def _measure_exported(
-    space: SearchSpace, evaluator: Any, trial: Trial, profiler: Any, out: Path
+    space: SearchSpace, evaluator: Any, trial: Trial, profiler: Any, out: Path, budget_ms: float
 ) -> tuple[float, Path]:
-    """Export the trial's subnet with trained weights and time it as a whole network."""
+    """Export the trial's subnet with trained weights and time it as a whole network; close
+    to the budget, the median of several independent measurements."""
     from nasvit.onnx_export import export_onnx
 
     arch = space.validate(trial.arch)
     shape = space.input_shape(arch, 1, evaluator.supernet.in_channels)
     path = export_onnx(evaluator.subnet(arch), shape, out / f"candidate-{trial.index}.onnx")
-    return float(profiler.measure(path, shape).median_ms), path
+    medians = [float(profiler.measure(path, shape).median_ms)]
+    if abs(medians[0] - budget_ms) <= NEAR_BUDGET_SHARE * budget_ms:
+        medians += [
+            float(profiler.measure(path, shape).median_ms)
+            for _ in range(NEAR_BUDGET_MEASUREMENTS - 1)
+        ]
+    return float(np.median(medians)), path
 
 
 def _write_outputs(

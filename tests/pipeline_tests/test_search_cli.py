@@ -186,3 +186,35 @@ def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:
     step = 1 / 179  # one image of the digits validation split
     assert ranking_score(0.9, 0.2) > ranking_score(0.9, 0.3)
     assert ranking_score(0.9 + step, 50.0) > ranking_score(0.9, 0.0)
+
+
+class CountingProfiler:
+    """The real onnxruntime profiler, counting its whole-network measurements."""
+
+    def __init__(self) -> None:
+        from nasvit.latency_db import MeasurementProtocol, OnnxRuntimeProfiler
+
+        protocol = MeasurementProtocol(sessions=1, warmup=1, repeats=3, min_repeats=3)
+        self.profiler = OnnxRuntimeProfiler(protocol=protocol)
+        self.calls = 0
+
+    def measure(self, *args: object) -> object:
+        self.calls += 1
+        return self.profiler.measure(*args)
+
+
+def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_path) -> None:
+    from nasvit.checkpoint import load_supernet
+    from nasvit.data import load_dataset
+    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.pipeline import NEAR_BUDGET_MEASUREMENTS, Trial, _measure_exported
+
+    space, supernet, _ = load_supernet(checkpoint)
+    evaluator = SubnetEvaluator(space, supernet, load_dataset("digits"), "val")
+    arch = space.sample(np.random.default_rng(0))
+    trial = Trial(0, arch.to_dict(), space.short_string(arch), 0.9, 0.3, 0.9, 0.1, True)
+    profiler = CountingProfiler()
+    far, path = _measure_exported(space, evaluator, trial, profiler, tmp_path, budget_ms=1e6)
+    assert profiler.calls == 1 and far > 0 and path.is_file()
+    near, _ = _measure_exported(space, evaluator, trial, profiler, tmp_path, budget_ms=far)
+    assert profiler.calls == 1 + NEAR_BUDGET_MEASUREMENTS and near > 0

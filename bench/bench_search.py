@@ -1,0 +1,218 @@
+"""Search benchmarks (issue 5): scoring throughput, Ray throughput, sample efficiency.
+
+Uses the default efficientformer supernet and this CPU's latency table (both cached under
+$NASVIT_HOME; `make demo` creates them).
+
+    .venv/bin/python bench/bench_search.py scoring            # candidates/s, predictor + table
+    .venv/bin/python bench/bench_search.py ray --archs 64     # supernet evaluations/s, 1-2 workers
+    .venv/bin/python bench/bench_search.py efficiency --seeds 5 --evaluations 1200
+
+Sample efficiency: 1,200 real supernet evaluations per run x 5 controllers x 5 seeds would take
+hours on 2 cores, so the runs score candidates with an *oracle*: an MLP fitted on the ranking
+scores (accuracy with the loss tie-break) of ``--oracle-archs`` real supernet evaluations, plus
+the real latency table. The predictor-assisted controller's own surrogate is a different model
+family (gradient-boosted trees) that only sees what it was told. Hypervolume uses the budget as
+the latency reference and the oracle's 5th-percentile score of random archs as the floor, so
+the figures compare the part of the front that matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasvit.controllers import make_controller
+from nasvit.pareto import hypervolume
+from nasvit.pipeline import ranking_score
+from nasvit.search_spaces import Architecture, SearchSpace
+
+BUDGET_MS = 2.0
+CHECKPOINTS = (50, 100, 200, 300, 400, 600, 800, 1200)
+EFFICIENCY_CONTROLLERS = ("random", "optuna-nsga2", "tpe", "nsga2", "evolution", "predictor")
+
+
+def load_defaults() -> tuple[SearchSpace, Any, Any, dict[str, int]]:
+    """(space, supernet, latency table, shape args) of the README's main job."""
+    from nasvit.default_supernet import default_supernet, recipe_for
+    from nasvit.latency import resolve_device
+    from nasvit.latency_db import LatencyStore, LatencyTable
+
+    space, supernet, _ = default_supernet("efficientformer", recipe=recipe_for("efficientformer"))
+    store = LatencyStore.open()
+    device, _profiler = resolve_device(store, None)
+    table = LatencyTable.load(store, device.id)
+    shape = {"num_classes": supernet.num_classes, "in_channels": supernet.in_channels}
+    return space, supernet, table, shape
+
+
+def bench_scoring(count: int) -> dict[str, float]:
+    """Candidates/s scored by an accuracy predictor plus the latency table (no supernet)."""
+    from nasvit.predictor_controller import Surrogate
+
+    space, _, table, shape = load_defaults()
+    rng = np.random.default_rng(0)
+    train = [space.sample(rng) for _ in range(400)]
+    surrogate = Surrogate(space, seed=0)
+    surrogate.fit(train, rng.uniform(0.9, 1.0, size=len(train)))  # values do not affect speed
+    candidates = [space.sample(rng) for _ in range(count)]
+    started = time.perf_counter()
+    accuracy = surrogate.predict(candidates)
+    accuracy_s = time.perf_counter() - started
+    started = time.perf_counter()
+    latency = table.predict_many([space.lower(a, **shape) for a in candidates])
+    latency_s = time.perf_counter() - started
+    one_by_one = [table.predict(space.lower(a, **shape)).latency_ms for a in candidates[:500]]
+    assert np.allclose(latency[:500], one_by_one) and accuracy.shape == (count,)
+    return {
+        "candidates": count,
+        "accuracy_per_s": count / accuracy_s,
+        "latency_per_s": count / latency_s,
+        "scored_per_s": count / (accuracy_s + latency_s),
+    }
+
+
+def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
+    """Supernet evaluations/s in-process and on local Ray with 1..N workers."""
+    from nasvit.data import load_dataset
+    from nasvit.default_supernet import recipe_for
+    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.executors import InProcessExecutor, RayExecutor
+
+    space, supernet, _, _ = load_defaults()
+    seed = recipe_for("efficientformer").data_seed
+    evaluator = SubnetEvaluator(space, supernet, load_dataset("digits", seed=seed), "val")
+    rng = np.random.default_rng(1)
+    batch = [space.sample(rng) for _ in range(archs)]
+    results: dict[str, Any] = {"archs": archs}
+    executor: Any = InProcessExecutor(evaluator)
+    executor.evaluate(batch[:2])  # warm-up
+    started = time.perf_counter()
+    reference = executor.evaluate(batch)
+    results["in_process_per_s"] = archs / (time.perf_counter() - started)
+    for count in workers:
+        executor = RayExecutor(evaluator, "digits", seed, count, None)
+        try:
+            executor.evaluate(batch[: 2 * count])  # actors start and load the supernet
+            started = time.perf_counter()
+            outcome = executor.evaluate(batch)
+            results[f"ray_{count}_per_s"] = archs / (time.perf_counter() - started)
+            results[f"ray_{count}_identical"] = outcome == reference
+        finally:
+            executor.close()
+    if "ray_1_per_s" in results and "ray_2_per_s" in results:
+        results["speedup_2_vs_1"] = results["ray_2_per_s"] / results["ray_1_per_s"]
+    return results
+
+
+def fit_oracle(
+    space: SearchSpace, supernet: Any, count: int, cache: Path
+) -> Callable[[list[Architecture]], np.ndarray]:
+    """An MLP fitted on ``count`` real supernet ranking scores (measurements cached)."""
+    from nasvit.data import load_dataset
+    from nasvit.default_supernet import recipe_for
+    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.predictor import AccuracyPredictor, measure_pairs
+
+    dataset = load_dataset("digits", seed=recipe_for("efficientformer").data_seed)
+    evaluator = SubnetEvaluator(space, supernet, dataset, "val")
+    pairs = measure_pairs(evaluator, count, seed=123, cache=cache, progress=True)
+    archs = [space.validate(p.arch) for p in pairs]
+    scores = [ranking_score(p.accuracy, p.loss) for p in pairs]
+    oracle = AccuracyPredictor(space, kind="mlp", seed=0)
+    oracle.fit(archs, scores)
+    return lambda batch: oracle.predict(batch)
+
+
+def run_controller(
+    name: str,
+    seed: int,
+    evaluations: int,
+    space: SearchSpace,
+    oracle: Callable[[list[Architecture]], np.ndarray],
+    latency: Callable[[Architecture], float],
+    floor: float,
+) -> dict[int, float]:
+    controller = make_controller(name, space, BUDGET_MS, seed, latency=latency)
+    curve: dict[int, float] = {}
+    points: list[tuple[float, float]] = []
+    while len(points) < evaluations:
+        archs = controller.ask(min(16, evaluations - len(points)))
+        if not archs:
+            break
+        for arch, score in zip(archs, oracle(archs), strict=True):
+            lat = latency(arch)
+            controller.tell(arch, float(score), lat)
+            points.append((float(score), lat))
+            if len(points) in CHECKPOINTS:
+                curve[len(points)] = hypervolume(points, BUDGET_MS, floor)
+    return curve
+
+
+def bench_efficiency(
+    seeds: int, evaluations: int, oracle_archs: int, controllers: list[str], out: Path
+) -> dict[str, Any]:
+    space, supernet, table, shape = load_defaults()
+    oracle = fit_oracle(space, supernet, oracle_archs, out.with_suffix(".oracle.jsonl"))
+    memo: dict[Architecture, float] = {}
+
+    def latency(arch: Architecture) -> float:
+        if arch not in memo:
+            memo[arch] = table.predict(space.lower(arch, **shape)).latency_ms
+        return memo[arch]
+
+    rng = np.random.default_rng(7)
+    floor = float(np.percentile(oracle([space.sample(rng) for _ in range(2000)]), 5))
+    results: dict[str, Any] = {"floor": floor, "budget_ms": BUDGET_MS, "curves": {}}
+    for name in controllers:
+        started = time.perf_counter()
+        curves = [
+            run_controller(name, s, evaluations, space, oracle, latency, floor)
+            for s in range(seeds)
+        ]
+        mean = {n: float(np.mean([c[n] for c in curves])) for n in curves[0]}
+        results["curves"][name] = {"mean": mean, "per_seed": curves}
+        print(f"{name:13s} " + " ".join(f"{n}:{v:.5f}" for n, v in mean.items()), flush=True)
+        print(f"{'':13s} {time.perf_counter() - started:.0f} s", flush=True)
+    if "optuna-nsga2" in results["curves"] and "predictor" in results["curves"]:
+        target = results["curves"]["optuna-nsga2"]["mean"][
+            max(results["curves"]["optuna-nsga2"]["mean"])
+        ]
+        reached = [n for n, v in results["curves"]["predictor"]["mean"].items() if v >= target]
+        results["predictor_evaluations_to_reach_optuna_nsga2_final"] = min(reached, default=None)
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("part", choices=["scoring", "ray", "efficiency"])
+    parser.add_argument("--count", type=int, default=20000)
+    parser.add_argument("--archs", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--evaluations", type=int, default=1200)
+    parser.add_argument("--oracle-archs", type=int, default=400)
+    parser.add_argument("--controllers", nargs="+", default=list(EFFICIENCY_CONTROLLERS))
+    parser.add_argument("--out", type=Path, default=Path("test-artifacts/bench_search.json"))
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.part == "scoring":
+        result = bench_scoring(args.count)
+    elif args.part == "ray":
+        result = bench_ray(args.archs, args.workers)
+    else:
+        result = bench_efficiency(
+            args.seeds, args.evaluations, args.oracle_archs, args.controllers, args.out
+        )
+        result = {k: v for k, v in result.items() if k != "curves"}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
