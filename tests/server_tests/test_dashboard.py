@@ -1,0 +1,307 @@
+"""The dashboard in real headless Chromium (Debian's ``chromium``, driven by Playwright through
+``executable_path``; no browser download) against ``create_app(settings)`` served by uvicorn on
+127.0.0.1, with a real search run by a real ``nasvit worker`` process on a tiny supernet.
+
+The server requires a token for reading, so the page is first seen refusing, then the token is
+typed into the page's field. The page stays open while the worker runs the job: it must reach
+the finished state by polling alone. A screenshot is saved under test-artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+NASVIT = str(Path(sys.executable).parent / "nasvit")
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the background-networking flags Chromium keeps dialling out, which this machine's
+# closed network refuses; no sandbox because the tests may run as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+GREY = "rgb(176, 176, 176)"  # DOMINATED_COLOR in server/static/app.js
+BUDGET = "300us"
+BUDGET_MS = 0.3
+EVALUATIONS = 12
+JOB_TIMEOUT_S = 600
+
+pytestmark = pytest.mark.slow
+
+
+def _install_chromium() -> str | None:
+    """Install Debian's chromium; returns why not, or None on success."""
+    if shutil.which("apt-get") is None:
+        return "apt-get not available to install chromium"
+    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    install = ["apt-get", "install", "-y", "-q", "chromium"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        result = subprocess.run(install, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            return f"apt-get install chromium failed: {result.stderr.strip()[-200:]}"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        reason = _install_chromium()
+        if reason or not CHROMIUM.exists():
+            pytest.skip(f"Chromium unavailable: {reason or f'no {CHROMIUM} after install'}")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is a dev dependency: pip install -e '.[dev]'"
+    )
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]  # the NASVIT_* environment a worker needs to join this service
+    token: str
+    home: Path
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(
+            f"{self.url}/api/v1{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        response.raise_for_status()
+        return response.json()
+
+
+def _tiny_checkpoint(folder: Path) -> Path:
+    """An untrained supernet over a small slice of the space: real, but quick to search."""
+    import torch
+
+    from nasvit.checkpoint import save_supernet
+    from nasvit.search_spaces import get_space
+
+    space = get_space("efficientformer").restrict(
+        resolution=[32],
+        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
+        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
+        vit_num=[0, 1, 2],
+    )
+    torch.manual_seed(0)
+    supernet = space.build_supernet(num_classes=10, in_channels=1)
+    return save_supernet(folder / "tiny.pt", space, supernet)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """create_app on real uvicorn (loopback), reads need a token, one search queued."""
+    import uvicorn
+
+    from nasvit.server.app import create_app
+    from nasvit.server.settings import Settings
+
+    home = tmp_path_factory.mktemp("nasvit-home")
+    checkpoint = _tiny_checkpoint(home)
+    env = {
+        "NASVIT_HOME": str(home),
+        "NASVIT_CHECKPOINTS": json.dumps({"efficientformer": str(checkpoint)}),
+        "NASVIT_READ_ACCESS": "token",
+    }
+    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
+    worker_env.update(env)
+    settings = Settings(home=home, checkpoints={"efficientformer": checkpoint}, read_access="token")
+    app = create_app(settings)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        created = subprocess.run(
+            [NASVIT, "token", "create", "dashboard-test"],
+            capture_output=True,
+            text=True,
+            env=worker_env,
+            timeout=120,
+        )
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip().splitlines()[-1]
+        url = f"http://127.0.0.1:{port}"
+        submitted = httpx.post(
+            f"{url}/api/v1/searches",
+            json={"space": "efficientformer", "budget": BUDGET, "evaluations": EVALUATIONS},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert submitted.status_code == 202, submitted.text
+        yield Service(url=url, env=worker_env, token=token, home=home)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(browser: Any, service: Service) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    opened = context.new_page()
+    errors: list[str] = []
+    opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.errors = errors
+    yield opened
+    context.close()
+
+
+def _trace_points(page: Any, plot: str) -> list[list[str]]:
+    """Per plotly trace of ``plot``, the inline style of each drawn SVG marker."""
+    return page.evaluate(
+        """(plot) => [...document.querySelectorAll(`${plot} .scatterlayer .trace`)].map((trace) =>
+            [...trace.querySelectorAll("path.point")].map((p) => p.getAttribute("style")))""",
+        plot,
+    )
+
+
+def test_page_and_assets_are_served_locally(service: Service) -> None:
+    page = httpx.get(f"{service.url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'src="/static/plotly.min.js"' in page.text and "https://" not in page.text
+    plotly_js = httpx.get(f"{service.url}/static/plotly.min.js")
+    assert plotly_js.status_code == 200 and b"plotly.js" in plotly_js.content[:200]
+    for asset in ("app.js", "style.css"):
+        assert httpx.get(f"{service.url}/static/{asset}").status_code == 200
+    assert httpx.get(f"{service.url}/static/missing.js").status_code == 404
+
+
+def test_page_asks_for_the_token_then_lists_the_queued_job(page: Any, service: Service) -> None:
+    page.goto(service.url + "/")
+    message = page.locator("#message.error")
+    message.wait_for(timeout=30_000)
+    assert "401" in message.inner_text() and "token" in message.inner_text()
+    assert page.locator("#jobs-table tbody tr").count() == 0
+
+    page.fill("#token-input", service.token)
+    page.click("#token-form button[type=submit]")
+    row = page.locator("#jobs-table tbody tr")
+    row.first.wait_for(timeout=30_000)
+    job = service.get("/searches")["items"][0]
+    assert row.count() == 1 and row.first.get_attribute("data-job-id") == job["id"]
+    assert row.first.locator(".status").inner_text() == "queued"
+    assert page.evaluate("localStorage.getItem('nasvit.token')") == service.token
+
+
+def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Service) -> None:
+    job_id = service.get("/searches")["items"][0]["id"]
+    page.locator(f"#jobs-table tr[data-job-id='{job_id}']").click()
+    page.locator("#job-section").wait_for(state="visible")
+
+    # The page is left alone (no reload) while a real worker process runs the job.
+    worker = subprocess.run(
+        [NASVIT, "worker", "--once", "--poll", "0.2"],
+        capture_output=True,
+        text=True,
+        env=service.env,
+        timeout=JOB_TIMEOUT_S,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    job = service.get(f"/searches/{job_id}")
+    assert job["status"] == "succeeded", job
+
+    page.locator("#job-status.status-succeeded").wait_for(timeout=30_000)
+    trials = service.get(f"/searches/{job_id}/trials?limit=500")
+    pareto = service.get(f"/searches/{job_id}/pareto")
+    assert trials["total"] == EVALUATIONS
+    page.wait_for_function(
+        "(n) => document.querySelector('#pareto-plot').dataset.trials === String(n)",
+        arg=trials["total"],
+        timeout=30_000,
+    )
+
+    # Every trial is one SVG marker: the front in colour, the dominated ones grey.
+    front, dominated, measured, best, front_line = _trace_points(page, "#pareto-plot")
+    assert len(front) + len(dominated) == trials["total"]
+    assert len(dominated) == sum(p["dominated"] for p in trials["items"]) > 0
+    assert all(f"fill: {GREY}" in style for style in dominated)
+    assert not any(f"fill: {GREY}" in style for style in front)
+    assert len(measured) == sum(p["measured_ms"] is not None for p in trials["items"]) > 0
+    assert len(best) == 1 and front_line == []
+
+    # The budget is a vertical line at the job's budget.
+    shapes = page.evaluate("document.querySelector('#pareto-plot').layout.shapes")
+    assert [(s["x0"], s["x1"], s["yref"]) for s in shapes] == [(BUDGET_MS, BUDGET_MS, "paper")]
+    assert page.locator("#pareto-plot .shapelayer path").count() == 1
+
+    # The hypervolume curve has one marker per sampled step.
+    (curve,) = _trace_points(page, "#hypervolume-plot")
+    assert len(curve) == len(pareto["hypervolume_curve"]) > 0
+
+    # Hovering a point names the architecture with its predicted and measured latency.
+    best_point = page.locator("#pareto-plot .scatterlayer .trace").nth(3).locator("path.point")
+    box = best_point.bounding_box()
+    assert box is not None
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    hover = page.locator("#pareto-plot .hoverlayer .hovertext").first
+    hover.wait_for(timeout=10_000)
+    label = hover.text_content() or ""  # an SVG node: text_content, not inner_text
+    assert job["best"]["short"] in label and "predicted" in label and "measured" in label
+
+    # Clicking it downloads the job's best.onnx (fetched with the token).
+    with page.expect_download(timeout=30_000) as download_info:
+        page.mouse.click(x, y)
+    download = download_info.value
+    assert download.suggested_filename == f"{job_id}-best.onnx"
+    saved = download.path()
+    served = httpx.get(
+        f"{service.url}/api/v1/searches/{job_id}/artifacts/best.onnx",
+        headers={"Authorization": f"Bearer {service.token}"},
+    )
+    assert Path(saved).read_bytes() == served.content and len(served.content) > 1000
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.mouse.move(5, 5)  # no hover label in the screenshot
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert page.errors == []
+
+
+def test_jobs_compare_on_one_plot(page: Any, service: Service) -> None:
+    job_id = service.get("/searches")["items"][0]["id"]
+    pareto = service.get(f"/searches/{job_id}/pareto")
+    assert page.locator("#compare-section").is_hidden()
+    page.locator(f"#jobs-table tr[data-job-id='{job_id}'] input.compare").check()
+    page.locator("#compare-section").wait_for(state="visible", timeout=30_000)
+    page.wait_for_selector("#compare-plot .scatterlayer .trace path.point")
+    (front,) = _trace_points(page, "#compare-plot")
+    assert len(front) == len(pareto["front"]) > 0
+    names = page.evaluate("document.querySelector('#compare-plot').data.map((t) => t.name)")
+    assert names == [f"efficientformer · this CPU · 0.3 ms ({job_id[:8]})"]
+    page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
+    assert page.errors == []
