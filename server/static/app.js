@@ -262,7 +262,8 @@ function drawHypervolume() {
   Plotly.react(document.getElementById("hypervolume-plot"), hypervolumeTraces(ids), {
     title: { text: "Hypervolume over evaluations" },
     xaxis: { title: { text: "evaluations" } },
-    yaxis: { title: { text: "hypervolume (under the budget)" } },
+    // From zero: a flat curve (no improvement yet) would otherwise be centred in +-1.
+    yaxis: { title: { text: "hypervolume (under the budget)" }, rangemode: "tozero" },
     legend: { orientation: "h", y: -0.2 },
     margin: { t: 50, r: 20 },
     showlegend: ids.length > 1,

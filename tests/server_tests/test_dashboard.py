@@ -1,10 +1,11 @@
 """The dashboard in real headless Chromium (Debian's ``chromium``, driven by Playwright through
 ``executable_path``; no browser download) against ``create_app(settings)`` served by uvicorn on
-127.0.0.1, with a real search run by a real ``nasvit worker`` process on a tiny supernet.
+127.0.0.1, with real searches run by a real ``nasvit worker`` process on the tiny supernet and
+measured latency table of conftest's ``search_assets``.
 
 The server requires a token for reading, so the page is first seen refusing, then the token is
-typed into the page's field. The page stays open while the worker runs the job: it must reach
-the finished state by polling alone. A screenshot is saved under test-artifacts/dashboard/.
+typed into the page's field. The page stays open while the worker runs the jobs: it must reach
+the finished state by polling alone. Screenshots are saved under test-artifacts/dashboard/.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +45,7 @@ GREY = "rgb(176, 176, 176)"  # DOMINATED_COLOR in server/static/app.js
 BUDGET = "300us"
 BUDGET_MS = 0.3
 EVALUATIONS = 12
+JOBS = [{"evaluations": EVALUATIONS}, {"evaluations": 6, "controller": "random", "seed": 1}]
 JOB_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
@@ -91,6 +94,7 @@ class Service:
     env: dict[str, str]  # the NASVIT_* environment a worker needs to join this service
     token: str
     home: Path
+    job_ids: list[str]  # in the order of JOBS
 
     def get(self, path: str) -> Any:
         response = httpx.get(
@@ -100,41 +104,28 @@ class Service:
         return response.json()
 
 
-def _tiny_checkpoint(folder: Path) -> Path:
-    """An untrained supernet over a small slice of the space: real, but quick to search."""
-    import torch
-
-    from nasvit.checkpoint import save_supernet
-    from nasvit.search_spaces import get_space
-
-    space = get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
-    torch.manual_seed(0)
-    supernet = space.build_supernet(num_classes=10, in_channels=1)
-    return save_supernet(folder / "tiny.pt", space, supernet)
-
-
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """create_app on real uvicorn (loopback), reads need a token, one search queued."""
+def service(
+    tmp_path_factory: pytest.TempPathFactory, search_assets: dict[str, Path]
+) -> Iterator[Service]:
+    """create_app on real uvicorn (loopback), reads need a token, two searches queued: the
+    default controller and random sampling, to compare."""
     import uvicorn
 
     from nasvit.server.app import create_app
     from nasvit.server.settings import Settings
 
-    home = tmp_path_factory.mktemp("nasvit-home")
-    checkpoint = _tiny_checkpoint(home)
-    env = {
-        "NASVIT_HOME": str(home),
-        "NASVIT_CHECKPOINTS": json.dumps({"efficientformer": str(checkpoint)}),
-        "NASVIT_READ_ACCESS": "token",
-    }
+    home = tmp_path_factory.mktemp("dashboard-home")
+    # The measured latency table comes with the database, so the worker profiles nothing.
+    shutil.copy(search_assets["database"], home / "nasvit.db")
+    checkpoint = search_assets["checkpoint"]
     worker_env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
-    worker_env.update(env)
+    worker_env.update(
+        NASVIT_HOME=str(home),
+        NASVIT_CHECKPOINTS=json.dumps({"efficientformer": str(checkpoint)}),
+        NASVIT_READ_ACCESS="token",
+        OMP_NUM_THREADS="1",  # two shared cores: keep torch from oversubscribing them
+    )
     settings = Settings(home=home, checkpoints={"efficientformer": checkpoint}, read_access="token")
     app = create_app(settings)
     port = _free_port()
@@ -156,15 +147,18 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             timeout=120,
         )
         assert created.returncode == 0, created.stderr
-        token = created.stdout.strip().splitlines()[-1]
+        token = created.stdout.strip()
         url = f"http://127.0.0.1:{port}"
-        submitted = httpx.post(
-            f"{url}/api/v1/searches",
-            json={"space": "efficientformer", "budget": BUDGET, "evaluations": EVALUATIONS},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert submitted.status_code == 202, submitted.text
-        yield Service(url=url, env=worker_env, token=token, home=home)
+        job_ids = []
+        for body in JOBS:
+            submitted = httpx.post(
+                f"{url}/api/v1/searches",
+                json={"space": "efficientformer", "budget": BUDGET, **body},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert submitted.status_code == 202, submitted.text
+            job_ids.append(submitted.json()["id"])
+        yield Service(url=url, env=worker_env, token=token, home=home, job_ids=job_ids)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -201,7 +195,7 @@ def test_page_and_assets_are_served_locally(service: Service) -> None:
     assert httpx.get(f"{service.url}/static/missing.js").status_code == 404
 
 
-def test_page_asks_for_the_token_then_lists_the_queued_job(page: Any, service: Service) -> None:
+def test_page_asks_for_the_token_then_lists_the_queued_jobs(page: Any, service: Service) -> None:
     page.goto(service.url + "/")
     message = page.locator("#message.error")
     message.wait_for(timeout=30_000)
@@ -210,32 +204,58 @@ def test_page_asks_for_the_token_then_lists_the_queued_job(page: Any, service: S
 
     page.fill("#token-input", service.token)
     page.click("#token-form button[type=submit]")
-    row = page.locator("#jobs-table tbody tr")
-    row.first.wait_for(timeout=30_000)
-    job = service.get("/searches")["items"][0]
-    assert row.count() == 1 and row.first.get_attribute("data-job-id") == job["id"]
-    assert row.first.locator(".status").inner_text() == "queued"
+    rows = page.locator("#jobs-table tbody tr")
+    rows.first.wait_for(timeout=30_000)
+    assert sorted(r.get_attribute("data-job-id") for r in rows.all()) == sorted(service.job_ids)
+    assert [r.locator(".status").inner_text() for r in rows.all()] == ["queued", "queued"]
     assert page.evaluate("localStorage.getItem('nasvit.token')") == service.token
 
 
-def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Service) -> None:
-    job_id = service.get("/searches")["items"][0]["id"]
-    page.locator(f"#jobs-table tr[data-job-id='{job_id}']").click()
-    page.locator("#job-section").wait_for(state="visible")
+def _wait_until_finished(service: Service, worker: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while True:
+        jobs = [service.get(f"/searches/{job_id}") for job_id in service.job_ids]
+        if all(job["status"] in ("succeeded", "failed", "cancelled") for job in jobs):
+            break
+        assert worker.poll() is None, f"worker exited: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"jobs unfinished: {jobs}\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+    assert [job["status"] for job in jobs] == ["succeeded", "succeeded"], log.read_text()[-3000:]
 
-    # The page is left alone (no reload) while a real worker process runs the job.
-    worker = subprocess.run(
-        [NASVIT, "worker", "--once", "--poll", "0.2"],
-        capture_output=True,
-        text=True,
-        env=service.env,
-        timeout=JOB_TIMEOUT_S,
+
+def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Service) -> None:
+    job_id = service.job_ids[0]
+    page.locator(f"#jobs-table tr[data-job-id='{job_id}']").click()
+    page.locator("#job-status.status-queued").wait_for(timeout=30_000)
+    # Every status the page shows for the job, as it shows it.
+    page.evaluate(
+        """() => {
+            window.seenStatuses = [];
+            const status = document.querySelector("#job-status");
+            new MutationObserver(() => window.seenStatuses.push(status.textContent))
+                .observe(status, { childList: true, characterData: true, subtree: true });
+        }"""
     )
-    assert worker.returncode == 0, worker.stderr[-3000:]
-    job = service.get(f"/searches/{job_id}")
-    assert job["status"] == "succeeded", job
+
+    # The page is left alone (no reload) while a real worker process runs both jobs.
+    log = service.home / "worker.log"
+    with log.open("w") as sink:
+        worker = subprocess.Popen(
+            [NASVIT, "worker", "--poll", "0.2", "--name", "dashboard-worker"],
+            env=service.env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_until_finished(service, worker, log)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
 
     page.locator("#job-status.status-succeeded").wait_for(timeout=30_000)
+    seen = page.evaluate("window.seenStatuses")
+    assert "running" in seen and seen[-1] == "succeeded", seen
+    job = service.get(f"/searches/{job_id}")
     trials = service.get(f"/searches/{job_id}/trials?limit=500")
     pareto = service.get(f"/searches/{job_id}/pareto")
     assert trials["total"] == EVALUATIONS
@@ -279,12 +299,11 @@ def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Servi
         page.mouse.click(x, y)
     download = download_info.value
     assert download.suggested_filename == f"{job_id}-best.onnx"
-    saved = download.path()
     served = httpx.get(
         f"{service.url}/api/v1/searches/{job_id}/artifacts/best.onnx",
         headers={"Authorization": f"Bearer {service.token}"},
     )
-    assert Path(saved).read_bytes() == served.content and len(served.content) > 1000
+    assert Path(download.path()).read_bytes() == served.content and len(served.content) > 1000
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.mouse.move(5, 5)  # no hover label in the screenshot
@@ -293,15 +312,26 @@ def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Servi
 
 
 def test_jobs_compare_on_one_plot(page: Any, service: Service) -> None:
-    job_id = service.get("/searches")["items"][0]["id"]
-    pareto = service.get(f"/searches/{job_id}/pareto")
+    fronts = [service.get(f"/searches/{job_id}/pareto")["front"] for job_id in service.job_ids]
     assert page.locator("#compare-section").is_hidden()
-    page.locator(f"#jobs-table tr[data-job-id='{job_id}'] input.compare").check()
+    for job_id in service.job_ids:
+        page.locator(f"#jobs-table tr[data-job-id='{job_id}'] input.compare").check()
     page.locator("#compare-section").wait_for(state="visible", timeout=30_000)
-    page.wait_for_selector("#compare-plot .scatterlayer .trace path.point")
-    (front,) = _trace_points(page, "#compare-plot")
-    assert len(front) == len(pareto["front"]) > 0
+    page.wait_for_function(
+        "() => document.querySelector('#compare-plot').data?.length === 2", timeout=30_000
+    )
+    drawn = _trace_points(page, "#compare-plot")
+    assert [len(points) for points in drawn] == [len(front) for front in fronts]
+    assert all(len(front) > 0 for front in fronts)
     names = page.evaluate("document.querySelector('#compare-plot').data.map((t) => t.name)")
-    assert names == [f"efficientformer · this CPU · 0.3 ms ({job_id[:8]})"]
+    assert names == [
+        f"efficientformer · this CPU · 0.3 ms ({job_id[:8]})" for job_id in service.job_ids
+    ]
+    # One budget line per job, and the hypervolume plot shows both curves.
+    assert page.locator("#compare-plot .shapelayer path").count() == 2
+    page.wait_for_function(
+        "() => document.querySelector('#hypervolume-plot').data.length === 2", timeout=30_000
+    )
+    page.mouse.move(5, 5)
     page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
     assert page.errors == []
