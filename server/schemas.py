@@ -188,15 +188,16 @@ class EntryPage(BaseModel):
 class UploadEntry(BaseModel):
     """One measured block latency (columns of ``nasvit latency export``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinity are refused here: JSON parsers accept them, latencies cannot be them.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     key: str = Field(min_length=1, max_length=2000)
     median_ms: float
     iqr_ms: float
     n: int
-    kind: str | None = None
-    profiler: str | None = None
-    runtime_version: str | None = None
+    kind: str | None = Field(None, max_length=100)
+    profiler: str | None = Field(None, max_length=200)
+    runtime_version: str | None = Field(None, max_length=100)
     weight_bytes: int | None = None
     cold_median_ms: float | None = None
     cold_iqr_ms: float | None = None
