@@ -62,13 +62,37 @@ async function apiJson(path) {
   return (await apiFetch(path)).json();
 }
 
-async function fetchAllTrials(jobId) {
+// Trials from ``offset`` on, following the pages; also the total the server reports.
+async function fetchTrials(jobId, offset) {
   const items = [];
-  for (let offset = 0; ; offset += TRIALS_PAGE) {
-    const page = await apiJson(`/searches/${jobId}/trials?offset=${offset}&limit=${TRIALS_PAGE}`);
+  for (let at = offset; ; at += TRIALS_PAGE) {
+    const page = await apiJson(`/searches/${jobId}/trials?offset=${at}&limit=${TRIALS_PAGE}`);
     items.push(...page.items);
-    if (page.items.length === 0 || items.length >= page.total) return items;
+    if (page.items.length === 0 || offset + items.length >= page.total) {
+      return { items, total: page.total };
+    }
   }
+}
+
+// The server marks a trial dominated when another is at least as good in score (accuracy with
+// the loss tie-break) and latency and better in one. A running job is fetched incrementally, so
+// the flags of older trials are recomputed here as new ones arrive (same rule, O(n log n)).
+function markDominated(trials) {
+  const order = trials.map((_, i) => i).sort((a, b) =>
+    trials[a].predicted_ms - trials[b].predicted_ms || trials[b].score - trials[a].score);
+  let bestFaster = -Infinity;
+  for (let start = 0; start < order.length;) {
+    const latency = trials[order[start]].predicted_ms;
+    let end = start;
+    while (end < order.length && trials[order[end]].predicted_ms === latency) end += 1;
+    const top = trials[order[start]].score;
+    for (const i of order.slice(start, end)) {
+      trials[i].dominated = !(trials[i].score === top && top > bestFaster);
+    }
+    bestFaster = Math.max(bestFaster, top);
+    start = end;
+  }
+  return trials;
 }
 
 async function fetchPareto(jobId) {
@@ -378,8 +402,14 @@ async function loadDetail(jobId) {
   const known = state.details.get(jobId);
   if (known && known.final) return known;
   const job = await apiJson(`/searches/${jobId}`);
-  const [pareto, trials] = await Promise.all([fetchPareto(jobId), fetchAllTrials(jobId)]);
-  const detail = { job, pareto, trials, final: !ACTIVE_STATUSES.has(job.status) };
+  const final = !ACTIVE_STATUSES.has(job.status);
+  // While a job runs its trials only grow, so a poll fetches the new ones. A finished job is
+  // fetched whole once more: its measured latencies arrive with the final report.
+  const from = known && !final ? known.trials.length : 0;
+  const [pareto, fetched] = await Promise.all([fetchPareto(jobId), fetchTrials(jobId, from)]);
+  let trials = from ? known.trials.concat(fetched.items) : fetched.items;
+  if (trials.length !== fetched.total) trials = (await fetchTrials(jobId, 0)).items; // rewritten
+  const detail = { job, pareto, trials: markDominated(trials), final };
   state.details.set(jobId, detail);
   return detail;
 }
