@@ -169,8 +169,11 @@ def page(browser: Any, service: Service) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     opened = context.new_page()
     errors: list[str] = []
+    requests: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+    opened.on("request", lambda request: requests.append(request.url))
     opened.errors = errors
+    opened.requests = requests
     yield opened
     context.close()
 
@@ -191,7 +194,8 @@ def test_page_and_assets_are_served_locally(service: Service) -> None:
     plotly_js = httpx.get(f"{service.url}/static/plotly.min.js")
     assert plotly_js.status_code == 200 and b"plotly.js" in plotly_js.content[:200]
     for asset in ("app.js", "style.css"):
-        assert httpx.get(f"{service.url}/static/{asset}").status_code == 200
+        served = httpx.get(f"{service.url}/static/{asset}")
+        assert served.status_code == 200 and "://" not in served.text  # nothing fetched elsewhere
     assert httpx.get(f"{service.url}/static/missing.js").status_code == 404
 
 
@@ -335,3 +339,6 @@ def test_jobs_compare_on_one_plot(page: Any, service: Service) -> None:
     page.mouse.move(5, 5)
     page.screenshot(path=str(ARTIFACTS / "dashboard-compare.png"), full_page=True)
     assert page.errors == []
+    # Everything the page loaded came from this server (no CDN), or from the page itself.
+    foreign = [u for u in page.requests if not u.startswith((service.url + "/", "blob:", "data:"))]
+    assert page.requests and foreign == []
