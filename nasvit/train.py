@@ -11,10 +11,24 @@ An optional teacher checkpoint adds LightHuBERT-style distillation: KL to the te
 plus an L1 loss between the student's hidden features and the teacher's (see
 :mod:`nasvit.distill`).
 
-AdamW with linear warmup and a cosine decay per step; AMP only on CUDA. The checkpoint is written
-atomically after every epoch with the optimizer and RNG states inside, so ``resume=True``
-continues exactly where it stopped (on CPU, a seed gives bit-identical weights whether or not
-the run was interrupted). The final checkpoint drops the optimizer state.
+AdamW with linear warmup and a cosine decay per step; AMP only on CUDA. The optimizer updates only
+the parameter slices the step's subnets used (:mod:`nasvit.sliced_optim`: the elastic layers
+record what they served, backward fills slice-sized gradients), so a step costs about what the
+same step of the extracted subnets costs (bench/bench_training.py ``step``). The checkpoint is
+written atomically after every epoch with the optimizer and RNG states inside, so
+``resume=True`` continues exactly where it stopped (on CPU, a seed gives bit-identical weights
+whether or not the run was interrupted). The final checkpoint drops the optimizer state.
+
+Data parallel (``workers=N``, or N processes started by ``torchrun``): every process samples the
+same subnets (same seed) and trains them on its contiguous share of each global batch; the
+losses are weighted by share size and the slice gradients summed with one all-reduce, so the
+step follows the gradient of the global batch's mean loss. BatchNorm uses each process's own
+share for batch statistics (as torch DDP without SyncBatchNorm does) and running statistics are
+averaged after every step, so all processes hold identical weights and buffers. The backend is
+NCCL on CUDA and Gloo on CPU; the code path is otherwise the same. The collectives are called
+directly rather than through ``DistributedDataParallel``: its hooks reduce ``param.grad``
+(full-size) after every backward, while a sandwich step runs several backward passes whose
+gradients live in slices.
 """
 
 from __future__ import annotations
@@ -23,6 +37,8 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,8 +47,9 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from nasvit.checkpoint import load_supernet, save_supernet
 from nasvit.data import Dataset
@@ -40,7 +57,9 @@ from nasvit.distill import Teacher, capture_features, distill_kl, feature_l1
 from nasvit.errors import NasvitError
 from nasvit.evaluate import SubnetEvaluator, resolution_of
 from nasvit.nn import Supernet
+from nasvit.nn.elastic import SliceRecorder
 from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
 
 Sampling = Literal["sandwich", "uniform"]
 
@@ -82,24 +101,54 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
-def _device(name: str) -> torch.device:
+def _device(name: str, local_rank: int = 0) -> torch.device:
+    """The device to train on; in data-parallel runs each process takes GPU ``local_rank``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise NasvitError(f"device '{name}' requested but CUDA is not available")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
 
 
-def _adamw(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, fused where torch supports it: a supernet step updates every parameter of the
-    max-size layers (sliced weights get dense gradients), and the fused kernel is ~4x faster
-    than the per-tensor loop on CPU."""
-    try:
-        return torch.optim.AdamW(
-            model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True
-        )
-    except (RuntimeError, TypeError):  # older torch or a device without the fused kernel
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+@dataclass(frozen=True)
+class _Group:
+    """This process's place in a data-parallel run (rank 0 of 1 when alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum_(self, tensors: list[Tensor]) -> None:
+        """All-reduce (sum) ``tensors`` in place as one flat buffer."""
+        if self.world == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat)
+        offset = 0
+        for tensor in tensors:
+            tensor.copy_(flat[offset : offset + tensor.numel()].view_as(tensor))
+            offset += tensor.numel()
+
+    def broadcast_(self, tensors: list[Tensor]) -> None:
+        for tensor in tensors:
+            if self.world > 1:
+                dist.broadcast(tensor, src=0)
+
+
+def _group() -> _Group:
+    if dist.is_available() and dist.is_initialized():
+        return _Group(dist.get_rank(), dist.get_world_size())
+    return _Group()
 
 
 def _schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -123,6 +172,7 @@ def train_supernet(
     progress: bool = True,
     metrics_path: str | Path | None = None,
     stop_after: int | None = None,
+    workers: int = 1,
 ) -> TrainResult:
     """Train a supernet of ``space`` on ``dataset`` and checkpoint it at ``out`` every epoch.
 
@@ -135,6 +185,9 @@ def train_supernet(
         metrics_path: JSONL log, one line per epoch (default: ``<out>.metrics.jsonl``).
         stop_after: return after this many epochs of this call, leaving a resumable
             checkpoint (time-sliced jobs; tests of resume).
+        workers: data-parallel processes to start on this machine (one per GPU on CUDA). A
+            process already in a ``torch.distributed`` group (e.g. started by ``torchrun``,
+            which sets ``WORLD_SIZE``) trains as its rank instead.
 
     Returns:
         A :class:`TrainResult`; the supernet itself is in the checkpoint.
@@ -142,20 +195,47 @@ def train_supernet(
     Raises:
         NasvitError: bad resume, teacher, device or dataset/space mismatch.
     """
+    if workers < 1:
+        raise NasvitError(f"workers must be at least 1, got {workers}")
+    joined = _join_launcher_group(config)
+    try:
+        if workers > 1 and not _group().world > 1:
+            return _spawn_workers(
+                workers, space, dataset, config, out, resume, progress, metrics_path, stop_after
+            )
+        return _train(space, dataset, config, out, resume, progress, metrics_path, stop_after)
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _train(
+    space: SearchSpace,
+    dataset: Dataset,
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool,
+    progress: bool,
+    metrics_path: str | Path | None,
+    stop_after: int | None,
+) -> TrainResult:
+    group = _group()
     out = Path(out)
     metrics = Path(metrics_path) if metrics_path else out.with_name(out.name + ".metrics.jsonl")
     metrics.parent.mkdir(parents=True, exist_ok=True)
-    device = _device(config.device)
+    device = _device(config.device, int(os.environ.get("LOCAL_RANK", group.rank)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     use_amp = config.amp and device.type == "cuda"
     torch.manual_seed(config.seed)
     supernet = space.build_supernet(dataset.num_classes, dataset.in_channels).to(device)
-    optimizer = _adamw(supernet, config)
+    optimizer = SlicedAdamW(supernet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_train = min(config.train_limit or dataset.size("train"), dataset.size("train"))
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _schedule(steps_per_epoch * config.epochs, config.warmup_fraction)
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = LossScaler(enabled=use_amp)
     rng = np.random.default_rng(config.seed)
     subset_rng = np.random.default_rng([config.seed, 1])
     subset = np.sort(subset_rng.permutation(dataset.size("train"))[:n_train])
@@ -167,13 +247,16 @@ def train_supernet(
         )
         # The log is rewritten from the checkpoint: a run killed between logging an epoch and
         # saving it would otherwise log that epoch twice.
-        metrics.write_text("".join(json.dumps(record) + "\n" for record in history))
-    elif metrics.exists():
+        if group.leader:
+            metrics.write_text("".join(json.dumps(record) + "\n" for record in history))
+    elif metrics.exists() and group.leader:
         metrics.unlink()  # a fresh run starts a fresh log
+    # Same seed gives the same initial weights everywhere; broadcasting makes it a guarantee.
+    group.broadcast_([t for t in supernet.state_dict().values() if t.is_floating_point()])
     teacher = Teacher(config.teacher, device) if config.teacher else None
-    run = _Run(supernet, optimizer, scaler, teacher, device, use_amp)
+    run = _Run(supernet, optimizer, scaler, teacher, device, use_amp, group)
     run_started = time.perf_counter()
-    progress_bar = _progress(progress)
+    progress_bar = _progress(progress and group.leader)
     with progress_bar:
         last_epoch = (
             config.epochs if stop_after is None else min(config.epochs, start_epoch + stop_after)
@@ -197,21 +280,25 @@ def train_supernet(
                 )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
+                "workers": group.world,
                 "steps": len(losses),
                 "loss": float(np.mean(losses)),
                 "lr": float(scheduler.get_last_lr()[0]),
                 "seconds": time.perf_counter() - epoch_started,
             }
-            if config.eval_every_epoch and dataset.size("val") > 0:
+            if config.eval_every_epoch and dataset.size("val") > 0 and group.leader:
+                # Extract-mode evaluation copies subnets out: the shared weights stay as they are.
                 evaluator = SubnetEvaluator(space, supernet, dataset, "val", seed=config.seed)
                 for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
                     record[f"val_{name}"] = evaluator.evaluate(arch).accuracy
             history.append(record)
-            with metrics.open("a") as log:
-                log.write(json.dumps(record) + "\n")
-            final = epoch + 1 == config.epochs
-            state = None if final else _state(optimizer, scheduler, scaler, rng)
-            _save(out, space, supernet, config, dataset, epoch + 1, history, state)
+            if group.leader:
+                with metrics.open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+                final = epoch + 1 == config.epochs
+                state = None if final else _state(optimizer, scheduler, scaler, rng)
+                _save(out, space, supernet, config, dataset, epoch + 1, history, state)
+            group.barrier()  # every process may resume from the checkpoint once it exists
             progress_bar.remove_task(task)
     return TrainResult(
         checkpoint=out,
@@ -222,16 +309,94 @@ def train_supernet(
     )
 
 
+def _join_launcher_group(config: TrainConfig) -> bool:
+    """Join the process group of a ``torchrun``-style launch (``WORLD_SIZE`` > 1 in the
+    environment, rendezvous from ``MASTER_ADDR``/``MASTER_PORT``); whether this call joined."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (
+        dist.is_available() and dist.is_initialized()
+    ):
+        return False
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dist.init_process_group(_backend(_device(config.device, local_rank)))
+    return True
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _spawn_workers(
+    workers: int,
+    space: SearchSpace,
+    dataset: Dataset,
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool,
+    progress: bool,
+    metrics_path: str | Path | None,
+    stop_after: int | None,
+) -> TrainResult:
+    """Run ``workers`` training processes on this machine and wait for them.
+
+    The processes are spawned (fresh interpreters, so CUDA works in them) and meet through a
+    file in a temporary directory (no port to pick). The space, dataset and settings are
+    pickled to them; the result is read back from the checkpoint rank 0 wrote.
+    """
+    import torch.multiprocessing as mp
+
+    device = _device(config.device)
+    if device.type == "cuda" and workers > torch.cuda.device_count():
+        raise NasvitError(
+            f"{workers} workers need {workers} GPUs; {torch.cuda.device_count()} available"
+        )
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nasvit-ddp-") as rendezvous:
+        mp.start_processes(
+            _worker,
+            args=(
+                workers,
+                f"file://{rendezvous}/store",
+                _backend(device),
+                torch.get_num_threads(),
+                (space, dataset, config, out, resume, progress, metrics_path, stop_after),
+            ),
+            nprocs=workers,
+            start_method="spawn",
+        )
+    out = Path(out)
+    metrics = Path(metrics_path) if metrics_path else out.with_name(out.name + ".metrics.jsonl")
+    history = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return TrainResult(
+        checkpoint=out,
+        metrics=metrics,
+        epochs=history[-1]["epoch"] if history else 0,
+        seconds=time.perf_counter() - started,
+        history=history,
+    )
+
+
+def _worker(
+    rank: int, world: int, init_method: str, backend: str, threads: int, job: tuple[Any, ...]
+) -> None:
+    torch.set_num_threads(threads)
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+    try:
+        _train(*job)
+    finally:
+        dist.destroy_process_group()
+
+
 @dataclass
 class _Run:
     """What one training step touches."""
 
     supernet: Supernet
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    optimizer: SlicedAdamW
+    scaler: LossScaler
     teacher: Teacher | None
     device: torch.device
     use_amp: bool
+    group: _Group = _Group()
 
 
 def _train_step(
@@ -243,29 +408,55 @@ def _train_step(
     rng: np.random.Generator,
 ) -> float:
     """One optimizer step on the batch ``index``: gradients of every subnet of the step
-    (sandwich: largest first, so its logits can teach the rest) accumulate; returns the mean
-    subnet loss."""
+    (sandwich: largest first, so its logits can teach the rest) accumulate into the slices they
+    used; returns the mean subnet loss over the global batch."""
     archs = _step_archs(space, config, rng)
+    group = run.group
     run.optimizer.zero_grad(set_to_none=True)
-    total = 0.0
+    # This process's contiguous share of the global batch, its loss weighted by its size so
+    # that summing over processes gives the gradient of the global mean loss.
+    share = index.tensor_split(group.world)[group.rank] if group.world > 1 else index
+    weight = len(share) / len(index)
+    total = torch.zeros((), dtype=torch.float64)
     soft_targets: Tensor | None = None
-    for position, arch in enumerate(archs):
-        x = dataset.images("train", resolution_of(space, arch), index).to(run.device)
-        y = dataset.labels("train")[index].to(run.device)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=run.use_amp):
-            loss, logits = _subnet_loss(
-                run.supernet, x, y, arch, config, run.teacher, soft_targets if position else None
-            )
-        if position == 0 and config.sampling == "sandwich" and config.inplace_distill:
-            soft_targets = logits.detach()
-        run.scaler.scale(loss).backward()
-        total += float(loss.detach())
-    if config.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.supernet.parameters(), config.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return total / len(archs)
+    with SliceRecorder() as recorder:
+        for position, arch in enumerate(archs):
+            x = dataset.images("train", resolution_of(space, arch), share).to(run.device)
+            y = dataset.labels("train")[share].to(run.device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=run.use_amp):
+                loss, logits = _subnet_loss(
+                    run.supernet,
+                    x,
+                    y,
+                    arch,
+                    config,
+                    run.teacher,
+                    soft_targets if position else None,
+                )
+            if position == 0 and config.sampling == "sandwich" and config.inplace_distill:
+                soft_targets = logits.detach()
+            run.scaler.scale(loss * weight if group.world > 1 else loss).backward()
+            total += float(loss.detach()) * weight
+    gradients = step_gradients(recorder, run.supernet.parameters())
+    group.sum_([g.grad for g in gradients])
+    group.sum_([total])
+    finite = run.scaler.unscale(gradients)
+    if config.grad_clip > 0 and finite:
+        clip_grad_norm(gradients, config.grad_clip)
+    if finite:
+        run.optimizer.step(gradients)
+    run.scaler.update(finite)
+    _average_buffers(run.supernet, group)
+    return float(total) / len(archs)
+
+
+def _average_buffers(supernet: Supernet, group: _Group) -> None:
+    """Average BatchNorm running statistics over processes (each saw its own share)."""
+    if group.world == 1:
+        return
+    buffers = [b for b in supernet.buffers() if b.is_floating_point()]
+    group.sum_(buffers)
+    torch._foreach_div_(buffers, float(group.world))
 
 
 def _step_archs(space: SearchSpace, config: TrainConfig, rng: np.random.Generator) -> list[Any]:
@@ -320,7 +511,7 @@ def _progress(enabled: bool) -> Any:
 def _state(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    scaler: torch.amp.GradScaler,
+    scaler: LossScaler,
     rng: np.random.Generator,
 ) -> dict[str, Any]:
     return {
@@ -361,7 +552,7 @@ def _restore(
     supernet: Supernet,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    scaler: torch.amp.GradScaler,
+    scaler: LossScaler,
     rng: np.random.Generator,
     config: TrainConfig,
     dataset: Dataset,

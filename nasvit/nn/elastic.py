@@ -4,9 +4,21 @@ Each elastic layer takes the active sizes as forward arguments (input sizes are 
 input tensor), so a supernet's forward has no hidden mutable state, and each can ``extract`` a
 plain ``torch.nn`` layer holding a copy of the active slice. Slicing always keeps the *first*
 channels/features/heads, as in once-for-all.
+
+Training bookkeeping (:class:`SliceRecorder`): a slice of a parameter taken under autograd makes
+backward allocate, zero and accumulate a gradient the size of the whole max-size parameter, and
+a standard optimizer then updates all of it. Inside ``with SliceRecorder() as recorder:`` every
+elastic layer instead serves its op a fresh leaf tensor equal to the slice and records it;
+backward fills slice-sized gradients, and :meth:`SliceRecorder.gradients` returns, per
+parameter, the summed gradient over the bounding box of the slices it served. Outputs are the
+same values either way; only where gradients land differs.
 """
 
 from __future__ import annotations
+
+import contextvars
+import weakref
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +28,174 @@ from torch import Tensor, nn
 def _copy(destination: Tensor, source: Tensor) -> None:
     with torch.no_grad():
         destination.copy_(source)
+
+
+Index = tuple[slice, ...]  # one slice(start, stop) per leading dimension of a parameter
+
+
+@dataclass
+class SliceGradient:
+    """The gradient of ``parameter[index]`` (``grad`` has that view's shape).
+
+    ``values``, when given, is a contiguous tensor holding the current values of
+    ``parameter[index]`` (the copy served in forward) that an optimizer may update in place and
+    then copy back, instead of copying the strided slice out itself.
+    """
+
+    parameter: Tensor
+    index: Index
+    grad: Tensor
+    values: Tensor | None = None
+
+
+class SliceRecorder:
+    """Records which slice of each parameter the elastic layers served during a training step.
+
+    Use one per optimizer step: ``with recorder:`` around the forward/backward passes of every
+    subnet of the step, then :meth:`gradients`. Only parameters that require grad are served as
+    leaves, and only while autograd records, so evaluation and frozen teachers are untouched.
+    Recorders do not nest (an inner one replaces the outer one until it exits).
+    """
+
+    def __init__(self) -> None:
+        # id(parameter) -> (parameter, [(index, leaf, leaf is a copy), ...]) in the order first
+        # served, so two processes running the same subnets list gradients in the same order
+        # (DDP reduces them as one flat buffer).
+        self._served: dict[int, tuple[Tensor, list[tuple[Index, Tensor, bool]]]] = {}
+        self._token: contextvars.Token[SliceRecorder | None] | None = None
+
+    def __enter__(self) -> SliceRecorder:
+        self._token = _RECORDER.set(self)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _RECORDER.reset(self._token)
+            self._token = None
+
+    def serve(self, parameter: Tensor, index: Index) -> Tensor:
+        """A leaf tensor equal to ``parameter[index]`` whose gradient the recorder collects."""
+        index = _normalise(index, parameter.shape)
+        kept = _DENSE_COPIES.pop(id(parameter), None)
+        if (
+            kept is not None
+            and kept[0]() is parameter
+            and kept[1] == index
+            and kept[2] == parameter._version
+        ):
+            leaf, copied = kept[3].detach(), True  # the optimizer's copy of this very slice
+        else:
+            leaf, copied = parameter.detach()[index], False
+            if not leaf.is_contiguous():
+                # A dense copy: convolutions would re-pack a strided weight in forward and again
+                # in backward, and the optimizer can update this copy with its fused kernel and
+                # write it back (see SliceGradient.values) instead of copying the slice again.
+                leaf, copied = leaf.contiguous(), True
+        leaf.requires_grad_(True)  # a new leaf: autograd gives it a slice-sized gradient
+        entry = self._served.setdefault(id(parameter), (parameter, []))
+        entry[1].append((index, leaf, copied))
+        return leaf
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        """Parameters served so far, in the order first served."""
+        return [parameter for parameter, _ in self._served.values()]
+
+    def gradients(self) -> list[SliceGradient]:
+        """Per served parameter, the gradients of its slices summed over their bounding box.
+
+        Slices that received no gradient (their output did not reach the loss) are skipped;
+        a parameter none of whose slices did is left out.
+        """
+        result = []
+        for parameter, leaves in self._served.values():
+            graded = [served for served in leaves if served[1].grad is not None]
+            if not graded:
+                continue
+            box = graded[0][0]
+            if len(graded) > 1:
+                box = tuple(
+                    slice(min(s[0][d].start for s in graded), max(s[0][d].stop for s in graded))
+                    for d in range(len(box))
+                )
+            first_index, first_leaf, first_copied = graded[0]
+            first_grad = first_leaf.grad
+            assert first_grad is not None
+            values = None
+            if first_index == box:  # one subnet, or the largest first in a sandwich step
+                total = first_grad
+                if first_copied:
+                    values = first_leaf.detach()
+            else:
+                total = torch.zeros(_shape(box), dtype=first_grad.dtype, device=first_grad.device)
+                total[_relative(first_index, box)] += first_grad
+            for index, leaf, _ in graded[1:]:
+                total[_relative(index, box)] += leaf.grad
+            result.append(SliceGradient(parameter, box, total, values))
+        return result
+
+
+_RECORDER: contextvars.ContextVar[SliceRecorder | None] = contextvars.ContextVar(
+    "nasvit_slice_recorder", default=None
+)
+
+
+# id(parameter) -> (weak reference, index, parameter version, contiguous copy of the slice).
+# Sliced training copies each strided weight slice once per step for the convolution; the
+# optimizer updates that copy and writes it back, and keeps it here so the next step's forward
+# reuses it instead of copying the slice again. The parameter's version counter (bumped by
+# every in-place change: the write-back, load_state_dict, ...) must equal the one stored, so a
+# copy that no longer matches the parameter is never served; an entry is removed when served
+# (the optimizer re-adds it after writing back) and when its parameter is garbage collected.
+_DENSE_COPIES: dict[int, tuple[weakref.ref[Tensor], Index, int, Tensor]] = {}
+
+
+def keep_dense_copy(parameter: Tensor, index: Index, values: Tensor) -> None:
+    """Offer ``values`` (a contiguous tensor equal to ``parameter[index]`` right now) to the
+    next recorded forward that slices ``parameter`` at ``index``."""
+    key = id(parameter)
+    reference = weakref.ref(parameter, lambda _: _DENSE_COPIES.pop(key, None))
+    _DENSE_COPIES[key] = (reference, _normalise(index, parameter.shape), parameter._version, values)
+
+
+def serve_slice(parameter: Tensor, index: Index) -> Tensor:
+    """``parameter[index]``, or the active :class:`SliceRecorder`'s leaf for it while training.
+
+    Elastic layers call this for every parameter they slice; new elastic layers should too, so
+    that sliced training sees their gradients.
+    """
+    recorder = _RECORDER.get()
+    if recorder is not None and parameter.requires_grad and torch.is_grad_enabled():
+        return recorder.serve(parameter, index)
+    return parameter[index]
+
+
+def recording() -> bool:
+    """Whether an elastic layer's slices are being recorded right now."""
+    return _RECORDER.get() is not None and torch.is_grad_enabled()
+
+
+def _normalise(index: Index, shape: torch.Size) -> Index:
+    """Explicit integer bounds for every dimension (trailing dimensions are taken whole)."""
+    bounds = []
+    for dim, size in enumerate(shape):
+        part = index[dim] if dim < len(index) else slice(None)
+        start, stop, step = part.indices(size)
+        if step != 1:
+            raise ValueError("sliced training supports contiguous slices only")
+        bounds.append(slice(start, stop))
+    return tuple(bounds)
+
+
+def _shape(box: Index) -> tuple[int, ...]:
+    return tuple(part.stop - part.start for part in box)
+
+
+def _relative(index: Index, box: Index) -> Index:
+    return tuple(
+        slice(part.start - outer.start, part.stop - outer.start)
+        for part, outer in zip(index, box, strict=True)
+    )
 
 
 class _SliceMemo:
@@ -33,6 +213,8 @@ class _SliceMemo:
     def _slice(self, weight: Tensor, *sizes: int) -> Tensor:
         full = weight.shape[: len(sizes)]
         index = tuple(slice(0, n) for n in sizes)
+        if recording():
+            return serve_slice(weight, index)
         if tuple(full) == sizes:
             return weight
         if torch.is_grad_enabled() and weight.requires_grad:
@@ -74,7 +256,7 @@ class ElasticConv2d(_SliceMemo, nn.Conv2d):
 
     def forward(self, x: Tensor, out_channels: int) -> Tensor:  # type: ignore[override]
         weight = self._slice(self.weight, out_channels, x.shape[1])
-        bias = None if self.bias is None else self.bias[:out_channels]
+        bias = None if self.bias is None else serve_slice(self.bias, (slice(0, out_channels),))
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
     def extract(self, in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -106,13 +288,17 @@ class ElasticDepthwiseConv2d(nn.Conv2d):
             bias=bias,
         )
 
-    def _weight(self, channels: int, kernel: int) -> Tensor:
+    def _index(self, channels: int, kernel: int) -> Index:
         start = (self.kernel_size[0] - kernel) // 2
-        return self.weight[:channels, :, start : start + kernel, start : start + kernel]
+        crop = slice(start, start + kernel)
+        return (slice(0, channels), slice(None), crop, crop)
+
+    def _weight(self, channels: int, kernel: int) -> Tensor:
+        return serve_slice(self.weight, self._index(channels, kernel))
 
     def forward(self, x: Tensor, kernel: int) -> Tensor:  # type: ignore[override]
         channels = x.shape[1]
-        bias = None if self.bias is None else self.bias[:channels]
+        bias = None if self.bias is None else serve_slice(self.bias, (slice(0, channels),))
         return F.conv2d(
             x, self._weight(channels, kernel), bias, self.stride, kernel // 2, groups=channels
         )
@@ -127,7 +313,7 @@ class ElasticDepthwiseConv2d(nn.Conv2d):
             groups=channels,
             bias=self.bias is not None,
         )
-        _copy(conv.weight, self._weight(channels, kernel))
+        _copy(conv.weight, self.weight[self._index(channels, kernel)])
         if self.bias is not None:
             _copy(conv.bias, self.bias[:channels])
         return conv
@@ -137,7 +323,7 @@ class ElasticLinear(_SliceMemo, nn.Linear):
     """A linear layer with elastic input (read from ``x``) and output features."""
 
     def forward(self, x: Tensor, out_features: int) -> Tensor:  # type: ignore[override]
-        bias = None if self.bias is None else self.bias[:out_features]
+        bias = None if self.bias is None else serve_slice(self.bias, (slice(0, out_features),))
         return F.linear(x, self._slice(self.weight, out_features, x.shape[-1]), bias)
 
     def extract(self, in_features: int, out_features: int) -> nn.Linear:
@@ -154,8 +340,9 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         channels = x.shape[1]
-        if channels == self.num_features:
+        if channels == self.num_features and not recording():
             return super().forward(x)
+        part = (slice(0, channels),)
         use_batch_stats = self.training or self.running_mean is None
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.num_batches_tracked is not None:
@@ -166,8 +353,8 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             x,
             None if self.running_mean is None else self.running_mean[:channels],
             None if self.running_var is None else self.running_var[:channels],
-            None if self.weight is None else self.weight[:channels],
-            None if self.bias is None else self.bias[:channels],
+            None if self.weight is None else serve_slice(self.weight, part),
+            None if self.bias is None else serve_slice(self.bias, part),
             use_batch_stats,
             momentum,
             self.eps,
@@ -189,9 +376,10 @@ class ElasticLayerNorm(nn.LayerNorm):
     """LayerNorm over the first ``x.shape[-1]`` features."""
 
     def forward(self, x: Tensor) -> Tensor:
+        part = (slice(0, x.shape[-1]),)
         features = x.shape[-1]
-        weight = None if self.weight is None else self.weight[:features]
-        bias = None if self.bias is None else self.bias[:features]
+        weight = None if self.weight is None else serve_slice(self.weight, part)
+        bias = None if self.bias is None else serve_slice(self.bias, part)
         return F.layer_norm(x, (features,), weight, bias, self.eps)
 
     def extract(self, features: int) -> nn.LayerNorm:
@@ -216,7 +404,8 @@ class ElasticLayerScale(nn.Module):
         self.channel_dim = channel_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * _scale_shape(self.scale[: x.shape[self.channel_dim]], self.channel_dim)
+        scale = serve_slice(self.scale, (slice(0, x.shape[self.channel_dim]),))
+        return x * _scale_shape(scale, self.channel_dim)
 
     def extract(self, channels: int) -> LayerScale:
         layer = LayerScale(channels, channel_dim=self.channel_dim)
