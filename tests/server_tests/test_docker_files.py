@@ -185,7 +185,11 @@ def test_every_nasvit_command_answers_help_and_parses_its_arguments(compose, doc
             command = subcommands[word]
         # The real parser parses (and type-checks) the container's arguments; a bad option or
         # value raises the CLI's usage error here.
-        command.make_context(" ".join(["nasvit", *words]), list(arguments))
+        try:
+            command.make_context(" ".join(["nasvit", *words]), list(arguments))
+        except Exception as exc:  # click's UsageError (typer vendors its own click)
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            pytest.fail(f"{name} runs `{' '.join(argv)}`: {message}")
         for option in (a.split("=", 1)[0] for a in arguments if a.startswith("--")):
             assert option in help_text, f"{name}: {option} missing from --help"
 
@@ -293,9 +297,13 @@ def test_ports_agree(compose, dockerfile) -> None:
     assert ray_address.hostname == "ray-head" and ray_address.port == client_port
 
 
-def test_health_route_of_the_healthcheck_exists(compose, tmp_path) -> None:
+def test_health_route_of_the_healthcheck_exists(compose, tmp_path, monkeypatch) -> None:
     from nasvit.server.app import create_app
     from nasvit.server.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("NASVIT_"):
+            monkeypatch.delenv(key)  # a local SQLite database, whatever the caller's setup
 
     server = compose["services"]["server"]
     health_url = re.search(r"http://[^'\"]+", " ".join(server["healthcheck"]["test"]))
