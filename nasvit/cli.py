@@ -161,6 +161,15 @@ def search_command(
     ray_address: Annotated[
         str | None, typer.Option("--ray-address", help="Join an existing Ray cluster.")
     ] = None,
+    validate_networks: Annotated[
+        int,
+        typer.Option(
+            "--validate-networks",
+            min=0,
+            max=1000,
+            help="Whole networks measured to validate a never-validated table (0: skip).",
+        ),
+    ] = 24,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
     """Search SPACE for the most accurate architectures under BUDGET on the device."""
@@ -189,6 +198,7 @@ def search_command(
         out=out,
         resume=resume,
         ray_address=ray_address,
+        validate_networks=validate_networks,
     )
     bar = Progress(
         "{task.description}",

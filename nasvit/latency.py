@@ -136,6 +136,8 @@ def validate_table(
     network_protocol: MeasurementProtocol | None = None,
     measure_missing: bool = True,
     progress: ProgressCallback | None = None,
+    num_classes: int = 1000,
+    in_channels: int = 3,
 ) -> ValidationRecord:
     """Compare table predictions with whole-network measurements and store the run.
 
@@ -147,6 +149,8 @@ def validate_table(
 
     Args:
         measure_missing: measure blocks the table lacks first (else MissingBlocksError).
+        num_classes, in_channels: the networks' head and input (a search validates the
+            networks it searches: e.g. 10 classes and 1 channel for digits).
     """
     if isinstance(space, str):
         space = get_space(space)
@@ -154,7 +158,8 @@ def validate_table(
         raise NasvitError(f"--n must be at least 1, got {n}")
     archs = sample_archs(space, n, seed, resolutions)
     batch = device.fingerprint.batch
-    lowered = [space.lower(arch, batch=batch) for arch in archs]
+    shape_args = {"num_classes": num_classes, "in_channels": in_channels}
+    lowered = [space.lower(arch, batch=batch, **shape_args) for arch in archs]
     if measure_missing:
         build_table(store, profiler, device, [b for blocks in lowered for b in blocks], seed=seed)
     table = LatencyTable.load(store, device.id)
@@ -168,8 +173,8 @@ def validate_table(
     network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
     measured = []
     for index, arch in enumerate(archs):
-        subnet = space.build_subnet(arch)
-        shape = space.input_shape(arch, batch=batch)
+        subnet = space.build_subnet(arch, **shape_args)
+        shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
         measured.append(network_profiler.measure(subnet, shape).median_ms)
         if progress:
             progress(index + 1, len(archs))

@@ -1,8 +1,9 @@
 """The search job: supernet -> latency table -> search -> end-to-end check -> export.
 
-One function, :func:`run_search`, serves the CLI and (later) the job service. Each finished
-trial is appended to ``trials.jsonl`` in the output folder before the next batch starts, so an
-interrupted search resumes (``resume=True``) without re-evaluating finished candidates.
+One function, :func:`run_search`, serves the CLI and the job service. Each finished batch of
+trials is stored in the nasvit database (:mod:`nasvit.trial_store`) and copied to
+``trials.jsonl`` in the output folder before the next batch starts, so an interrupted search
+resumes (``resume=True``) without re-evaluating finished candidates.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nasvit.controllers import make_controller
 from nasvit.errors import NasvitError
 from nasvit.pareto import hypervolume, pareto_front
 from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.trial_store import TrialStore, study_name_for
 
 TRIALS_FILE = "trials.jsonl"
 # Candidates are ranked by accuracy, ties broken by validation loss: a small validation split
@@ -55,6 +57,7 @@ class SearchRequest:
     resume: bool = False
     ray_address: str | None = None
     measure_top: int = 6  # Pareto points exported and measured end to end
+    validate_networks: int = 24  # whole networks measured to validate a new table (0: skip)
 
 
 @dataclass
@@ -99,15 +102,34 @@ def _prepare_supernet(request: SearchRequest) -> tuple[SearchSpace, Any, str, in
     return space, supernet, "digits", recipe.data_seed
 
 
+def _resumed_trials(store: TrialStore, jsonl: Path, space: SearchSpace) -> list[Trial]:
+    """Finished trials to resume from: the database's record, or (for a search begun before
+    trials were stored in the database) the ``trials.jsonl`` copy, imported once."""
+    records = store.load()
+    if records:
+        return [_trial_from(record, space, f"study {store.name}") for record in records]
+    trials = _load_trials(jsonl, space) if jsonl.exists() else []
+    if trials:
+        store.add([asdict(t) for t in trials])
+    return trials
+
+
+def _trial_from(record: dict[str, Any], space: SearchSpace, where: str) -> Trial:
+    try:
+        space.validate(record["arch"])
+        return Trial(**record)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise NasvitError(f"{where}: not a trial of this search ({exc})") from None
+
+
 def _load_trials(path: Path, space: SearchSpace) -> list[Trial]:
     trials = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         try:
-            data = json.loads(line)
-            space.validate(data["arch"])
-            trials.append(Trial(**data))
-        except (ValueError, KeyError, TypeError) as exc:
+            record = json.loads(line)
+        except ValueError as exc:
             raise NasvitError(f"{path}:{number}: not a trial of this search ({exc})") from None
+        trials.append(_trial_from(record, space, f"{path}:{number}"))
     return trials
 
 
@@ -121,7 +143,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     from nasvit.data import load_dataset
     from nasvit.evaluate import SubnetEvaluator
     from nasvit.executors import InProcessExecutor, RayExecutor
-    from nasvit.latency import resolve_device
+    from nasvit.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore, LatencyTable, build_table
 
     timings: dict[str, float] = {}
@@ -150,6 +172,20 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             progress=lambda done, total: report_progress("profiling blocks", done, total),
         )
         table = LatencyTable.load(store, device.id)
+    if table.validation is None and request.validate_networks > 0:
+        # A never-validated table sums warm block timings, which underestimated the default
+        # space's networks 2-3x here (their weights exceed the cache): validating once fits the
+        # cache model the table then uses, and gives every prediction a known error.
+        validate_table(
+            space,
+            store,
+            profiler,
+            device,
+            request.validate_networks,
+            progress=lambda done, total: report_progress("validating latency table", done, total),
+            **shape_args,
+        )
+        table = LatencyTable.load(store, device.id)
     timings["latency_table_s"] = time.perf_counter() - stage_start
 
     dataset = load_dataset(data, seed=data_seed)
@@ -166,20 +202,24 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     controller = make_controller(
         request.controller, space, request.budget_ms, request.seed, latency=predict
     )
-    trials = _load_trials(trials_path, space) if trials_path.exists() else []
+    trial_store = TrialStore(space, study_name_for(out), fresh=not request.resume)
+    trials = _resumed_trials(trial_store, trials_path, space)
     for trial in trials:  # resume: the controller learns from what was already evaluated
         controller.tell(space.validate(trial.arch), trial.score, trial.latency_ms)
 
     stage_start = time.perf_counter()
     resumed = len(trials)
     try:
-        with trials_path.open("a") as sink:
+        with trials_path.open("w") as sink:
+            # Rewritten from the database's record, so the copy never misses a stored trial.
+            sink.writelines(json.dumps(asdict(t)) + "\n" for t in trials)
             while len(trials) < request.evaluations:
                 wanted = min(request.batch_size, request.evaluations - len(trials))
                 archs = controller.ask(wanted)
                 if not archs:
                     break
                 results = executor.evaluate(archs)
+                finished: list[Trial] = []
                 for arch, (accuracy, loss) in zip(archs, results, strict=True):
                     latency = predict(arch)
                     score = ranking_score(accuracy, loss)
@@ -194,8 +234,10 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
                         latency_ms=latency,
                         feasible=latency <= request.budget_ms,
                     )
-                    trials.append(trial)
-                    sink.write(json.dumps(asdict(trial)) + "\n")
+                    finished.append(trial)
+                trial_store.add([asdict(t) for t in finished])  # the record resume reads
+                trials.extend(finished)
+                sink.writelines(json.dumps(asdict(t)) + "\n" for t in finished)
                 sink.flush()
                 report_progress("evaluating candidates", len(trials), request.evaluations)
     finally:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from nasvit.checkpoint import save_supernet
 from nasvit.onnx_export import run_onnx
 from nasvit.pipeline import ranking_score
 from nasvit.search_spaces import get_space
+from nasvit.trial_store import study_name_for
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 
@@ -100,6 +102,8 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
         str(out),
     )
     assert again.returncode == 2 and "--resume" in again.stderr
+    # The database holds the record: a lagging text copy loses nothing on resume.
+    (out / "trials.jsonl").write_text("\n".join(lines_before[:5]) + "\n")
     resumed = search(
         home,
         "--budget",
@@ -119,6 +123,13 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
     assert json.loads(resumed.stdout)["resumed_from"] == 16
     shorts = [json.loads(line)["short"] for line in lines_after]
     assert len(set(shorts)) == 28  # nothing evaluated twice
+    study = optuna.load_study(
+        study_name=study_name_for(out), storage=f"sqlite:///{home / 'nasvit.db'}"
+    )
+    assert len(study.trials) == 28
+    assert sorted(t.values[1] for t in study.trials) == sorted(
+        json.loads(line)["latency_ms"] for line in lines_after
+    )
 
 
 def test_an_impossible_budget_names_the_fastest_architecture(home, checkpoint, tmp_path) -> None:
