@@ -159,3 +159,24 @@ def test_concurrent_processes_never_duplicate_entries(database_url: str) -> None
     assert store.entry_count(device.id) == 60
     assert sorted(store.entries(device.id)) == sorted(entry(str(i)).key for i in range(60))
     store.close()
+
+
+def test_migrations_create_exactly_the_orm_schema(store: LatencyStore) -> None:
+    """The ORM models and the Alembic migrations describe the same tables, columns, types,
+    indexes and constraints on each backend (autogenerate finds nothing to add or drop)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from nasvit.latency_db.models import Base
+
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": _not_version_table}
+        )
+        differences = compare_metadata(context, Base.metadata)
+    assert differences == []
+
+
+def _not_version_table(obj: object, name: str | None, kind: str, *_: object) -> bool:
+    """Alembic's own bookkeeping table is not part of the models."""
+    return not (kind == "table" and name is not None and name.startswith("alembic_version"))
