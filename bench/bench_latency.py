@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from nasvit.latency import build_space_table, resolve_device, validate_table
-from nasvit.latency_db import LatencyStore
+from nasvit.latency import build_space_table, resolve_device, sample_archs, validate_table
+from nasvit.latency_db import LatencyStore, MeasurementProtocol, with_protocol
+from nasvit.latency_db.table import error_stats
 from nasvit.search_spaces import get_space
 
 
@@ -27,6 +28,12 @@ def main() -> None:
     parser.add_argument("--resolutions", default="")
     parser.add_argument("--db", default="/tmp/nasvit-bench-latency.db")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=0,
+        help="re-measure this many validated networks in fresh sessions: the noise ceiling",
+    )
     args = parser.parse_args()
     resolutions = [int(r) for r in args.resolutions.split(",") if r] or None
     space = get_space("efficientformer")
@@ -59,6 +66,21 @@ def main() -> None:
                 f"[{device.name}] {label} (n={stats.n}): {100 * stats.within_10:.1f}% within "
                 f"±10%, {100 * stats.within_5:.1f}% within ±5%, MAPE {stats.mape:.2f}%, "
                 f"Spearman {rho}",
+                flush=True,
+            )
+        if args.repeat:
+            first = [n["measured_ms"] for n in v.details["networks"][: args.repeat]]
+            archs = sample_archs(space, args.n, args.seed, resolutions)[: args.repeat]
+            network_profiler = with_protocol(profiler, MeasurementProtocol.network())
+            again = [
+                network_profiler.measure(space.build_subnet(a), space.input_shape(a)).median_ms
+                for a in archs
+            ]
+            agree = error_stats(again, first)
+            print(
+                f"[{device.name}] same networks re-measured (n={agree.n}): "
+                f"{100 * agree.within_10:.1f}% within ±10%, {100 * agree.within_5:.1f}% within "
+                f"±5% of the first measurement, mean difference {agree.mape:.2f}%",
                 flush=True,
             )
 
