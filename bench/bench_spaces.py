@@ -1,0 +1,121 @@
+"""Transformer spaces (lighthubert, lighthubert_small, attention_variants): reference points and
+latency against the number of tokens.
+
+Prints (1) parameters and MACs of the reference architectures next to the published parameter
+counts, (2) onnxruntime latency (1 thread, thread CPU clock) of each token mixer block and of the
+FFN block at every resolution of the space (patch 16: 4 to 196 tokens), so the cost of softmax
+attention growing with the token count is visible next to the linear-cost mixers, and (3) with
+``--fidelity N``, the latency-table accuracy on N random subnets of each space restricted to
+``--resolutions`` (table build + whole-network validation, as ``nasvit latency validate``).
+
+    .venv/bin/python bench/bench_spaces.py [--dim 192 --heads 3] [--fidelity 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from nasvit.latency_db import OnnxRuntimeProfiler
+from nasvit.search_spaces import get_space
+
+SPACES = ("lighthubert", "lighthubert_small", "attention_variants")
+PUBLISHED_PARAMETERS = {"deit_tiny": 5.7e6, "deit_small": 22.1e6, "deit_base": 86.6e6}
+
+
+def macs(module: torch.nn.Module, shape: tuple[int, ...]) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        module(torch.randn(shape))
+    return counter.get_total_flops() // 2
+
+
+def reference_table() -> None:
+    print("## reference architectures (224x224, 1000 classes)")
+    print("| space | name | parameters | published | GMACs |")
+    print("|---|---|---|---|---|")
+    for space_name in SPACES:
+        space = get_space(space_name)
+        for name, arch in space.reference_archs().items():
+            subnet = space.build_subnet(arch)
+            parameters = sum(p.numel() for p in subnet.parameters())
+            print(
+                f"| {space_name} | {name} | {parameters / 1e6:.2f}M | "
+                f"{PUBLISHED_PARAMETERS[name] / 1e6:.1f}M | "
+                f"{macs(subnet, space.input_shape(arch)) / 1e9:.2f} |"
+            )
+
+
+def token_table(dim: int, heads: int, profiler: OnnxRuntimeProfiler) -> None:
+    space = get_space("attention_variants")
+    resolutions = space.dimension("resolution").choices  # type: ignore[union-attr]
+    print(f"\n## block latency vs tokens, embed {dim}, {heads} heads, MLP ratio 4")
+    print("onnxruntime 1 thread, median ms (thread CPU clock)\n")
+    header = " | ".join(f"{(r // 16) ** 2} tok" for r in resolutions)
+    print(f"| block | {header} |")
+    print("|---" * (len(resolutions) + 1) + "|")
+    for mixer in ("softmax", "relpos", "linear", "shsa", "pool", "ffn"):
+        cells = []
+        for resolution in resolutions:
+            arch = space.validate(
+                {
+                    "resolution": resolution,
+                    "embed_dim": dim,
+                    "depth": 1,
+                    "mixer": ["identity" if mixer == "ffn" else mixer],
+                    "heads": [heads],
+                    "mlp_ratio": [4],
+                }
+            )
+            blocks = space.lower(arch)
+            block = blocks[1]  # after the patch embedding
+            assert block.kind == f"transformer.{mixer}", block.kind
+            cells.append(f"{profiler.measure(block.build(), block.input_shape).median_ms:.3f}")
+        print(f"| {mixer} | " + " | ".join(cells) + " |")
+
+
+def fidelity(n: int, resolutions: list[int]) -> None:
+    from nasvit.latency import build_space_table, resolve_device, validate_table
+    from nasvit.latency_db import LatencyStore
+
+    print(f"\n## latency-table fidelity, {n} random subnets at resolutions {resolutions}")
+    print("onnxruntime 1 thread; raw sum of block medians vs whole network, all networks\n")
+    print("| space | blocks | within ±10% | within ±5% | MAPE | Spearman |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as folder:
+        store = LatencyStore.open(f"sqlite:///{folder}/bench.db")
+        device, profiler = resolve_device(store, threads=1)
+        for space_name in SPACES:
+            space = get_space(space_name)
+            report = build_space_table(space, store, profiler, device, resolutions)
+            record = validate_table(
+                space, store, profiler, store.device(device.id), n, resolutions=resolutions
+            )
+            stats = record.raw
+            rho = "n/a" if stats.spearman is None else f"{stats.spearman:.3f}"
+            print(
+                f"| {space_name} | {report.requested} | {stats.within_10:.1%} | "
+                f"{stats.within_5:.1%} | {stats.mape:.2f}% | {rho} |",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dim", type=int, default=192)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--fidelity", type=int, default=0, help="random subnets to validate")
+    parser.add_argument("--resolutions", default="32,64", help="for --fidelity")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    reference_table()
+    token_table(args.dim, args.heads, OnnxRuntimeProfiler(threads=1))
+    if args.fidelity:
+        fidelity(args.fidelity, [int(r) for r in args.resolutions.split(",")])
+
+
+if __name__ == "__main__":
+    main()
