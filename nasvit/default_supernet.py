@@ -70,11 +70,26 @@ def _efficientformer_recipe() -> Recipe:
     )
 
 
+def _mobiledets_recipe(space_name: str) -> Recipe:
+    """Resolution 32 (stride-32 network on upsampled 8x8 digits) and the smallest width
+    choices of the stem and each stage (three on the CPU variant: these include MobileDet-CPU's
+    widths; two on the accelerator variant, whose fused and Tucker blocks triple the block
+    count), so a step stays cheap and the latency table at 32 holds a few hundred blocks."""
+    widths = get_space(space_name).dimension("widths").choices  # type: ignore[attr-defined]
+    kept = 3 if space_name == "mobiledets" else 2
+    return Recipe(
+        restrictions={"resolution": [32], "widths": [list(c[:kept]) for c in widths]},
+        train=TrainConfig(epochs=8, batch_size=64, lr=2e-3, num_random=2),
+    )
+
+
 def recipe_for(space_name: str) -> Recipe:
     """The default recipe of ``space_name``; spaces without their own train at their smallest
     resolution with default settings."""
     if space_name == "efficientformer":
         return _efficientformer_recipe()
+    if space_name in ("mobiledets", "mobiledets_accelerator"):
+        return _mobiledets_recipe(space_name)
     space = get_space(space_name)
     names = [d.name for d in space.searched_dimensions]
     if "resolution" in names:
