@@ -84,7 +84,10 @@ class Services:
             self._latency.close()
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are ``async def`` on purpose: FastAPI runs a sync dependency in its thread
+# pool, and a thread hop per dependency per request is what dominates cheap polling requests
+# (and their tail latency, through GIL hand-offs between many pool threads).
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
@@ -111,7 +114,7 @@ def _check_token(services: Services, credentials: HTTPAuthorizationCredentials |
     return name
 
 
-def require_writer(
+async def require_writer(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
@@ -119,7 +122,7 @@ def require_writer(
     return _check_token(services, credentials)
 
 
-def require_reader(
+async def require_reader(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
