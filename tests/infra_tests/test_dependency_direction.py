@@ -56,7 +56,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         package="nasvit",
         forbidden=("nasvit.server",),
-        exempt=("nasvit.server", "nasvit.cli"),
+        exempt=("nasvit.server", "nasvit.cli", "nasvit.cli_server"),
         why="only the service and the CLI (`nasvit serve`) may import nasvit.server",
     ),
 )
