@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -291,6 +292,8 @@ def _train(
                 evaluator = SubnetEvaluator(space, supernet, dataset, "val", seed=config.seed)
                 for name, arch in (("largest", space.largest()), ("smallest", space.smallest())):
                     record[f"val_{name}"] = evaluator.evaluate(arch).accuracy
+            if group.world > 1:
+                record["replica_sha256"] = _check_replicas(supernet, group, epoch + 1)
             history.append(record)
             if group.leader:
                 with metrics.open("a") as log:
@@ -339,9 +342,11 @@ def _spawn_workers(
     """Run ``workers`` training processes on this machine and wait for them.
 
     The processes are spawned (fresh interpreters, so CUDA works in them) and meet through a
-    file in a temporary directory (no port to pick). The space, dataset and settings are
-    pickled to them; the result is read back from the checkpoint rank 0 wrote.
+    file in a temporary directory (no port to pick). The space, dataset and settings go to them
+    with cloudpickle (spaces may hold lambdas, e.g. cross-dimension constraints); the result is
+    read back from the metrics log rank 0 wrote.
     """
+    import cloudpickle
     import torch.multiprocessing as mp
 
     device = _device(config.device)
@@ -358,7 +363,9 @@ def _spawn_workers(
                 f"file://{rendezvous}/store",
                 _backend(device),
                 torch.get_num_threads(),
-                (space, dataset, config, out, resume, progress, metrics_path, stop_after),
+                cloudpickle.dumps(
+                    (space, dataset, config, out, resume, progress, metrics_path, stop_after)
+                ),
             ),
             nprocs=workers,
             start_method="spawn",
@@ -376,12 +383,14 @@ def _spawn_workers(
 
 
 def _worker(
-    rank: int, world: int, init_method: str, backend: str, threads: int, job: tuple[Any, ...]
+    rank: int, world: int, init_method: str, backend: str, threads: int, job: bytes
 ) -> None:
+    import cloudpickle
+
     torch.set_num_threads(threads)
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
     try:
-        _train(*job)
+        _train(*cloudpickle.loads(job))
     finally:
         dist.destroy_process_group()
 
@@ -448,6 +457,25 @@ def _train_step(
     run.scaler.update(finite)
     _average_buffers(run.supernet, group)
     return float(total) / len(archs)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and bytes, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _check_replicas(supernet: Supernet, group: _Group, epoch: int) -> str:
+    """Every process must hold bit-identical weights and buffers; returns their fingerprint."""
+    fingerprint = weights_fingerprint(supernet)
+    gathered: list[str | None] = [None] * group.world
+    dist.all_gather_object(gathered, fingerprint)
+    if len(set(gathered)) != 1:
+        raise NasvitError(f"data-parallel replicas diverged after epoch {epoch}: {gathered}")
+    return fingerprint
 
 
 def _average_buffers(supernet: Supernet, group: _Group) -> None:
