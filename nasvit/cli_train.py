@@ -77,6 +77,15 @@ def train_command(
         Path | None, typer.Option("--metrics", help="JSONL log (default: <out>.metrics.jsonl).")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    ddp_workers: Annotated[
+        int,
+        typer.Option(
+            "--ddp-workers",
+            min=1,
+            help="Data-parallel processes on this machine (one per GPU; Gloo on CPU). "
+            "Under torchrun, leave at 1: each process trains as its rank.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a once-for-all supernet and checkpoint it every epoch."""
     from nasvit.data import load_dataset
@@ -110,7 +119,9 @@ def train_command(
         feature_distill_weight=feature_weight,
         device=device,
     )
-    result = train_supernet(space, dataset, config, out, resume, progress, metrics)
+    result = train_supernet(
+        space, dataset, config, out, resume, progress, metrics, workers=ddp_workers
+    )
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {last[k]:.2%}" for k in ("val_largest", "val_smallest") if k in last)
     console.print(f"wrote {out} after {result.epochs} epochs ({result.seconds:.0f}s) {summary}")
