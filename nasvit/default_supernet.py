@@ -83,6 +83,38 @@ def _mobiledets_recipe(space_name: str) -> Recipe:
     )
 
 
+def _attention_variants_recipe() -> Recipe:
+    """Resolution 64 (patch 16: a 4x4 token grid, so pooling and relative positions mean
+    something on 8x8 digits), the two smallest widths, up to 6 layers and 1-2 heads: every mixer
+    stays in the space while a sandwich step costs little."""
+    return Recipe(
+        restrictions={
+            "resolution": [64],
+            "embed_dim": [64, 128],
+            "depth": [1, 2, 3, 4, 5, 6],
+            "heads": [1, 2],
+            "mlp_ratio": [2, 4],
+        },
+        train=TrainConfig(epochs=10, batch_size=64, lr=2e-3, num_random=2),
+    )
+
+
+def _lighthubert_recipe(space_name: str) -> Recipe:
+    """The 768-wide supernet is kept whole, so the subnets trained are cut down instead:
+    the smallest width, 4 tokens (resolution 32, patch 16) and for the small space also 16
+    (resolution 64). One uniformly sampled subnet per step (LightHuBERT's recipe), small
+    batches for more steps (a post-LN encoder of 10-12 layers learns slowly per step) at a
+    learning rate post-LN tolerates."""
+    if space_name == "lighthubert":
+        restrictions: dict[str, Any] = {"resolution": [32], "embed_dim": [512]}
+    else:
+        restrictions = {"resolution": [32, 64], "embed_dim": [256]}
+    return Recipe(
+        restrictions=restrictions,
+        train=TrainConfig(epochs=15, batch_size=32, lr=1e-3, sampling="uniform"),
+    )
+
+
 def recipe_for(space_name: str) -> Recipe:
     """The default recipe of ``space_name``; spaces without their own train at their smallest
     resolution with default settings."""
@@ -90,6 +122,10 @@ def recipe_for(space_name: str) -> Recipe:
         return _efficientformer_recipe()
     if space_name in ("mobiledets", "mobiledets_accelerator"):
         return _mobiledets_recipe(space_name)
+    if space_name == "attention_variants":
+        return _attention_variants_recipe()
+    if space_name in ("lighthubert", "lighthubert_small"):
+        return _lighthubert_recipe(space_name)
     space = get_space(space_name)
     names = [d.name for d in space.searched_dimensions]
     if "resolution" in names:
