@@ -140,3 +140,12 @@ def test_bad_architectures_and_configurations_are_rejected(space) -> None:
         space.parse("r64_e128_q2")
     with pytest.raises(ValueError, match="unknown mixer"):
         AttentionVariantsConfig(mixers=("softmax", "conv"))
+
+
+def test_default_digits_recipe_keeps_every_mixer(space) -> None:
+    from nasvit.default_supernet import recipe_for
+
+    restricted = space.restrict(**recipe_for("attention_variants").restrictions)
+    assert restricted.dimension("mixer").choices == MIXERS
+    tokens = restricted.lower(restricted.largest())[1].input_shape[1]
+    assert tokens == 16  # a 4x4 grid for the pooling and relative-position mixers

@@ -137,3 +137,14 @@ def test_bad_architectures_and_configurations_are_rejected(small) -> None:
         LightHuBERTConfig(embed_dims=(512, 1024))
     with pytest.raises(ValueError, match="layer-drop"):
         LightHuBERTConfig(layers=(4,))
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SUBNETS))
+def test_default_digits_recipe_keeps_a_choice_of_subnets(name: str) -> None:
+    from nasvit.default_supernet import recipe_for
+
+    recipe = recipe_for(name)
+    restricted = get_space(name).restrict(**recipe.restrictions)
+    assert restricted.dimension("resolution").choices[0] == 32  # 8x8 digits, 4 tokens
+    assert restricted.size() > 1000
+    assert recipe.train.sampling == "uniform"  # LightHuBERT samples one subnet per step
