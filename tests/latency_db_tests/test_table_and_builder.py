@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from nasvit.latency_db import (
@@ -173,3 +174,8 @@ def test_error_statistics_and_calibration_fit() -> None:
     assert (fit.slope, fit.intercept) == (pytest.approx(2.0), pytest.approx(0.5))
     with pytest.raises(ValueError):
         Calibration.fit([1.0, 1.0], [1.0, 2.0])
+    # Data whose least-squares line crosses zero: the fit stays non-negative, so the smallest
+    # networks are never predicted at zero or below.
+    steep = Calibration.fit([0.5, 0.8, 1.2, 1.5], [0.8, 1.6, 4.2, 5.0])
+    assert steep.intercept >= 0 and steep.slope > 0 and steep.apply(0.1) > 0
+    assert np.polyfit([0.5, 0.8, 1.2, 1.5], [0.8, 1.6, 4.2, 5.0], 1)[1] < 0
