@@ -5,11 +5,13 @@ Sections (``--only`` picks some; results are merged into ``--out`` JSON as each 
 - ``default``: train the default efficientformer supernet on digits (fresh ``--home``) and time
   it; test accuracy of its largest and smallest subnets; spread over ``--random`` subnets.
 - ``gap``: a subnet evaluated standalone (extracted, BN recalibrated) vs inside the supernet.
-- ``step``: training-step time of the supernet at an arch vs the extracted static subnet.
+- ``step``: training-step time of the supernet at an arch vs the extracted static subnet, for
+  the sliced path the trainer uses and the dense path it replaced (median of paired ratios).
 - ``uniform``: uniform single-subnet sampling trained for the same wall time as the default
   (sandwich) run, and the spread of the same random subnets under both.
-- ``predictor``: MLP and GBT predictors fitted on supernet-measured (arch, val accuracy) pairs,
-  Spearman / Kendall tau on ``--held-out`` archs.
+- ``predictor``: MLP and GBT predictors fitted on supernet-measured val pairs (targets: accuracy,
+  the search's ranking score, minus the loss), Spearman / Kendall tau on ``--held-out`` archs,
+  and val-vs-test rank agreement of each target on ``--reliability`` archs (the noise ceiling).
 
 Run: ``.venv/bin/python bench/bench_training.py --home /tmp/nasvit-bench --threads 2``
 """
@@ -27,13 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import spearmanr
+from scipy.stats import kendalltau, spearmanr
 
 from nasvit.checkpoint import load_supernet
 from nasvit.data import load_digits
 from nasvit.default_supernet import default_supernet_path, ensure_default_supernet, recipe_for
 from nasvit.evaluate import SubnetEvaluator, accuracy_spread
-from nasvit.predictor import fit_and_score, measure_pairs
+from nasvit.nn.elastic import SliceRecorder
+from nasvit.predictor import fit_and_score, measure_pairs, target_values
+from nasvit.sliced_optim import SlicedAdamW, step_gradients
 from nasvit.train import train_supernet
 
 SPACE = "efficientformer"
@@ -90,40 +94,93 @@ def bench_gap(ckpt: Path, count: int, out: Path) -> None:
     _save(out, "gap", {"archs": len(gaps), "max_points": 100 * max(gaps)})
 
 
-def _step_seconds(run: Any, params: list[torch.nn.Parameter], x: torch.Tensor, steps: int) -> float:
-    y = torch.arange(x.shape[0]) % 10
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    times = []
-    for _ in range(steps + 2):
-        started = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(run(x), y).backward()
-        optimizer.step()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[2:])
+def _timed(step: Any) -> tuple[float, float]:
+    """(wall, calling-thread CPU) seconds of one call. With one torch thread all the work runs
+    in the calling thread, so CPU time equals wall time on an idle machine and is far less
+    disturbed by other processes on a loaded one."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    step()
+    return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def bench_step(ckpt: Path, steps: int, out: Path) -> None:
+def bench_step(ckpt: Path, repeats: int, out: Path) -> None:
+    """Training step (forward, backward, AdamW) of the supernet at an arch vs the extracted
+    static subnet, batch 64. Static and supernet steps alternate, so both see the same machine
+    load; the figure is the median over repeats of the per-pair ratio. ``sliced`` is the
+    trainer's path (slice recorder + SlicedAdamW); ``dense`` is plain autograd with fused AdamW
+    over the whole supernet (the path before sliced training)."""
     space, supernet, _ = load_supernet(ckpt)
     supernet.train()
     rng = np.random.default_rng(3)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(3)]
     rows = []
-    for arch in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(3)]:
-        x = torch.randn(64, supernet.in_channels, arch["resolution"], arch["resolution"])
-        static = supernet.extract(arch).train()
-        t_static = _step_seconds(static, list(static.parameters()), x, steps)
-        t_super = _step_seconds(
-            lambda x, a=arch: supernet(x, a), list(supernet.parameters()), x, steps
-        )
-        rows.append(
-            {
-                "arch": space.short_string(arch),
-                "static_s": t_static,
-                "supernet_s": t_super,
-                "ratio": t_super / t_static,
-            }
-        )
-    _save(out, "step", {"batch": 64, "rows": rows, "max_ratio": max(r["ratio"] for r in rows)})
+    for arch in archs:
+        row = _step_row(space, supernet, arch, repeats)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    _save(
+        out,
+        "step",
+        {
+            "batch": 64,
+            "threads": torch.get_num_threads(),
+            "repeats": repeats,
+            "rows": rows,
+            "max_sliced_ratio_cpu": max(r["sliced_ratio_cpu"] for r in rows),
+            "max_dense_ratio_cpu": max(r["dense_ratio_cpu"] for r in rows),
+        },
+    )
+
+
+def _step_row(space: Any, supernet: Any, arch: Any, repeats: int) -> dict[str, Any]:
+    params = list(supernet.parameters())
+    x = torch.randn(64, supernet.in_channels, arch["resolution"], arch["resolution"])
+    y = torch.arange(64) % 10
+    static = supernet.extract(arch).train()
+    static_optimizer = torch.optim.AdamW(static.parameters(), lr=1e-4, fused=True)
+    dense_optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    sliced_optimizer = SlicedAdamW(params, lr=1e-4)
+
+    def static_step() -> None:
+        static_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(static(x), y).backward()
+        static_optimizer.step()
+
+    def dense_step() -> None:
+        dense_optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(supernet(x, arch), y).backward()
+        dense_optimizer.step()
+
+    def sliced_step() -> None:
+        sliced_optimizer.zero_grad(set_to_none=True)
+        with SliceRecorder() as recorder:
+            F.cross_entropy(supernet(x, arch), y).backward()
+        sliced_optimizer.step(step_gradients(recorder, params))
+
+    ratios: dict[str, list[tuple[float, float]]] = {"dense": [], "sliced": []}
+    seconds: dict[str, list[float]] = {"static": [], "dense": [], "sliced": []}
+    with torch.no_grad():
+        snapshot = [p.clone() for p in params]  # both supernet paths start from the same
+    for name, step in (("dense", dense_step), ("sliced", sliced_step)):
+        with torch.no_grad():
+            for p, saved in zip(params, snapshot, strict=True):
+                p.copy_(saved)
+        for repeat in range(repeats + 2):  # two warm-up pairs
+            static_time = _timed(static_step)
+            super_time = _timed(step)
+            if repeat >= 2:
+                ratios[name].append(
+                    (super_time[0] / static_time[0], super_time[1] / static_time[1])
+                )
+                seconds["static"].append(static_time[1])
+                seconds[name].append(super_time[1])
+    row: dict[str, Any] = {"arch": space.short_string(arch)}
+    for name in ("dense", "sliced"):
+        row[f"{name}_ratio_cpu"] = statistics.median(r[1] for r in ratios[name])
+        row[f"{name}_ratio_wall"] = statistics.median(r[0] for r in ratios[name])
+    for name, values in seconds.items():
+        row[f"{name}_cpu_s"] = statistics.median(values)
+    return row
 
 
 def bench_uniform(ckpt: Path, home: Path, count: int, out: Path) -> None:
@@ -162,9 +219,14 @@ def bench_uniform(ckpt: Path, home: Path, count: int, out: Path) -> None:
     )
 
 
-def bench_predictor(ckpt: Path, pairs: int, held_out: int, out: Path) -> None:
+def bench_predictor(ckpt: Path, pairs: int, held_out: int, reliability: int, out: Path) -> None:
+    """Predictors fitted on supernet-measured val pairs for three targets (accuracy, the
+    search's ranking score, minus the val loss), ranked on ``held_out`` archs; and the ceiling
+    any predictor faces: how well the val ranking of ``reliability`` archs agrees with their
+    test ranking (a target whose val and test ranks disagree is mostly measurement noise)."""
     space, supernet, _ = load_supernet(ckpt)
-    evaluator = SubnetEvaluator(space, supernet, load_digits(), "val")
+    data = load_digits()
+    evaluator = SubnetEvaluator(space, supernet, data, "val")
     started = time.perf_counter()
     measured = measure_pairs(
         evaluator,
@@ -178,19 +240,29 @@ def bench_predictor(ckpt: Path, pairs: int, held_out: int, out: Path) -> None:
     report: dict[str, Any] = {
         "pairs": len(measured),
         "measure_seconds": seconds,
+        "val_images": data.size("val"),
+        "distinct_val_accuracies": len(set(accuracies)),
         "val_accuracy_std": float(np.std(accuracies)),
     }
-    # Val accuracy on digits is quantised (1 image = 0.56 points) and subnets differ by little,
-    # so also report the ranking of the continuous val cross-entropy (lower is better).
-    losses = [-m.loss for m in measured]
-    for kind in ("mlp", "gbt"):
-        _, rank = fit_and_score(space, archs, accuracies, kind, held_out, seed=0)
-        report[kind] = rank.to_dict()
-        _, rank = fit_and_score(space, archs, losses, kind, held_out, seed=0, target="neg_loss")
-        report[f"{kind}_on_val_loss"] = rank.to_dict()
-    report["val_accuracy_vs_loss_spearman"] = float(
-        spearmanr(accuracies, losses).statistic  # how much ranking loss says about accuracy
+    for target in ("accuracy", "score", "neg_loss"):
+        values = target_values(measured, target)  # type: ignore[arg-type]
+        for kind in ("mlp", "gbt"):
+            _, rank = fit_and_score(space, archs, values, kind, held_out, seed=0, target=target)  # type: ignore[arg-type]
+            report[f"{kind}_{target}"] = rank.to_dict()
+    test = SubnetEvaluator(space, supernet, data, "test")
+    cache = ckpt.with_suffix(".test-pairs.jsonl")
+    tested = measure_pairs(
+        test, reliability, seed=0, cache=cache, cache_key=f"bench:{ckpt.stat().st_size}"
     )
+    by_short = {m.short: m for m in measured}
+    shared = [(by_short[t.short], t) for t in tested if t.short in by_short]
+    ceiling = {"archs": len(shared)}
+    for target in ("accuracy", "score", "neg_loss"):
+        val_values = target_values([v for v, _ in shared], target)  # type: ignore[arg-type]
+        test_values = target_values([t for _, t in shared], target)  # type: ignore[arg-type]
+        ceiling[f"{target}_spearman"] = float(spearmanr(val_values, test_values).statistic)
+        ceiling[f"{target}_kendall"] = float(kendalltau(val_values, test_values).statistic)
+    report["val_vs_test_ranking"] = ceiling
     _save(out, "predictor", report)
 
 
@@ -204,7 +276,11 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=100, help="random subnets for spreads")
     parser.add_argument("--pairs", type=int, default=600, help="(arch, accuracy) pairs")
     parser.add_argument("--held-out", type=int, default=200)
+    parser.add_argument(
+        "--reliability", type=int, default=100, help="archs also measured on test (ceiling)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=9, help="step pairs per arch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.home.mkdir(parents=True, exist_ok=True)
@@ -216,11 +292,11 @@ def main() -> None:
     if "gap" in args.only:
         bench_gap(ckpt, 20, out)
     if "step" in args.only:
-        bench_step(ckpt, 5, out)
+        bench_step(ckpt, args.repeats, out)
     if "uniform" in args.only:
         bench_uniform(ckpt, args.home, args.random, out)
     if "predictor" in args.only:
-        bench_predictor(ckpt, args.pairs, args.held_out, out)
+        bench_predictor(ckpt, args.pairs, args.held_out, args.reliability, out)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,11 @@ def predictor_command(
     kind: Annotated[str, typer.Option("--kind", help="mlp | gbt | both")] = "both",
     target: Annotated[
         str,
-        typer.Option("--target", help="accuracy | neg_loss (minus val loss; finer-grained)."),
+        typer.Option(
+            "--target",
+            help="accuracy | score (what the search ranks by: accuracy, ties broken by the "
+            "val loss) | neg_loss (minus val loss; finer-grained).",
+        ),
     ] = "accuracy",
     data: Annotated[
         str | None,

@@ -6,8 +6,13 @@ rank agreement (Spearman rho, Kendall tau) on held-out archs, because a search o
 ranking to be right. A predictor remembers its space and restrictions and refuses archs of
 another space; it is saved with joblib next to the supernet checkpoint.
 
-A predictor may also be fitted on minus the validation loss (``target="neg_loss"``), a
-continuous score that ranks subnets where a small validation split quantises accuracy.
+Targets: ``accuracy`` (top-1 on the evaluated split); ``score``, what the search maximises
+(:func:`nasvit.pipeline.ranking_score`: accuracy with the validation loss as a tie-break); and
+``neg_loss`` (minus the mean cross-entropy). On a small validation split accuracy is coarse and
+noisy: digits' 179 val images give 6 distinct accuracies over 600 random subnets of the default
+supernet (they differ by a handful of images), so no model can rank them; the loss is
+continuous and is the part of the score that separates subnets (bench/bench_training.py
+``predictor`` reports all three and how well val ranks agree with test ranks).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ if TYPE_CHECKING:
     from nasvit.evaluate import ArchAccuracy, SubnetEvaluator
 
 PredictorKind = Literal["mlp", "gbt"]
-# What a predictor estimates: top-1 accuracy, or minus the mean cross-entropy (higher is better
-# for both). On small validation splits accuracy is coarsely quantised (digits' 179 val images
-# give a handful of distinct values across subnets), while the loss keeps the ranking signal.
-PredictorTarget = Literal["accuracy", "neg_loss"]
-TARGETS: tuple[str, ...] = ("accuracy", "neg_loss")
+# What a predictor estimates (higher is better for all): top-1 accuracy, the search's ranking
+# score, or minus the mean cross-entropy. On small validation splits accuracy is coarsely
+# quantised (digits' 179 val images give a handful of distinct values across subnets), while the
+# loss keeps the ranking signal.
+PredictorTarget = Literal["accuracy", "score", "neg_loss"]
+TARGETS: tuple[str, ...] = ("accuracy", "score", "neg_loss")
 PREDICTOR_FORMAT = "nasvit.predictor/1"
 
 
@@ -244,7 +250,13 @@ def target_values(results: Sequence[ArchAccuracy], target: PredictorTarget) -> l
     """The values a predictor of ``target`` is fitted on, one per measured arch."""
     if target not in TARGETS:
         raise NasvitError(f"unknown predictor target '{target}'; known: {', '.join(TARGETS)}")
-    return [r.accuracy if target == "accuracy" else -r.loss for r in results]
+    if target == "accuracy":
+        return [r.accuracy for r in results]
+    if target == "neg_loss":
+        return [-r.loss for r in results]
+    from nasvit.pipeline import ranking_score  # the pipeline imports the controllers
+
+    return [ranking_score(r.accuracy, r.loss) for r in results]
 
 
 def fit_and_score(

@@ -81,6 +81,15 @@ def test_predictor_ranks_real_supernet_measurements(
     )
     assert by_loss.target == "neg_loss" and predictor.target == "neg_loss"
     assert by_loss.spearman > 0.5, by_loss
+    # The search's score: accuracy, ties broken by the loss (higher is better).
+    scores = target_values(pairs, "score")
+    for i in range(len(pairs) - 1):
+        a, b = pairs[i], pairs[i + 1]
+        assert scores[i] == pytest.approx(a.accuracy - 1e-3 * min(a.loss, 2.5))
+        if a.accuracy == b.accuracy and a.loss != b.loss:
+            assert (scores[i] > scores[i + 1]) == (a.loss < b.loss)
+    _, by_score = fit_and_score(space, archs, scores, "gbt", test_size=40, seed=0, target="score")
+    assert by_score.target == "score" and by_score.spearman > 0.3, by_score
 
     def fail(_arch):  # the second call must come entirely from the cache
         raise AssertionError("re-measured a cached arch")
