@@ -6,9 +6,12 @@ counts, (2) onnxruntime latency (1 thread, thread CPU clock) of each token mixer
 FFN block at every resolution of the space (patch 16: 4 to 196 tokens), so the cost of softmax
 attention growing with the token count is visible next to the linear-cost mixers, and (3) with
 ``--fidelity N``, the latency-table accuracy on N random subnets of each space restricted to
-``--resolutions`` (table build + whole-network validation, as ``nasvit latency validate``).
+``--resolutions`` (table build + whole-network validation, as ``nasvit latency validate``),
+(4) with ``--recipe-epoch``, the CPU time of the first epoch of each space's default digits
+recipe on one thread (times the recipe's epochs: a single-core bound for the default supernet,
+robust to other load on the machine because it counts CPU time, not wall time).
 
-    .venv/bin/python bench/bench_spaces.py [--dim 192 --heads 3] [--fidelity 200]
+    .venv/bin/python bench/bench_spaces.py [--dim 192 --heads 3] [--fidelity 200] [--recipe-epoch]
 """
 
 from __future__ import annotations
@@ -103,18 +106,58 @@ def fidelity(n: int, resolutions: list[int]) -> None:
             )
 
 
+def recipe_epoch() -> None:
+    import dataclasses
+    import time
+
+    from nasvit.data import load_digits
+    from nasvit.default_supernet import recipe_for
+    from nasvit.train import train_supernet
+
+    print("\n## default digits recipe: first epoch on 1 thread (CPU time)")
+    print("| space | epochs | CPU s, epoch 1 | x epochs (1 core) | val largest | val smallest |")
+    print("|---|---|---|---|---|---|")
+    for space_name in SPACES:
+        recipe = recipe_for(space_name)
+        space = get_space(space_name).restrict(**recipe.restrictions)
+        config = dataclasses.replace(recipe.train, device="cpu")
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.process_time()
+            result = train_supernet(
+                space,
+                load_digits(seed=recipe.data_seed),
+                config,
+                f"{folder}/supernet.pt",
+                progress=False,
+                stop_after=1,
+            )
+            seconds = time.process_time() - started
+        record = result.history[-1]
+        print(
+            f"| {space_name} | {config.epochs} | {seconds:.0f} | "
+            f"{seconds * config.epochs / 60:.1f} min | {record['val_largest']:.1%} | "
+            f"{record['val_smallest']:.1%} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
     parser.add_argument("--fidelity", type=int, default=0, help="random subnets to validate")
     parser.add_argument("--resolutions", default="32,64", help="for --fidelity")
+    parser.add_argument("--recipe-epoch", action="store_true", help="time the digits recipes")
+    parser.add_argument("--skip-tables", action="store_true", help="only the optional parts")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    reference_table()
-    token_table(args.dim, args.heads, OnnxRuntimeProfiler(threads=1))
+    if not args.skip_tables:
+        reference_table()
+        token_table(args.dim, args.heads, OnnxRuntimeProfiler(threads=1))
     if args.fidelity:
         fidelity(args.fidelity, [int(r) for r in args.resolutions.split(",")])
+    if args.recipe_epoch:
+        recipe_epoch()
 
 
 if __name__ == "__main__":
