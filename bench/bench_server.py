@@ -52,9 +52,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen:
+def start_server(env: dict[str, str], port: int, processes: int = 1) -> subprocess.Popen:
     server = subprocess.Popen(
-        [NASVIT, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [NASVIT, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        + ["--workers", str(processes)],
         env=env,
     )
     deadline = time.monotonic() + 120
@@ -176,6 +177,7 @@ def main() -> None:
     )
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument("--claimers", type=int, default=8)
+    parser.add_argument("--server-processes", type=int, default=1, help="nasvit serve --workers")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="nasvit-bench-server-"))
@@ -187,8 +189,12 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     backend = url.split(":", 1)[0]
-    print(f"server on {base}, database {backend}, {os.cpu_count()} CPUs", flush=True)
-    server = start_server(env, port)
+    print(
+        f"server on {base} ({args.server_processes} process(es)), database {backend}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    server = start_server(env, port, args.server_processes)
     try:
         # (a) polling a job that a (simulated) worker is updating
         response = httpx.post(

@@ -43,14 +43,30 @@ def serve_command(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8000,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Server processes (one per core).")
+    ] = 1,
 ) -> None:
     """Run the REST API and dashboard (uvicorn). Searches run in `nasvit worker` processes."""
     import uvicorn
 
     from nasvit.server.app import create_app
 
-    app = create_app(load_settings())
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    settings = load_settings()  # bad settings fail here, once, as a one-line error
+    if workers == 1:
+        app = create_app(settings)
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+        return
+    # Several processes: each builds its app from the same environment.
+    uvicorn.run(
+        "nasvit.server.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+    )
 
 
 def worker_command(
@@ -71,12 +87,18 @@ def worker_command(
     worker = Worker(load_settings(), name=name)
 
     def stop(_signum: int, _frame: Any) -> None:
-        # Finish cleanly: a running job goes back to the queue at its next progress point.
+        # First signal: finish cleanly, a running job goes back to the queue at its next
+        # progress point (seconds). A second Ctrl-C stops at once (the job is still released).
+        if worker.shutdown.is_set():
+            raise KeyboardInterrupt
         worker.stop()
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         ran = worker.run(once=once, poll_seconds=poll)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
     finally:
         worker.close()
     console.print(f"worker {worker.name} ran {ran} job(s)")

@@ -550,3 +550,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     mount_dashboard(app)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """``create_app`` with settings from ``NASVIT_*`` (uvicorn's factory for several processes)."""
+    return create_app(Settings())

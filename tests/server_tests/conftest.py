@@ -5,7 +5,7 @@ free loopback port (a real uvicorn subprocess) over SQLite or a real PostgreSQL,
 Searches stay small: an untrained supernet over a restricted slice of efficientformer at
 resolution 32 (as the pipeline tests use), a budget most candidates meet, and a latency table
 measured once per session with the quick protocol (PostgreSQL databases get it imported), so a
-worker never profiles blocks. Short leases (4 s, heartbeat 1 s) let a killed worker's job be
+worker never profiles blocks. Short leases (6 s, heartbeat 1 s) let a killed worker's job be
 taken over within seconds.
 """
 
@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
-LEASE_SECONDS = "4"
+LEASE_SECONDS = "6"
 HEARTBEAT_SECONDS = "1"
 
 
