@@ -57,13 +57,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def search_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A small checkpoint, and its blocks' latency table for this machine, measured once into
-    a SQLite database and exported as JSON (for PostgreSQL databases)."""
+def search_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A small checkpoint, and its blocks' latency table for this machine, measured and
+    validated once into a SQLite database, and exported as JSON (for PostgreSQL databases)."""
     import torch
 
     from nasvit.checkpoint import save_supernet
-    from nasvit.latency import resolve_device
+    from nasvit.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore, MeasurementProtocol, build_table, make_profiler
     from nasvit.latency_db.transfer import export_table
     from nasvit.search_spaces import get_space
@@ -82,12 +82,18 @@ def search_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     database = folder / "table.db"
     store = LatencyStore.open(f"sqlite:///{database}")
     device, _ = resolve_device(store)  # the device a worker resolves when none is named
-    profiler = make_profiler("onnxruntime", 1, "all", MeasurementProtocol.quick())
-    build_table(store, profiler, device, space.enumerate_blocks(num_classes=10, in_channels=1))
+    quick = MeasurementProtocol.quick()
+    profiler = make_profiler("onnxruntime", 1, "all", quick)
+    shape = {"num_classes": 10, "in_channels": 1}
+    build_table(store, profiler, device, space.enumerate_blocks(**shape))
+    # A validated table, so a search does not first validate it on whole networks.
+    validate_table(space, store, profiler, device, 4, network_protocol=quick, **shape)
     table = folder / "table.json"
     export_table(store, device.id, table)
+    validation = store.latest_validation(device.id)
     store.close()
-    return {"checkpoint": checkpoint, "database": database, "table": table}
+    return {"checkpoint": checkpoint, "database": database, "table": table, "device": device.id,
+            "validation": validation}  # fmt: skip
 
 
 @dataclass
@@ -174,7 +180,7 @@ class Deployment:
                 process.wait()
 
 
-def _environment(home: Path, assets: dict[str, Path], **extra: str) -> dict[str, str]:
+def _environment(home: Path, assets: dict[str, Any], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
     env.update(
         NASVIT_HOME=str(home),
@@ -217,7 +223,7 @@ def start_deployment(deployment: Deployment) -> Deployment:
 
 @pytest.fixture(scope="module")
 def sqlite_service(
-    tmp_path_factory: pytest.TempPathFactory, search_assets: dict[str, Path]
+    tmp_path_factory: pytest.TempPathFactory, search_assets: dict[str, Any]
 ) -> Iterator[Deployment]:
     """The default setup: SQLite under NASVIT_HOME (holding the measured table), public reads."""
     home = tmp_path_factory.mktemp("sqlite-home")
@@ -231,7 +237,7 @@ def sqlite_service(
 
 @pytest.fixture(scope="module")
 def postgres_service(
-    tmp_path_factory: pytest.TempPathFactory, search_assets: dict[str, Path], postgres_url: str
+    tmp_path_factory: pytest.TempPathFactory, search_assets: dict[str, Any], postgres_url: str
 ) -> Iterator[Deployment]:
     """PostgreSQL with the latency table imported; reads need a token; one CORS origin."""
     from nasvit.latency_db import LatencyStore
@@ -240,6 +246,7 @@ def postgres_service(
     url = fresh_postgres_db(postgres_url)
     store = LatencyStore.open(url)
     import_table(store, search_assets["table"])
+    store.add_validation(search_assets["device"], search_assets["validation"])
     store.close()
     home = tmp_path_factory.mktemp("postgres-home")
     env = _environment(

@@ -39,6 +39,13 @@ def _complete_lines(path: Path) -> list[str]:
     return text[: text.rfind("\n") + 1].splitlines()
 
 
+def evaluated(count: int) -> Any:
+    """A wait condition: at least ``count`` candidates evaluated (not another stage's steps)."""
+    return lambda job: (
+        job["progress"]["stage"] == "evaluating candidates" and job["progress"]["done"] >= count
+    )
+
+
 # ---------------------------------------------------------------------- kill -9 and resume
 @pytest.fixture(scope="module")
 def resumed_job(sqlite_service: Deployment) -> dict[str, Any]:
@@ -47,7 +54,7 @@ def resumed_job(sqlite_service: Deployment) -> dict[str, Any]:
     service = sqlite_service
     job = service.submit(budget=BUDGET, evaluations=48)
     doomed = service.start_worker(name="doomed")
-    running = service.wait_for(job["id"], lambda j: j["progress"]["done"] >= 16)
+    running = service.wait_for(job["id"], evaluated(16))
     seen_while_running = service.get(f"/searches/{job['id']}/trials").json()["total"]
     doomed.send_signal(signal.SIGKILL)
     doomed.wait()
@@ -155,7 +162,7 @@ def test_a_running_search_is_cancelled_within_seconds(sqlite_service: Deployment
     service = sqlite_service
     job = service.submit(budget=BUDGET, evaluations=5000)
     worker = service.start_worker(name="canceller")
-    service.wait_for(job["id"], lambda j: j["progress"]["done"] >= 16)
+    service.wait_for(job["id"], evaluated(16))
     response = service.post(f"/searches/{job['id']}/cancel")
     assert response.status_code == 202
     assert response.json()["cancel_requested"] is True
