@@ -123,7 +123,13 @@ class Worker:
                     break
                 self.shutdown.wait(poll_seconds)
                 continue
-            self.run_job(claim)
+            try:
+                self.run_job(claim)
+            except Exception:  # e.g. the database went away while recording the outcome
+                log.exception(
+                    "job %s: not recorded; its lease will expire and a later claim resumes it",
+                    claim.job.id,
+                )
             ran += 1
             if once:
                 break
