@@ -225,7 +225,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
                     score = ranking_score(accuracy, loss)
                     controller.tell(arch, score, latency)
                     trial = Trial(
-                        index=len(trials),
+                        index=len(trials) + len(finished),
                         arch=arch.to_dict(),
                         short=space.short_string(arch),
                         accuracy=accuracy,

@@ -14,8 +14,9 @@ a finished candidate. ``trials.jsonl`` in the output folder is a plain-text copy
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,39 @@ _RECORD = "nasvit_trial"
 def study_name_for(out: Path) -> str:
     """The study of the search writing to ``out`` (its absolute path: one search per folder)."""
     return f"nasvit-search:{Path(out).resolve()}"
+
+
+# Any fixed 64-bit number; it names the lock among the database's advisory locks.
+_PG_SCHEMA_LOCK = 7291002
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Serialise the creation of Optuna's tables: two workers starting on a fresh PostgreSQL
+    database both created Optuna's version table and one failed (a unique violation)."""
+    if url.startswith("sqlite"):
+        from filelock import FileLock
+
+        database = url.split("///", 1)[-1]
+        in_memory = database in ("", ":memory:")
+        with contextlib.nullcontext() if in_memory else FileLock(f"{database}.optuna.lock"):
+            yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_SCHEMA_LOCK}
+                )
+    finally:
+        engine.dispose()
 
 
 class TrialStore:
@@ -51,18 +85,20 @@ class TrialStore:
         optuna.logging.set_verbosity(logging.WARNING)
         self.space = space
         self.name = name
-        self.storage = optuna.storages.RDBStorage(url or default_url())
-        if fresh:
-            try:
-                optuna.delete_study(study_name=name, storage=self.storage)
-            except KeyError:
-                pass  # nothing to drop
-        self.study = optuna.create_study(
-            study_name=name,
-            storage=self.storage,
-            directions=["maximize", "minimize"],
-            load_if_exists=True,
-        )
+        url = url or default_url()
+        with _schema_lock(url):
+            self.storage = optuna.storages.RDBStorage(url)
+            if fresh:
+                try:
+                    optuna.delete_study(study_name=name, storage=self.storage)
+                except KeyError:
+                    pass  # nothing to drop
+            self.study = optuna.create_study(
+                study_name=name,
+                storage=self.storage,
+                directions=["maximize", "minimize"],
+                load_if_exists=True,
+            )
         self._distributions = optuna_distributions(space)
 
     def load(self) -> list[dict[str, Any]]:

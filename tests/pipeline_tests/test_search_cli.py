@@ -123,6 +123,7 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
     assert json.loads(resumed.stdout)["resumed_from"] == 16
     shorts = [json.loads(line)["short"] for line in lines_after]
     assert len(set(shorts)) == 28  # nothing evaluated twice
+    assert [json.loads(line)["index"] for line in lines_after] == list(range(28))
     study = optuna.load_study(
         study_name=study_name_for(out), storage=f"sqlite:///{home / 'nasvit.db'}"
     )
