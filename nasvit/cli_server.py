@@ -79,12 +79,20 @@ def worker_command(
     name: Annotated[
         str | None, typer.Option("--name", help="Worker name shown on jobs (default host:pid).")
     ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            envvar="NASVIT_RAY_ADDRESS",
+            help="Evaluate candidates on this Ray cluster (e.g. ray://head:10001).",
+        ),
+    ] = None,
 ) -> None:
     """Claim queued searches from the database and run them, one at a time."""
     from nasvit.server.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    worker = Worker(load_settings(), name=name)
+    worker = Worker(load_settings(), name=name, ray_address=ray_address)
 
     def stop(_signum: int, _frame: Any) -> None:
         # First signal: finish cleanly, a running job goes back to the queue at its next

@@ -96,9 +96,12 @@ class Worker:
     """Claims and runs jobs one at a time. :meth:`stop` (e.g. on SIGTERM) ends the loop and
     hands a running job back to the queue at its next progress point."""
 
-    def __init__(self, settings: Settings, name: str | None = None):
+    def __init__(self, settings: Settings, name: str | None = None, ray_address: str | None = None):
         self.settings = settings
         self.name = name or default_worker_name()
+        # Candidates of every job go to this Ray cluster (None: in-process, or a local Ray
+        # when a job asks for several workers).
+        self.ray_address = ray_address
         self.database = Database.open(settings.resolved_database_url)
         self.jobs = JobStore(self.database)
         self.shutdown = threading.Event()
@@ -168,6 +171,7 @@ class Worker:
             controller=spec["controller"],
             evaluations=int(spec["evaluations"]),
             workers=int(spec.get("workers", 1)),
+            ray_address=self.ray_address,
             seed=int(spec["seed"]),
             checkpoint=None if checkpoint is None else Path(checkpoint),
             out=folder,
