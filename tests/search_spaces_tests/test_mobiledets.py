@@ -42,7 +42,8 @@ def small_spaces() -> dict[str, MobileDetSpace]:
 
 @pytest.fixture(scope="module")
 def supernets(small_spaces):
-    """Supernets whose BatchNorm statistics are not the identity, so every layer matters."""
+    """Supernets whose BatchNorm statistics and scales are not the identity (residual
+    branches start scaled by 0.1), so every layer matters."""
     nets = {}
     for variant, space in small_spaces.items():
         torch.manual_seed(0)
@@ -53,6 +54,9 @@ def supernets(small_spaces):
                     buffer.uniform_(0.5, 2.0)
                 elif name.endswith("running_mean"):
                     buffer.normal_(0.0, 0.2)
+            for name, parameter in net.named_parameters():
+                if name.endswith("bn.weight"):
+                    parameter.uniform_(0.5, 1.5)
         nets[variant] = net.eval()
     return nets
 
@@ -325,3 +329,20 @@ def test_default_recipe_keeps_the_latency_table_small(name: str, most: int) -> N
     if name == "mobiledets":  # MobileDet-CPU's widths and blocks, at digits' resolution
         released = get_space(name).reference_archs()["mobiledet_cpu"]
         assert space.contains({**dict(released), "resolution": 32})
+    else:  # one block type on each stage's first layer, all types on the others
+        ops = space.dimension("ops").choices
+        types = [{parse_op(t).block for t in ops[i]} for i in FIRST_LAYERS[1:]]
+        assert types == [{"fused"}] * 2 + [{"ibn"}] * 4
+        assert {parse_op(t).block for t in ops[2]} == {"skip", "ibn", "fused", "tucker"}
+
+
+def test_residual_branches_start_small() -> None:
+    supernet = MobileDetSpace(MobileDetConfig(variant="accelerator", **SMALL)).build_supernet()
+    closing = {
+        (index, kind): (block.expand if kind == "tucker" else block.project).bn.weight
+        for index, blocks in enumerate(supernet.layers)
+        for kind, block in blocks.items()
+    }
+    for (index, _), weight in closing.items():
+        expected = 1.0 if index in FIRST_LAYERS else 0.1
+        assert torch.all(weight == expected)
