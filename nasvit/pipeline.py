@@ -202,7 +202,10 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     controller = make_controller(
         request.controller, space, request.budget_ms, request.seed, latency=predict
     )
-    trial_store = TrialStore(space, study_name_for(out), fresh=not request.resume)
+    # The output folder is the search's handle: a resumed search whose folder was deleted
+    # starts afresh rather than continuing a record the user threw away.
+    continuing = request.resume and trials_path.exists()
+    trial_store = TrialStore(space, study_name_for(out), fresh=not continuing)
     trials = _resumed_trials(trial_store, trials_path, space)
     for trial in trials:  # resume: the controller learns from what was already evaluated
         controller.tell(space.validate(trial.arch), trial.score, trial.latency_ms)
