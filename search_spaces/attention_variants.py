@@ -44,7 +44,6 @@ from nasvit.nn.transformer import (
 from nasvit.search_spaces.core import SearchSpace
 from nasvit.search_spaces.dimensions import (
     Architecture,
-    ArchitectureError,
     Choice,
     LayerChoices,
 )
@@ -171,13 +170,7 @@ class AttentionVariantsSpace(SearchSpace):
         """A block depends on (resolution, width) and on its mixer with its heads, or on its
         FFN ratio; one synthetic subnet per (resolution, width) listing every (mixer, heads)
         and every ratio covers all keys of this (possibly restricted) space."""
-        choices: tuple[int, ...] = self.dimension("resolution").choices  # type: ignore[assignment]
-        chosen = tuple(resolutions) if resolutions is not None else choices
-        unknown = sorted(set(chosen) - set(choices))
-        if unknown:
-            raise ArchitectureError(
-                f"resolution(s) {unknown} not in the space ({', '.join(map(str, choices))})"
-            )
+        chosen = self.resolutions_to_enumerate(resolutions)
         dims: tuple[int, ...] = self.dimension("embed_dim").choices  # type: ignore[assignment]
         mixers: tuple[str, ...] = self.dimension("mixer").choices  # type: ignore[assignment]
         heads: tuple[int, ...] = self.dimension("heads").choices  # type: ignore[assignment]

@@ -537,6 +537,18 @@ class SearchSpace(abc.ABC):
             resolutions: restrict to these input resolutions (default: all of the space).
         """
 
+    def resolutions_to_enumerate(self, resolutions: Sequence[int] | None) -> tuple[int, ...]:
+        """``resolutions`` checked against the space's ``resolution`` choices (all of them when
+        None), for :meth:`enumerate_blocks` of image spaces."""
+        choices: tuple[int, ...] = self.dimension("resolution").choices  # type: ignore[union-attr]
+        chosen = tuple(resolutions) if resolutions is not None else choices
+        unknown = sorted(set(chosen) - set(choices))
+        if unknown:
+            raise ArchitectureError(
+                f"resolution(s) {unknown} not in the space ({', '.join(map(str, choices))})"
+            )
+        return chosen
+
     def build_subnet(
         self, arch: Architecture, num_classes: int = 1000, in_channels: int = 3
     ) -> nn.Module:

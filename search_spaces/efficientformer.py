@@ -42,7 +42,6 @@ from nasvit.nn import (
 from nasvit.search_spaces.core import SearchSpace
 from nasvit.search_spaces.dimensions import (
     Architecture,
-    ArchitectureError,
     Choice,
     ChoiceList,
     Constraint,
@@ -556,12 +555,7 @@ class EfficientFormerSpace(SearchSpace):
         num_classes: int = 1000,
         in_channels: int = 3,
     ) -> list[BlockSpec]:
-        resolution_choices = self.dimension("resolution").choices  # type: ignore[union-attr]
-        chosen = tuple(resolutions) if resolutions is not None else resolution_choices
-        unknown = sorted(set(chosen) - set(resolution_choices))
-        if unknown:
-            allowed = ", ".join(map(str, resolution_choices))
-            raise ArchitectureError(f"resolution(s) {unknown} not in the space ({allowed})")
+        chosen = self.resolutions_to_enumerate(resolutions)
         steps: dict[str, _Step] = {}
         for resolution in chosen:
             for step in self._reachable_steps(resolution, batch, num_classes, in_channels):

@@ -206,7 +206,7 @@ class LightHuBERTSpace(SearchSpace):
     ) -> list[BlockSpec]:
         """Blocks depend on (resolution, width) and per layer on (heads) or (FFN ratio): one
         synthetic subnet per (resolution, width) listing every per-layer choice covers all."""
-        chosen = _chosen_resolutions(self, resolutions)
+        chosen = self.resolutions_to_enumerate(resolutions)
         dims: tuple[int, ...] = self.dimension("embed_dim").choices  # type: ignore[assignment]
         heads: tuple[int, ...] = self.dimension("heads").choices  # type: ignore[assignment]
         ratios: tuple[float, ...] = self.dimension("ffn_ratio").choices  # type: ignore[assignment]
@@ -219,17 +219,6 @@ class LightHuBERTSpace(SearchSpace):
             setting = SubnetSetting((side, side), dim, layers)
             steps += plan_transformer(transformer, setting, batch, num_classes, in_channels)
         return unique_steps(steps, transformer)
-
-
-def _chosen_resolutions(space: SearchSpace, resolutions: Sequence[int] | None) -> tuple[int, ...]:
-    choices: tuple[int, ...] = space.dimension("resolution").choices  # type: ignore[assignment]
-    chosen = tuple(resolutions) if resolutions is not None else choices
-    unknown = sorted(set(chosen) - set(choices))
-    if unknown:
-        raise ArchitectureError(
-            f"resolution(s) {unknown} not in the space ({', '.join(map(str, choices))})"
-        )
-    return chosen
 
 
 @register_space("lighthubert")
