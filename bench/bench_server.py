@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -89,7 +90,10 @@ def simulate_worker(url: str, job_id: str, stop: threading.Event) -> None:
     database.close()
 
 
-async def poll(base: str, job_id: str, clients: int, seconds: float, interval: float) -> None:
+async def poll(
+    base: str, job_id: str, clients: int, seconds: float, interval: float, stagger: bool = True
+) -> None:
+    phases = random.Random(0)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     connected = 0
@@ -108,6 +112,10 @@ async def poll(base: str, job_id: str, clients: int, seconds: float, interval: f
                 end = time.monotonic() + seconds
                 everyone_connected.set()
             await everyone_connected.wait()
+            if interval and stagger:
+                # Independent pollers (browsers) do not tick in lockstep: each starts at its own
+                # phase of the interval. Without this, all 50 requests arrive in one burst.
+                await asyncio.sleep(phases.uniform(0.0, interval))
             while time.monotonic() < end:
                 started = time.perf_counter()
                 try:
@@ -126,9 +134,10 @@ async def poll(base: str, job_id: str, clients: int, seconds: float, interval: f
 
     await asyncio.gather(*(client() for _ in range(clients)))
     ms = [1000 * x for x in latencies]
+    timing = (" (staggered)" if stagger else " (lockstep)") if interval else ""
     print(
         f"(a) {clients} clients polling GET /searches/{{id}} for {seconds:.0f} s, interval "
-        f"{interval * 1000:.0f} ms: {len(ms)} ok requests ({len(ms) / seconds:.0f}/s), "
+        f"{interval * 1000:.0f} ms{timing}: {len(ms)} ok requests ({len(ms) / seconds:.0f}/s), "
         f"errors {sum(errors.values())} {errors or ''}\n"
         f"    latency p50 {percentile(ms, 50):.1f} ms, p95 {percentile(ms, 95):.1f} ms, "
         f"p99 {percentile(ms, 99):.1f} ms, max {max(ms):.1f} ms, "
@@ -208,6 +217,8 @@ def main() -> None:
         writer.start()
         for interval in args.interval:
             asyncio.run(poll(base, job_id, args.clients, args.seconds, interval))
+            if interval:  # the worst case too: every client polling at the same instant
+                asyncio.run(poll(base, job_id, args.clients, args.seconds, interval, False))
         stop.set()
         writer.join()
 
