@@ -68,12 +68,31 @@ def crowding_distance(points: Sequence[tuple[float, float]]) -> np.ndarray:
     return distance
 
 
+def non_dominated_mask(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Per (score up, latency down) point: is no other point at least as good in both and
+    better in one? O(n log n), unlike a pairwise scan, so large searches stay cheap to poll."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
+    result = [False] * len(points)
+    best_faster = float("-inf")  # best score among strictly faster points
+    start = 0
+    while start < len(order):
+        end = start
+        latency = points[order[start]][1]
+        while end < len(order) and points[order[end]][1] == latency:
+            end += 1
+        top = points[order[start]][0]  # the group is sorted by score, best first
+        for i in order[start:end]:
+            result[i] = points[i][0] == top and top > best_faster
+        best_faster = max(best_faster, top)
+        start = end
+    return result
+
+
 def pareto_front(points: Sequence[tuple[float, float]], budget: float | None = None) -> list[int]:
     """Indices of the non-dominated points within the budget, sorted by latency."""
     feasible = [i for i, p in enumerate(points) if budget is None or p[1] <= budget]
-    front = [
-        i for i in feasible if not any(dominates(points[j], points[i]) for j in feasible if j != i)
-    ]
+    on_front = non_dominated_mask([points[i] for i in feasible])
+    front = [i for i, keep in zip(feasible, on_front, strict=True) if keep]
     return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasvit.pareto import hypervolume
+from nasvit.pareto import hypervolume, non_dominated_mask
 from nasvit.pipeline import TRIALS_FILE
 
 REPORT_FILE = "report.json"
@@ -95,26 +95,6 @@ def _parse_trial(line: bytes) -> dict[str, Any] | None:
         return None  # not a trial line; never let one bad line break the endpoint
 
 
-def non_dominated(points: list[tuple[float, float]]) -> list[bool]:
-    """Per (score up, latency down) point: is no other point at least as good in both and
-    better in one? O(n log n), unlike a pairwise scan, so large searches stay cheap to poll."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][1], -points[i][0]))
-    result = [False] * len(points)
-    best_faster = float("-inf")  # best score among strictly faster points
-    start = 0
-    while start < len(order):
-        end = start
-        latency = points[order[start]][1]
-        while end < len(order) and points[order[end]][1] == latency:
-            end += 1
-        top = points[order[start]][0]  # the group is sorted by score, best first
-        for i in order[start:end]:
-            result[i] = points[i][0] == top and top > best_faster
-        best_faster = max(best_faster, top)
-        start = end
-    return result
-
-
 def measured_latencies(report: dict[str, Any] | None) -> dict[int, float]:
     """Trial index -> end-to-end measured latency, from a finished job's report."""
     if not report:
@@ -131,7 +111,7 @@ def measured_latencies(report: dict[str, Any] | None) -> dict[int, float]:
 
 def points(trials: list[dict[str, Any]], report: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Trials as API points, with ``dominated`` (by any other trial) and ``measured_ms``."""
-    free = non_dominated([(t["score"], t["predicted_ms"]) for t in trials])
+    free = non_dominated_mask([(t["score"], t["predicted_ms"]) for t in trials])
     measured = measured_latencies(report)
     return [
         {**t, "measured_ms": measured.get(t["index"]), "dominated": not on_front}
@@ -146,7 +126,7 @@ def pareto_summary(
     the hypervolume after each evaluation (sampled), as the pipeline's report computes them."""
     all_points = points(trials, report)
     feasible = [p for p in all_points if p["predicted_ms"] <= budget_ms]
-    on_front = non_dominated([(p["score"], p["predicted_ms"]) for p in feasible])
+    on_front = non_dominated_mask([(p["score"], p["predicted_ms"]) for p in feasible])
     front = sorted(
         (p for p, keep in zip(feasible, on_front, strict=True) if keep),
         key=lambda p: (p["predicted_ms"], -p["score"]),

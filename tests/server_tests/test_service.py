@@ -22,8 +22,8 @@ import httpx
 import numpy as np
 import pytest
 
-from nasvit.pareto import hypervolume, pareto_front
-from nasvit.server.results import non_dominated, pareto_summary
+from nasvit.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
+from nasvit.server.results import pareto_summary
 
 from .conftest import NASVIT, Deployment, fresh_postgres_db
 
@@ -436,7 +436,10 @@ def test_front_helpers_agree_with_the_pipelines_pareto_functions() -> None:
         scores = np.round(rng.random(n), 1)  # coarse values make ties, as digits' accuracy does
         latencies = np.round(rng.random(n) * 0.5, 1)
         points = [(float(s), float(t)) for s, t in zip(scores, latencies, strict=True)]
-        free = non_dominated(points)
+        free = non_dominated_mask(points)
+        # The reference: a point is on the front when no other point dominates it.
+        pairwise = [not any(dominates(q, p) for q in points) for p in points]
+        assert free == pairwise
         assert [i for i, f in enumerate(free) if f] == sorted(pareto_front(points))
         trials = [
             {"index": i, "short": f"a{i}", "arch": {}, "accuracy": s, "loss": 0.0, "score": s,
