@@ -70,6 +70,33 @@ def train_command(
     feature_weight: Annotated[
         float, typer.Option("--feature-weight", min=0.0, help="L1 hidden-feature loss weight.")
     ] = 1.0,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            help="one-stage | two-stage (LightHuBERT: stage 1 distils --teacher into the "
+            "largest subnet, writing <out>.stage1.pt; stage 2 trains once-for-all from it).",
+        ),
+    ] = "one-stage",
+    stage: Annotated[
+        int | None,
+        typer.Option(
+            "--stage",
+            min=1,
+            max=2,
+            help="Run one stage of the two-stage recipe: 1 (needs --teacher) or 2 (needs --init).",
+        ),
+    ] = None,
+    stage1_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--stage1-epochs", min=1, help="Stage-1 epochs of two-stage (default --epochs)."
+        ),
+    ] = None,
+    init: Annotated[
+        Path | None,
+        typer.Option("--init", help="Start from this checkpoint's weights (same space)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --out.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
@@ -90,10 +117,11 @@ def train_command(
     """Train a once-for-all supernet and checkpoint it every epoch."""
     from nasvit.data import load_dataset
     from nasvit.search_spaces import ArchitectureError, get_space
-    from nasvit.train import TrainConfig, train_supernet
+    from nasvit.train import TrainConfig, train_supernet, train_two_stage
 
     if sampling not in ("sandwich", "uniform"):
         raise NasvitError(f"unknown --sampling '{sampling}'; known: sandwich, uniform")
+    _check_recipe(recipe, stage, stage1_epochs, teacher, init)
     space = get_space(space_name)
     allowed = _restrictions(restrict)
     if default_recipe:
@@ -107,6 +135,8 @@ def train_command(
             raise NasvitError(f"--restrict: {exc}") from None
     if teacher is not None and not teacher.is_file():
         raise NasvitError(f"teacher checkpoint not found: {teacher}")
+    if init is not None and not init.is_file():
+        raise NasvitError(f"--init checkpoint not found: {init}")
     dataset = load_dataset(data)
     config = TrainConfig(
         epochs=epochs,
@@ -118,13 +148,57 @@ def train_command(
         teacher=str(teacher) if teacher else None,
         feature_distill_weight=feature_weight,
         device=device,
+        objective="teacher_features" if stage == 1 else "ofa",
+        init=str(init) if init else None,
     )
-    result = train_supernet(
-        space, dataset, config, out, resume, progress, metrics, workers=ddp_workers
-    )
-    last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k} {last[k]:.2%}" for k in ("val_largest", "val_smallest") if k in last)
-    console.print(f"wrote {out} after {result.epochs} epochs ({result.seconds:.0f}s) {summary}")
+    if recipe == "two-stage":
+        results = train_two_stage(
+            space, dataset, config, out, stage1_epochs, resume, progress, metrics, ddp_workers
+        )
+    else:
+        results = (
+            train_supernet(
+                space, dataset, config, out, resume, progress, metrics, workers=ddp_workers
+            ),
+        )
+    for result in results:
+        last = result.history[-1] if result.history else {}
+        keys = ("val_largest", "val_smallest")
+        summary = ", ".join(f"{k} {last[k]:.2%}" for k in keys if k in last)
+        if result.checkpoint != out:  # stage 1 of two-stage: its loss is the feature L1
+            summary = f"feature L1 {last.get('loss', float('nan')):.4f}"
+        console.print(
+            f"wrote {result.checkpoint} after {result.epochs} epochs "
+            f"({result.seconds:.0f}s) {summary}"
+        )
+
+
+def _check_recipe(
+    recipe: str,
+    stage: int | None,
+    stage1_epochs: int | None,
+    teacher: Path | None,
+    init: Path | None,
+) -> None:
+    """The combinations of --recipe, --stage, --stage1-epochs, --teacher and --init that mean
+    something; anything else is a one-line error."""
+    if recipe not in ("one-stage", "two-stage"):
+        raise NasvitError(f"unknown --recipe '{recipe}'; known: one-stage, two-stage")
+    if recipe == "two-stage":
+        if stage is not None:
+            raise NasvitError("--stage runs one stage alone; drop it with --recipe two-stage")
+        if init is not None:
+            raise NasvitError("--recipe two-stage starts stage 2 from stage 1; drop --init")
+        if teacher is None:
+            raise NasvitError("--recipe two-stage needs --teacher (a checkpoint of this space)")
+    elif stage1_epochs is not None:
+        raise NasvitError("--stage1-epochs applies only to --recipe two-stage")
+    if stage == 1 and teacher is None:
+        raise NasvitError("--stage 1 needs --teacher (a checkpoint of this space)")
+    if stage == 1 and init is not None:
+        raise NasvitError("--stage 1 starts from fresh weights; drop --init")
+    if stage == 2 and init is None:
+        raise NasvitError("--stage 2 needs --init (the stage-1 checkpoint)")
 
 
 def eval_command(

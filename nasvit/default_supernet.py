@@ -47,7 +47,7 @@ class Recipe:
             {
                 "version": RECIPE_VERSION,
                 "restrictions": self.restrictions,
-                "train": {k: v for k, v in self.train.to_dict().items() if k != "device"},
+                "train": {k: v for k, v in self.train.key_dict().items() if k != "device"},
                 "data_seed": self.data_seed,
             },
             sort_keys=True,

@@ -11,6 +11,12 @@ An optional teacher checkpoint adds LightHuBERT-style distillation: KL to the te
 plus an L1 loss between the student's hidden features and the teacher's (see
 :mod:`nasvit.distill`).
 
+LightHuBERT's two-stage recipe (:func:`train_two_stage`): stage 1 (``objective=
+"teacher_features"``) trains only the largest subnet, on the L1 hidden-feature loss to the
+teacher alone (no labels, no logits); stage 2 is ordinary once-for-all training (the sampling
+above, still distilling from the teacher) whose weights start from stage 1's checkpoint
+(``init``). ``init`` works on its own too: any checkpoint of the same space can start a run.
+
 AdamW with linear warmup and a cosine decay per step; AMP only on CUDA. The optimizer updates only
 the parameter slices the step's subnets used (:mod:`nasvit.sliced_optim`: the elastic layers
 record what they served, backward fills slice-sized gradients), so a step costs about what the
@@ -50,19 +56,31 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from nasvit.checkpoint import load_supernet, save_supernet
 from nasvit.data import Dataset
-from nasvit.distill import Teacher, capture_features, distill_kl, feature_l1
+from nasvit.distill import (
+    TEACHER_LAYERS,
+    HiddenStateDistiller,
+    Teacher,
+    capture_features,
+    distill_kl,
+    feature_l1,
+)
 from nasvit.errors import NasvitError
 from nasvit.evaluate import SubnetEvaluator, resolution_of
 from nasvit.nn import Supernet
 from nasvit.nn.elastic import SliceRecorder
+from nasvit.nn.transformer import TransformerSupernet
 from nasvit.search_spaces import Architecture, SearchSpace
 from nasvit.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
 
 Sampling = Literal["sandwich", "uniform"]
+#: ``ofa``: once-for-all training with ``sampling``; ``teacher_features``: stage 1 of the
+#: two-stage recipe (the largest subnet only, L1 to the teacher's hidden features).
+Objective = Literal["ofa", "teacher_features"]
+OBJECTIVES = ("ofa", "teacher_features")
 
 
 @dataclass(frozen=True)
@@ -86,9 +104,25 @@ class TrainConfig:
     eval_every_epoch: bool = True  # val accuracy of largest and smallest in the metrics log
     device: str = "auto"  # auto | cpu | cuda[:i]
     amp: bool = True  # mixed precision, used on CUDA only
+    objective: Objective = "ofa"  # teacher_features: stage 1 of the two-stage recipe
+    init: str | None = None  # checkpoint of the same space whose weights start the run
+    teacher_layers: int = TEACHER_LAYERS  # Transformer target: mean of the teacher's last N
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields added after v1 that hold their defaults, so
+        adding them changes no recipe fingerprint (cached default supernets stay valid)."""
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if not (k in _ADDED_FIELDS and v == _DEFAULTS[k])
+        }
+
+
+_ADDED_FIELDS = frozenset({"objective", "init", "teacher_layers"})
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 @dataclass
@@ -230,7 +264,16 @@ def _train(
     use_amp = config.amp and device.type == "cuda"
     torch.manual_seed(config.seed)
     supernet = space.build_supernet(dataset.num_classes, dataset.in_channels).to(device)
-    optimizer = SlicedAdamW(supernet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    teacher = _teacher(space, dataset, config, device)
+    feature_head = _feature_head(supernet, teacher, config)
+    if feature_head is not None:
+        feature_head.to(device)
+    if config.init:
+        _initialise(Path(config.init), space, supernet, feature_head)
+    trained = list(supernet.parameters())
+    if feature_head is not None:
+        trained += list(feature_head.parameters())
+    optimizer = SlicedAdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     n_train = min(config.train_limit or dataset.size("train"), dataset.size("train"))
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -244,7 +287,7 @@ def _train(
     history: list[dict[str, Any]] = []
     if resume:
         start_epoch, history = _restore(
-            out, space, supernet, optimizer, scheduler, scaler, rng, config, dataset
+            out, space, supernet, optimizer, scheduler, scaler, rng, config, dataset, feature_head
         )
         # The log is rewritten from the checkpoint: a run killed between logging an epoch and
         # saving it would otherwise log that epoch twice.
@@ -253,9 +296,11 @@ def _train(
     elif metrics.exists() and group.leader:
         metrics.unlink()  # a fresh run starts a fresh log
     # Same seed gives the same initial weights everywhere; broadcasting makes it a guarantee.
-    group.broadcast_([t for t in supernet.state_dict().values() if t.is_floating_point()])
-    teacher = Teacher(config.teacher, device) if config.teacher else None
-    run = _Run(supernet, optimizer, scaler, teacher, device, use_amp, group)
+    states = list(supernet.state_dict().values())
+    if feature_head is not None:
+        states += list(feature_head.state_dict().values())
+    group.broadcast_([t for t in states if t.is_floating_point()])
+    run = _Run(supernet, optimizer, scaler, teacher, device, use_amp, group, feature_head)
     run_started = time.perf_counter()
     progress_bar = _progress(progress and group.leader)
     with progress_bar:
@@ -300,7 +345,9 @@ def _train(
                     log.write(json.dumps(record) + "\n")
                 final = epoch + 1 == config.epochs
                 state = None if final else _state(optimizer, scheduler, scaler, rng)
-                _save(out, space, supernet, config, dataset, epoch + 1, history, state)
+                _save(
+                    out, space, supernet, config, dataset, epoch + 1, history, state, feature_head
+                )
             group.barrier()  # every process may resume from the checkpoint once it exists
             progress_bar.remove_task(task)
     return TrainResult(
@@ -406,6 +453,7 @@ class _Run:
     device: torch.device
     use_amp: bool
     group: _Group = _Group()
+    feature_head: HiddenStateDistiller | None = None  # Transformer students with a teacher
 
 
 def _train_step(
@@ -441,12 +489,16 @@ def _train_step(
                     config,
                     run.teacher,
                     soft_targets if position else None,
+                    run.feature_head,
                 )
             if position == 0 and config.sampling == "sandwich" and config.inplace_distill:
                 soft_targets = logits.detach()
             run.scaler.scale(loss * weight if group.world > 1 else loss).backward()
             total += float(loss.detach()) * weight
-    gradients = step_gradients(recorder, run.supernet.parameters())
+    params = list(run.supernet.parameters())
+    if run.feature_head is not None:
+        params += list(run.feature_head.parameters())
+    gradients = step_gradients(recorder, params)
     group.sum_([g.grad for g in gradients])
     group.sum_([total])
     finite = run.scaler.unscale(gradients)
@@ -488,6 +540,8 @@ def _average_buffers(supernet: Supernet, group: _Group) -> None:
 
 
 def _step_archs(space: SearchSpace, config: TrainConfig, rng: np.random.Generator) -> list[Any]:
+    if config.objective == "teacher_features":
+        return [space.largest()]
     if config.sampling == "uniform":
         return [space.sample(rng)]
     if config.sampling != "sandwich":
@@ -505,8 +559,15 @@ def _subnet_loss(
     config: TrainConfig,
     teacher: Teacher | None,
     soft_targets: Tensor | None,
+    feature_head: HiddenStateDistiller | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Loss of one subnet on one batch, and its logits."""
+    if config.objective == "teacher_features":
+        assert teacher is not None  # checked by _teacher
+        with capture_features(supernet) as captured:
+            logits = supernet(x, arch)
+        _, teacher_features = teacher(x, True)
+        return _feature_loss(feature_head, captured, teacher_features), logits
     use_features = teacher is not None and config.feature_distill_weight > 0
     with contextlib.ExitStack() as stack:
         captured = stack.enter_context(capture_features(supernet)) if use_features else []
@@ -519,8 +580,130 @@ def _subnet_loss(
         teacher_logits, teacher_features = teacher(x, use_features)
         loss = loss + distill_kl(logits, teacher_logits)
         if use_features:
-            loss = loss + config.feature_distill_weight * feature_l1(captured, teacher_features)
+            features = _feature_loss(feature_head, captured, teacher_features)
+            loss = loss + config.feature_distill_weight * features
     return loss, logits
+
+
+def _feature_loss(
+    head: HiddenStateDistiller | None, student: list[Tensor], teacher: list[Tensor]
+) -> Tensor:
+    """Transformer students: projected last hidden state vs the teacher's mean target; others:
+    stage-by-stage L1 on the shared channels."""
+    return head(student, teacher) if head is not None else feature_l1(student, teacher)
+
+
+def _teacher(
+    space: SearchSpace, dataset: Dataset, config: TrainConfig, device: torch.device
+) -> Teacher | None:
+    """The run's teacher, checked against the student; errors for a bad objective."""
+    if config.objective not in OBJECTIVES:
+        raise NasvitError(f"unknown objective '{config.objective}'; known: {', '.join(OBJECTIVES)}")
+    if config.teacher is None:
+        if config.objective == "teacher_features":
+            raise NasvitError("stage 1 (objective teacher_features) needs a teacher checkpoint")
+        return None
+    teacher = Teacher(config.teacher, device)
+    teacher.check_student(space.name, dataset.num_classes, dataset.in_channels)
+    return teacher
+
+
+def _feature_head(
+    supernet: Supernet, teacher: Teacher | None, config: TrainConfig
+) -> HiddenStateDistiller | None:
+    """The projection head of hidden-state distillation (Transformer students with a teacher
+    whose feature loss is used), initialised by the seeded generator after the supernet."""
+    uses_features = config.objective == "teacher_features" or config.feature_distill_weight > 0
+    if teacher is None or not uses_features or not isinstance(supernet, TransformerSupernet):
+        return None
+    width = teacher.width
+    if width is None:
+        raise NasvitError("a Transformer student needs a Transformer teacher")
+    return HiddenStateDistiller(supernet.config.max_dim, width, config.teacher_layers)
+
+
+def _initialise(
+    path: Path, space: SearchSpace, supernet: Supernet, feature_head: nn.Module | None
+) -> None:
+    """Copy the weights of the checkpoint ``path`` (same space) into ``supernet``, and its
+    feature head where it has one of the same shape (stage 2 of the two-stage recipe)."""
+    saved_space, saved, extra = load_supernet(path)
+    if saved_space.name != space.name:
+        raise NasvitError(
+            f"init checkpoint {path} is a supernet of space '{saved_space.name}', "
+            f"not '{space.name}'"
+        )
+    if (saved.num_classes, saved.in_channels) != (supernet.num_classes, supernet.in_channels):
+        raise NasvitError(
+            f"init checkpoint {path} has {saved.num_classes} classes and {saved.in_channels} "
+            f"input channels; the data has {supernet.num_classes} and {supernet.in_channels}"
+        )
+    supernet.load_state_dict(saved.state_dict())
+    head_state = extra.get("feature_head")
+    if feature_head is not None and head_state is not None:
+        current = feature_head.state_dict()
+        if all(head_state[k].shape == v.shape for k, v in current.items() if k in head_state):
+            feature_head.load_state_dict(head_state)
+        # else: another teacher width; the projection starts from the identity again
+
+
+def stage1_path(out: str | Path) -> Path:
+    """Where :func:`train_two_stage` writes stage 1: ``C.pt`` -> ``C.stage1.pt``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.stage1{out.suffix or '.pt'}")
+
+
+def train_two_stage(
+    space: SearchSpace,
+    dataset: Dataset,
+    config: TrainConfig,
+    out: str | Path,
+    stage1_epochs: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    metrics_path: str | Path | None = None,
+    workers: int = 1,
+) -> tuple[TrainResult, TrainResult]:
+    """LightHuBERT's recipe: stage 1 distils ``config.teacher`` into the largest subnet (L1 on
+    hidden features, ``stage1_epochs``, default ``config.epochs``) and writes
+    :func:`stage1_path`; stage 2 trains once-for-all from those weights (``config`` as given,
+    teacher included) and writes ``out``. With ``resume`` each stage continues its checkpoint
+    where one exists (a finished stage is not rerun)."""
+    if config.teacher is None:
+        raise NasvitError("the two-stage recipe needs a teacher checkpoint")
+    if config.init is not None:
+        raise NasvitError("the two-stage recipe initialises stage 2 itself; drop init")
+    out = Path(out)
+    first_out = stage1_path(out)
+    first_metrics = None
+    if metrics_path is not None:
+        metrics_path = Path(metrics_path)
+        first_metrics = metrics_path.with_name(f"{metrics_path.stem}.stage1{metrics_path.suffix}")
+    first_config = dataclasses.replace(
+        config, objective="teacher_features", epochs=stage1_epochs or config.epochs
+    )
+    first = train_supernet(
+        space,
+        dataset,
+        first_config,
+        first_out,
+        resume and first_out.is_file(),
+        progress,
+        first_metrics,
+        workers=workers,
+    )
+    second_config = dataclasses.replace(config, objective="ofa", init=str(first_out))
+    second = train_supernet(
+        space,
+        dataset,
+        second_config,
+        out,
+        resume and out.is_file(),
+        progress,
+        metrics_path,
+        workers=workers,
+    )
+    return first, second
 
 
 def _progress(enabled: bool) -> Any:
@@ -561,6 +744,7 @@ def _save(
     epoch: int,
     history: list[dict[str, Any]],
     state: dict[str, Any] | None,
+    feature_head: nn.Module | None = None,
 ) -> None:
     extra: dict[str, Any] = {
         "epoch": epoch,
@@ -571,6 +755,8 @@ def _save(
     }
     if state is not None:
         extra["resume_state"] = state
+    if feature_head is not None:
+        extra["feature_head"] = feature_head.state_dict()
     save_supernet(out, space, supernet, extra)
 
 
@@ -584,6 +770,7 @@ def _restore(
     rng: np.random.Generator,
     config: TrainConfig,
     dataset: Dataset,
+    feature_head: nn.Module | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
     """Load weights and training state from ``out``; returns (epochs done, history)."""
     if not out.is_file():
@@ -597,7 +784,8 @@ def _restore(
     if "train_config" not in extra:
         raise NasvitError(f"cannot resume {out}: it holds no training state")
     previous = json.loads(extra["train_config"])
-    different = sorted(k for k, v in config.to_dict().items() if previous.get(k) != v)
+    # A setting an older checkpoint does not record was at its default then.
+    different = sorted(k for k, v in config.to_dict().items() if previous.get(k, _DEFAULTS[k]) != v)
     # Where it runs and whether it reports val accuracy each epoch do not change the weights.
     if set(different) - {"device", "eval_every_epoch"}:
         raise NasvitError(
@@ -606,6 +794,8 @@ def _restore(
     if json.loads(extra["dataset"]) != dataset.describe():
         raise NasvitError(f"cannot resume {out}: it was trained on other data")
     supernet.load_state_dict(saved.state_dict())
+    if feature_head is not None and "feature_head" in extra:
+        feature_head.load_state_dict(extra["feature_head"])
     history = json.loads(extra["history"])
     epoch = int(extra["epoch"])
     if extra.get("complete"):
