@@ -165,7 +165,7 @@ def train_command(
         last = result.history[-1] if result.history else {}
         keys = ("val_largest", "val_smallest")
         summary = ", ".join(f"{k} {last[k]:.2%}" for k in keys if k in last)
-        if result.checkpoint != out:  # stage 1 of two-stage: its loss is the feature L1
+        if stage == 1 or result.checkpoint != out:  # stage 1: its loss is the feature L1
             summary = f"feature L1 {last.get('loss', float('nan')):.4f}"
         console.print(
             f"wrote {result.checkpoint} after {result.epochs} epochs "

@@ -239,7 +239,7 @@ def test_cli_two_stage_end_to_end(tmp_path: Path, teacher_ckpt: Path) -> None:
     # The same two stages run one at a time.
     alone = tmp_path / "alone1.pt"
     code, text = run(*common, "--stage", "1", "--teacher", str(teacher_ckpt), "--out", str(alone))
-    assert code == 0, text
+    assert code == 0 and "feature L1" in text, text
     code, text = run(
         *common, "--stage", "2", "--init", str(alone), "--out", str(tmp_path / "a2.pt")
     )
