@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -335,6 +335,67 @@ class _Step:
     output_shape: tuple[int, ...]
 
 
+def _stem_step(in_channels: int, width: int, size: int, batch: int) -> _Step:
+    out = _half_up(_half_up(size))
+    return _Step(
+        "stem",
+        {"in_channels": in_channels, "width": width},
+        (),
+        (batch, in_channels, size, size),
+        (batch, width, out, out),
+    )
+
+
+def _downsample_step(stage: int, in_width: int, width: int, size: int, batch: int) -> _Step:
+    """The stride-2 convolution into ``stage`` from a ``size`` x ``size`` map."""
+    out = _half_up(size)
+    return _Step(
+        "downsample",
+        {"in_channels": in_width, "out_channels": width},
+        (stage,),
+        (batch, in_width, size, size),
+        (batch, width, out, out),
+    )
+
+
+def _mb4d_step(stage: int, index: int, dim: int, ratio: int, size: int, batch: int) -> _Step:
+    feature_map = (batch, dim, size, size)
+    params = {"dim": dim, "hidden": dim * ratio}
+    return _Step("mb4d", params, (stage, index), feature_map, feature_map)
+
+
+def _mb3d_step(
+    index: int, dim: int, ratio: int, size: int, config: EfficientFormerConfig, batch: int
+) -> _Step:
+    params = {
+        "dim": dim,
+        "hidden": dim * ratio,
+        "grid": size,
+        "flatten_input": index == 0,
+        "num_heads": config.num_heads,
+        "key_dim": config.key_dim,
+        "value_dim": config.attn_ratio * config.key_dim,
+        "bias_grid": config.max_grid,
+    }
+    tokens = (batch, size * size, dim)
+    in_shape = (batch, dim, size, size) if index == 0 else tokens
+    return _Step("mb3d", params, (index,), in_shape, tokens)
+
+
+def _head_step(
+    dim: int, size: int, tokens_input: bool, config: EfficientFormerConfig, num_classes: int,
+    batch: int,
+) -> _Step:  # fmt: skip
+    params = {
+        "dim": dim,
+        "num_classes": num_classes,
+        "distillation": config.distillation,
+        "tokens_input": tokens_input,
+    }
+    head_in = (batch, size * size, dim) if tokens_input else (batch, dim, size, size)
+    return _Step("head", params, (), head_in, (batch, num_classes))
+
+
 def _plan(
     arch: Mapping[str, Any],
     config: EfficientFormerConfig,
@@ -346,59 +407,102 @@ def _plan(
     widths, depths, vit_num = arch["widths"], arch["depths"], arch["vit_num"]
     ratios = iter(arch["mlp_ratio"])
     size = arch["resolution"]
-    stem_out = _half_up(_half_up(size))
-    steps = [
-        _Step(
-            "stem",
-            {"in_channels": in_channels, "width": widths[0]},
-            (),
-            (batch, in_channels, size, size),
-            (batch, widths[0], stem_out, stem_out),
-        )
-    ]
-    size = stem_out
+    steps = [_stem_step(in_channels, widths[0], size, batch)]
+    size = _half_up(_half_up(size))
     for stage in range(STAGES):
         dim = widths[stage]
         if stage > 0:
-            new_size = _half_up(size)
-            steps.append(
-                _Step(
-                    "downsample",
-                    {"in_channels": widths[stage - 1], "out_channels": dim},
-                    (stage,),
-                    (batch, widths[stage - 1], size, size),
-                    (batch, dim, new_size, new_size),
-                )
-            )
-            size = new_size
+            steps.append(_downsample_step(stage, widths[stage - 1], dim, size, batch))
+            size = _half_up(size)
         conv_blocks = depths[stage] - (vit_num if stage == STAGES - 1 else 0)
-        feature_map = (batch, dim, size, size)
         for index in range(conv_blocks):
-            params = {"dim": dim, "hidden": dim * next(ratios)}
-            steps.append(_Step("mb4d", params, (stage, index), feature_map, feature_map))
-    tokens = (batch, size * size, widths[-1])
+            steps.append(_mb4d_step(stage, index, dim, next(ratios), size, batch))
     for index in range(vit_num):
-        params = {
-            "dim": widths[-1],
-            "hidden": widths[-1] * next(ratios),
-            "grid": size,
-            "flatten_input": index == 0,
-            "num_heads": config.num_heads,
-            "key_dim": config.key_dim,
-            "value_dim": config.attn_ratio * config.key_dim,
-            "bias_grid": config.max_grid,
-        }
-        in_shape = (batch, widths[-1], size, size) if index == 0 else tokens
-        steps.append(_Step("mb3d", params, (index,), in_shape, tokens))
-    head_params = {
-        "dim": widths[-1],
-        "num_classes": num_classes,
-        "distillation": config.distillation,
-        "tokens_input": vit_num > 0,
-    }
-    head_in = tokens if vit_num > 0 else (batch, widths[-1], size, size)
-    steps.append(_Step("head", head_params, (), head_in, (batch, num_classes)))
+        steps.append(_mb3d_step(index, widths[-1], next(ratios), size, config, batch))
+    steps.append(_head_step(widths[-1], size, vit_num > 0, config, num_classes, batch))
     return steps
+
+
+class _Memo(dict):  # type: ignore[type-arg]
+    """A dict that fills a missing key with ``make(key)``."""
+
+    def __init__(self, make: Callable[[Any], Any]):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: Any) -> Any:
+        value = self[key] = self.make(key)
+        return value
+
+
+class _Lowering:
+    """:func:`_plan` turned into block specs, memoised per block.
+
+    Every candidate a search scores is lowered (tens of thousands per second for predictor +
+    table scoring), and a block's spec depends only on a few of the arch's values (resolution
+    at that point, its width and MLP ratio, ...), never on its position within the stage; so
+    each block is built once (through the same step functions as :func:`_plan`) and lowering an
+    arch is a handful of dict lookups. The memo is bounded by the number of distinct blocks
+    (what :meth:`EfficientFormerSpace.enumerate_blocks` lists), not by the archs seen.
+    """
+
+    def __init__(
+        self, config: EfficientFormerConfig, in_channels: int, num_classes: int, batch: int
+    ):
+        def stem(key: tuple[int, int]) -> BlockSpec:
+            return _spec(_stem_step(in_channels, key[1], key[0], batch))
+
+        def downsample(key: tuple[int, int, int, int]) -> BlockSpec:
+            stage, in_width, width, size = key
+            return _spec(_downsample_step(stage, in_width, width, size, batch))
+
+        def mb4d(key: tuple[int, int, int]) -> _Memo:  # -> {ratio: spec}
+            stage, dim, size = key
+            return _Memo(lambda ratio: _spec(_mb4d_step(stage, 0, dim, ratio, size, batch)))
+
+        def mb3d(key: tuple[int, int, int]) -> _Memo:  # index 0 (flattens) or any later one
+            index, dim, size = key
+            return _Memo(lambda ratio: _spec(_mb3d_step(index, dim, ratio, size, config, batch)))
+
+        def head(key: tuple[int, int, bool]) -> BlockSpec:
+            dim, size, tokens_input = key
+            return _spec(_head_step(dim, size, tokens_input, config, num_classes, batch))
+
+        self.stem, self.downsample, self.head = _Memo(stem), _Memo(downsample), _Memo(head)
+        self.mb4d, self.mb3d = _Memo(mb4d), _Memo(mb3d)
+        self.sizes = _Memo(_stage_sizes)
+
+    def __call__(self, arch: Mapping[str, Any]) -> list[BlockSpec]:
+        widths, depths, vit_num = arch["widths"], arch["depths"], arch["vit_num"]
+        ratios = tuple(arch["mlp_ratio"])
+        if len(ratios) < sum(depths):
+            raise ValueError(f"mlp_ratio has {len(ratios)} values for {sum(depths)} blocks")
+        resolution = arch["resolution"]
+        sizes = self.sizes[resolution]  # feature-map side of each stage
+        blocks = [self.stem[resolution, widths[0]]]
+        layer = 0
+        for stage in range(STAGES):
+            dim, size = widths[stage], sizes[stage]
+            if stage > 0:
+                blocks.append(self.downsample[stage, widths[stage - 1], dim, sizes[stage - 1]])
+            end = layer + depths[stage] - (vit_num if stage == STAGES - 1 else 0)
+            by_ratio = self.mb4d[stage, dim, size]
+            blocks += [by_ratio[r] for r in ratios[layer:end]]
+            layer = end
+        dim, size = widths[-1], sizes[-1]
+        if vit_num > 0:
+            blocks.append(self.mb3d[0, dim, size][ratios[layer]])
+            by_ratio = self.mb3d[1, dim, size]
+            blocks += [by_ratio[r] for r in ratios[layer + 1 : layer + vit_num]]
+        blocks.append(self.head[dim, size, vit_num > 0])
+        return blocks
+
+
+def _stage_sizes(resolution: int) -> tuple[int, ...]:
+    sizes = [_half_up(_half_up(resolution))]
+    for _ in range(STAGES - 1):
+        sizes.append(_half_up(sizes[-1]))
+    return tuple(sizes)
 
 
 _STATIC_BLOCKS: dict[str, type[nn.Module]] = {
@@ -546,7 +650,20 @@ class EfficientFormerSpace(SearchSpace):
     def lower(
         self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
     ) -> list[BlockSpec]:
-        return [_spec(step) for step in _plan(arch, self.config, in_channels, num_classes, batch)]
+        # Same blocks as ``[_spec(s) for s in _plan(...)]``, from a per-block memo (a test holds
+        # the two to each other).
+        lowerings: dict[tuple[int, int, int], _Lowering] = self.__dict__.setdefault(
+            "_lowerings", {}
+        )
+        lowering = lowerings.get((batch, num_classes, in_channels))
+        if lowering is None:
+            lowering = _Lowering(self.config, in_channels, num_classes, batch)
+            lowerings[batch, num_classes, in_channels] = lowering
+        return lowering(arch)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (``restrict``) build their own lowering memo on first use.
+        return {k: v for k, v in self.__dict__.items() if k != "_lowerings"}
 
     def enumerate_blocks(
         self,

@@ -136,3 +136,28 @@ def test_restricted_enumeration_covers_exactly_what_lowering_reaches(space, rest
     assert lowered <= keys
     full = {b.key for b in space.enumerate_blocks(num_classes=10)}
     assert keys < full  # the restriction shrinks the table to build
+
+
+@pytest.mark.parametrize("shape", [{}, {"batch": 4, "num_classes": 10, "in_channels": 1}])
+def test_memoised_lowering_gives_the_plans_blocks(space, shape) -> None:
+    """``lower`` reads blocks from a per-block memo; it must give exactly the specs of the
+    block plan that extraction uses, in order, for every kind of arch (with and without
+    attention blocks, every resolution), also in a restricted copy of the space."""
+    from nasvit.search_spaces.efficientformer import _plan, _spec
+
+    batch, classes, channels = (shape.get(k, d) for k, d in [
+        ("batch", 1), ("num_classes", 1000), ("in_channels", 3)
+    ])  # fmt: skip
+    rng = np.random.default_rng(3)
+    archs = [space.sample(rng) for _ in range(300)]
+    archs += [a.replace(vit_num=0) for a in archs[:30]]
+    archs += [a.replace(vit_num=a["depths"][3]) for a in archs[:30]]
+    archs += list(space.reference_archs().values()) + [space.smallest(), space.largest()]
+    for copy in (space, space.restrict(mlp_ratio=[3, 4])):
+        for arch in archs:
+            expected = [_spec(s) for s in _plan(arch, space.config, channels, classes, batch)]
+            lowered = copy.lower(arch, **shape)
+            assert lowered == expected
+            assert [b.key for b in lowered] == [b.key for b in expected]
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        space.lower({**archs[0].to_dict(), "mlp_ratio": (4,)})
