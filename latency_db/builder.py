@@ -11,8 +11,9 @@ Protocol (see docs/latency.md):
       ``max_remeasures`` times, then kept and counted in the report);
     - the per-call overhead of an empty model is measured once per device;
     - every entry stores the block's weight bytes, and blocks whose weights exceed
-      ``cold_min_bytes`` also get a cold-cache timing (profilers with ``measure_warm_cold``;
-      see :mod:`nasvit.latency_db.cache`).
+      ``cold_min_bytes`` also get a streamed (cold-cache) timing (profilers with
+      ``measure_warm_cold``; see :mod:`nasvit.latency_db.replicate` and
+      :mod:`nasvit.latency_db.cache`).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
 
 
 def _measure(
-    profiler: Profiler, item: Any, cold_min_bytes: int | None
+    profiler: Profiler, item: Any, cold_min_bytes: int | None, overhead_ms: float
 ) -> tuple[Measurement, Measurement | None]:
     weight_bytes = getattr(item, "weight_bytes", None)
     measure_both = getattr(profiler, "measure_warm_cold", None)
@@ -87,7 +88,7 @@ def _measure(
         and weight_bytes is not None
         and weight_bytes > cold_min_bytes
     ):
-        return measure_both(item)
+        return measure_both(item, call_overhead_ms=overhead_ms)
     return profiler.measure(item), None
 
 
@@ -151,7 +152,7 @@ def build_table(
             for attempt in range(max_remeasures + 1):
                 results: list[tuple[Measurement, Measurement | None]] = []
                 for offset, item in enumerate(prepared):
-                    results.append(_measure(profiler, item, cold_min_bytes))
+                    results.append(_measure(profiler, item, cold_min_bytes, overhead))
                     if progress and attempt == 0:
                         progress(min(start + offset + 1, len(todo)), len(todo))
                 drift = abs(profiler.measure(reference).median_ms / baseline - 1.0)

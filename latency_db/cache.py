@@ -6,10 +6,13 @@ weights exceed the last-level cache each block's weights come from DRAM. On the 
 warm block medians underestimated them by up to 3x. So every block gets two timings:
 
 - *warm*: the usual median (weights, code and the runtime's structures hot);
-- *cold*: before each timed run, a buffer twice the L3 size is streamed through (evicting the
-  block's weights), then a *twin* session of the same block with its own copy of the weights is
-  run once, so code, kernels and allocator state are hot again while this session's weights are
-  not: the situation of a block inside a large network. Only the run after that is timed.
+- *cold* (streamed): ``k`` copies of the block, each with its own weights, run in one session
+  after a cache flush (:mod:`nasvit.latency_db.replicate`), so every copy reads its weights from
+  DRAM while its input is hot: the situation of a block inside a large network. The run's time
+  over ``k`` is the block's cold latency. (An earlier protocol timed one block once after a
+  flush and a run of a twin session; single runs of small blocks were too noisy and the flush
+  also cost TLB and code misses a network does not pay: large networks came out 0.85-1.15x of
+  the cold sum, against 0.92-1.04x with streamed timings.)
 
 A network's prediction mixes the two per block with a *residency* model (:class:`CacheModel`):
 how much of a block's weights are still cached when the network comes back to it depends on the
@@ -72,7 +75,11 @@ def last_level_cache_bytes() -> int:
 
 
 class CacheFlusher:
-    """Evicts the caches by writing through a buffer (twice the last-level cache by default)."""
+    """Evicts the caches by reading through a buffer (twice the last-level cache by default).
+
+    Reading, not writing: a written buffer leaves the cache full of dirty lines, and the timed
+    run that follows would pay their write-backs, which a network (whose evicted lines are
+    mostly clean weights) does not."""
 
     def __init__(self, nbytes: int | None = None):
         if nbytes is None:
@@ -81,8 +88,8 @@ class CacheFlusher:
         self.nbytes = int(nbytes)
         self._buffer = np.ones(max(self.nbytes // 4, 1), dtype=np.float32)
 
-    def __call__(self) -> None:
-        np.add(self._buffer, 1.0, out=self._buffer)
+    def __call__(self) -> float:
+        return float(self._buffer.sum())
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,8 @@ class MeasurementProtocol:
         repeats: most timed calls per session.
         min_repeats: fewest timed calls per session, whatever the budget.
         budget_s: time budget for the timed calls of one session.
-        cold_repeats: timed calls per session of a *cold* measurement (each preceded by a cache
-            flush, so they cost more; see :mod:`nasvit.latency_db.cache`).
+        cold_repeats: timed calls of a *streamed* (cold) measurement, each preceded by a cache
+            flush (see :mod:`nasvit.latency_db.replicate`).
         clock: ``"wall"`` (``perf_counter_ns``) or ``"thread"``: CPU time of the calling
             thread (``thread_time_ns``). With one intra-op thread onnxruntime runs the whole
             graph on the calling thread, so on an idle machine both agree, while on a shared one
@@ -137,18 +137,15 @@ class MeasurementProtocol:
                 break
         return timed
 
-    def time_cold_session(
-        self, run: Callable[[], None], prime: Callable[[], None], flush: Callable[[], None]
-    ) -> list[float]:
-        """Warm up ``prime``, then ``cold_repeats`` times: ``flush()`` the caches, ``prime()``
-        (a twin model with its own weights: brings code and runtime state back), and time
-        ``run``. ``run`` is expected to be warmed up already (by :meth:`time_session`)."""
+    def time_flushed_runs(self, run: Callable[[], None], flush: Callable[[], None]) -> list[float]:
+        """Two untimed calls of ``run``, then ``cold_repeats`` times: ``flush()`` the caches and
+        time one call. Used for streamed timings (:mod:`nasvit.latency_db.replicate`), whose
+        one call runs many copies of a block, so a single timed call is long enough."""
         for _ in range(min(self.warmup, 2)):
-            prime()
+            run()
         timed: list[float] = []
         for _ in range(self.cold_repeats):
             flush()
-            prime()
             start = self.now_ns()
             run()
             timed.append((self.now_ns() - start) / 1e6)

@@ -29,6 +29,7 @@ from torch import nn
 from nasvit.errors import NasvitError, UnknownNameError
 from nasvit.latency_db.cache import CacheFlusher
 from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
+from nasvit.latency_db.replicate import replicate_onnx, stream_copies
 from nasvit.nn.blocks import BlockSpec
 
 #: A model a profiler can time. ONNX input (bytes or a path) only suits the onnxruntime profilers.
@@ -36,6 +37,14 @@ ModelSource = BlockSpec | nn.Module | bytes | Path
 
 ONNX_OPSET = 17
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+#: A streamed timing runs enough copies of a block for one run to last about this long, at most
+#: this many copies (see :mod:`nasvit.latency_db.replicate`).
+STREAM_RUN_MS = 1.0
+MAX_STREAM_COPIES = 32
+
+
+def _feed_value(shape: tuple[int, ...]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape, np.float32)
 
 
 P = TypeVar("P", bound="Profiler")
@@ -255,34 +264,39 @@ class OnnxRuntimeProfiler:
     def measure(
         self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
     ) -> Measurement:
-        return self._measure(self.prepare(model, input_shape), cold=False)[0]
+        return self._measure(self.prepare(model, input_shape))
 
     def measure_warm_cold(
-        self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
+        self,
+        model: ModelSource | PreparedOnnx,
+        input_shape: tuple[int, ...] | None = None,
+        call_overhead_ms: float = 0.0,
     ) -> tuple[Measurement, Measurement]:
-        """Warm and cold timings from the same sessions (see :mod:`nasvit.latency_db.cache`):
-        each session is timed warm, then ``cold_repeats`` times after a cache flush and a run
-        of a twin session (same block, its own copy of the weights)."""
-        warm, cold = self._measure(self.prepare(model, input_shape), cold=True)
-        assert cold is not None
-        return warm, cold
+        """Warm timing (fresh sessions, hot caches) and *streamed* timing of one block.
 
-    def _measure(
-        self, prepared: PreparedOnnx, cold: bool
-    ) -> tuple[Measurement, Measurement | None]:
-        feed_value = np.random.default_rng(0).standard_normal(prepared.input_shape, np.float32)
-        warm_runs, cold_runs = [], []
-        twin = self._session(prepared.model) if cold else None  # its own copy of the weights
+        The streamed timing runs ``k`` copies of the block with their own weights in one session
+        (:mod:`nasvit.latency_db.replicate`), each call after a cache flush, so every copy reads
+        its weights from DRAM with a hot input, as inside a network larger than the cache. It is
+        stored per call like the warm timing: ``(run - call_overhead_ms) / k +
+        call_overhead_ms``, so warm and cold entries add up the same way.
+        """
+        prepared = self.prepare(model, input_shape)
+        warm = self._measure(prepared)
+        copies = stream_copies(warm.median_ms, MAX_STREAM_COPIES, STREAM_RUN_MS)
+        session = self._session(replicate_onnx(prepared.model, copies))
+        feed = {session.get_inputs()[0].name: _feed_value(prepared.input_shape)}
+        runs = self.protocol.time_flushed_runs(lambda: session.run(None, feed), self.flusher)
+        per_call = [(t - call_overhead_ms) / copies + call_overhead_ms for t in runs]
+        return warm, Measurement.from_sessions([per_call])
+
+    def _measure(self, prepared: PreparedOnnx) -> Measurement:
+        feed_value = _feed_value(prepared.input_shape)
+        runs = []
         for _ in range(self.protocol.sessions):
             session = self._session(prepared.model)
             feed = {session.get_inputs()[0].name: feed_value}
-            run = lambda s=session, f=feed: s.run(None, f)  # noqa: E731
-            warm_runs.append(self.protocol.time_session(run))
-            if twin is not None:
-                prime = lambda s=twin, f=feed: s.run(None, f)  # noqa: E731
-                cold_runs.append(self.protocol.time_cold_session(run, prime, self.flusher))
-        cold_measurement = Measurement.from_sessions(cold_runs) if cold else None
-        return Measurement.from_sessions(warm_runs), cold_measurement
+            runs.append(self.protocol.time_session(lambda s=session, f=feed: s.run(None, f)))
+        return Measurement.from_sessions(runs)
 
     def measure_overhead(self, input_shape: tuple[int, ...] = (1, 8, 8, 8)) -> Measurement:
         return self.measure(Identity(), input_shape)

@@ -80,7 +80,8 @@ def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(
     small = BlockSpec("test.linear", (1, 8), (1, 8), {"n": 8}, lambda: torch.nn.Linear(8, 8))
     warm, cold = profiler.measure_warm_cold(big)
     quick = MeasurementProtocol.quick()
-    assert cold.n == quick.sessions * quick.cold_repeats and cold.sessions == quick.sessions
+    assert warm.n >= quick.sessions * quick.min_repeats and warm.sessions == quick.sessions
+    assert cold.n == quick.cold_repeats and cold.sessions == 1
     assert warm.median_ms > 0 and cold.median_ms > 0
     device = sqlite_store.ensure_device(DeviceFingerprint.local(profiler.settings))
     build_table(sqlite_store, profiler, device, [big, small], cold_min_bytes=4096)
@@ -196,3 +197,36 @@ def test_batch_prediction_equals_one_by_one_prediction(
     np.testing.assert_allclose(table.predict_many(networks), expected, rtol=1e-12)
     with pytest.raises(MissingBlocksError):
         table.predict_many([[blocks[0], _block("unknown")]])
+
+
+def test_replicated_model_runs_each_copy_with_its_own_weights() -> None:
+    """A streamed timing's model: ``k`` outputs, each the block applied to the one input with
+    distinct (slightly scaled) weights, checked with a real onnxruntime session."""
+    import onnx
+    import onnxruntime as ort
+
+    from nasvit.latency_db.profilers import export_onnx_bytes
+    from nasvit.latency_db.replicate import replicate_onnx, stream_copies
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU()).eval()
+    single = export_onnx_bytes(block, (1, 4, 6, 6))
+    replicated = replicate_onnx(single, 3)
+    model = onnx.load_from_string(replicated)
+    onnx.checker.check_model(model)
+    assert len(model.graph.output) == 3
+    assert len(model.graph.initializer) == 3 * len(onnx.load_from_string(single).graph.initializer)
+    session = ort.InferenceSession(replicated, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 6), np.float32)
+    outputs = session.run(None, {session.get_inputs()[0].name: x})
+    expected = block(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
+    # Copy i's weights are scaled by 1 + 1e-4 * i: close to, but not bit-equal with, copy 0.
+    assert not np.array_equal(outputs[1], outputs[0])
+    np.testing.assert_allclose(outputs[2], expected, rtol=1e-2, atol=1e-3)
+    with pytest.raises(ValueError, match="copies"):
+        replicate_onnx(single, 0)
+    # Enough copies for a run of about 1 ms, within [2, max].
+    assert stream_copies(0.1, 32, 1.0) == 10
+    assert stream_copies(5.0, 32, 1.0) == 2
+    assert stream_copies(0.001, 32, 1.0) == 32

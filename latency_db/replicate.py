@@ -1,0 +1,70 @@
+"""Copies of one block side by side in one ONNX model, each with its own weights.
+
+Why: inside a network whose weights exceed the last-level cache, every block reads its weights
+from DRAM while its input activation is still hot (the previous block just wrote it). Timing
+``k`` copies of a block in one session reproduces exactly that: all copies read the same (hot)
+input, but each has its own weights; after a cache flush every copy streams its weights from
+DRAM as it would inside the network. The run's time divided by ``k`` is the block's streamed
+latency, and the run is ``k`` times longer than one block, so the timer's resolution, the
+per-call overhead and the first copy's code misses stop mattering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def replicate_onnx(model: bytes, copies: int) -> bytes:
+    """A model that runs ``copies`` copies of ``model`` on its one input, with ``copies``
+    outputs. Float weight tensors of copy ``i`` are scaled by ``1 + 1e-4 * i``: the copies hold
+    distinct bytes, so no runtime can share one set of weights between them."""
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    source = onnx.load_from_string(model)
+    graph = source.graph
+    if len(graph.input) != 1:
+        raise ValueError("only models with one input can be replicated")
+    shared_input = graph.input[0].name
+    nodes: list[onnx.NodeProto] = []
+    initializers: list[onnx.TensorProto] = []
+    outputs: list[onnx.ValueInfoProto] = []
+    for copy in range(copies):
+
+        def rename(name: str, copy: int = copy) -> str:
+            return name if name in (shared_input, "") else f"{name}__copy{copy}"
+
+        for tensor in graph.initializer:
+            values = numpy_helper.to_array(tensor)
+            if values.dtype.kind == "f" and values.size > 1:
+                values = (values * (1.0 + 1e-4 * copy)).astype(values.dtype)
+            initializers.append(numpy_helper.from_array(values, rename(tensor.name)))
+        for index, node in enumerate(graph.node):
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = rename(node.name or f"node{index}")
+            del clone.input[:]
+            clone.input.extend(rename(name) for name in node.input)
+            del clone.output[:]
+            clone.output.extend(rename(name) for name in node.output)
+            nodes.append(clone)
+        for output in graph.output:
+            renamed = onnx.ValueInfoProto()
+            renamed.CopyFrom(output)
+            renamed.name = rename(output.name)
+            outputs.append(renamed)
+    replicated = onnx.helper.make_graph(
+        nodes, f"{graph.name}_x{copies}", [graph.input[0]], outputs, initializers
+    )
+    result = onnx.helper.make_model(replicated, opset_imports=source.opset_import)
+    result.ir_version = source.ir_version
+    return result.SerializeToString()
+
+
+def stream_copies(warm_ms: float, max_copies: int, min_run_ms: float) -> int:
+    """How many copies a streamed timing runs: enough for one run of them to last about
+    ``min_run_ms`` (judged by the warm timing; streamed runs are slower), at least two and at
+    most ``max_copies``. The copies need not outgrow the cache: every timed run starts after a
+    cache flush, so each copy's weights come from DRAM anyway."""
+    return max(2, min(max_copies, int(np.ceil(min_run_ms / max(warm_ms, 1e-6)))))
