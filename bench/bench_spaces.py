@@ -5,13 +5,13 @@ Prints (1) parameters and MACs of the reference architectures next to the publis
 counts, (2) onnxruntime latency (1 thread, thread CPU clock) of each token mixer block and of the
 FFN block at every resolution of the space (patch 16: 4 to 196 tokens), so the cost of softmax
 attention growing with the token count is visible next to the linear-cost mixers, and (3) with
-``--fidelity N``, the latency-table accuracy on N random subnets of each space restricted to
-``--resolutions`` (table build + whole-network validation, as ``nasvit latency validate``),
-(4) with ``--recipe-epoch``, the CPU time of the first epoch of each space's default digits
+``--recipe-epoch``, the CPU time of the first epoch of each space's default digits
 recipe on one thread (times the recipe's epochs: a single-core bound for the default supernet,
 robust to other load on the machine because it counts CPU time, not wall time).
 
-    .venv/bin/python bench/bench_spaces.py [--dim 192 --heads 3] [--fidelity 200] [--recipe-epoch]
+    .venv/bin/python bench/bench_spaces.py [--dim 192 --heads 3] [--recipe-epoch]
+
+Latency-table fidelity per space: ``bench/bench_latency.py --spaces ...``.
 """
 
 from __future__ import annotations
@@ -80,32 +80,6 @@ def token_table(dim: int, heads: int, profiler: OnnxRuntimeProfiler) -> None:
         print(f"| {mixer} | " + " | ".join(cells) + " |")
 
 
-def fidelity(n: int, resolutions: list[int]) -> None:
-    from nasvit.latency import build_space_table, resolve_device, validate_table
-    from nasvit.latency_db import LatencyStore
-
-    print(f"\n## latency-table fidelity, {n} random subnets at resolutions {resolutions}")
-    print("onnxruntime 1 thread; raw sum of block medians vs whole network, all networks\n")
-    print("| space | blocks | within ±10% | within ±5% | MAPE | Spearman |")
-    print("|---|---|---|---|---|---|")
-    with tempfile.TemporaryDirectory() as folder:
-        store = LatencyStore.open(f"sqlite:///{folder}/bench.db")
-        device, profiler = resolve_device(store, threads=1)
-        for space_name in SPACES:
-            space = get_space(space_name)
-            report = build_space_table(space, store, profiler, device, resolutions)
-            record = validate_table(
-                space, store, profiler, store.device(device.id), n, resolutions=resolutions
-            )
-            stats = record.raw
-            rho = "n/a" if stats.spearman is None else f"{stats.spearman:.3f}"
-            print(
-                f"| {space_name} | {report.requested} | {stats.within_10:.1%} | "
-                f"{stats.within_5:.1%} | {stats.mape:.2f}% | {rho} |",
-                flush=True,
-            )
-
-
 def recipe_epoch() -> None:
     import dataclasses
     import time
@@ -145,8 +119,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--heads", type=int, default=3)
-    parser.add_argument("--fidelity", type=int, default=0, help="random subnets to validate")
-    parser.add_argument("--resolutions", default="32,64", help="for --fidelity")
     parser.add_argument("--recipe-epoch", action="store_true", help="time the digits recipes")
     parser.add_argument("--skip-tables", action="store_true", help="only the optional parts")
     args = parser.parse_args()
@@ -154,8 +126,6 @@ def main() -> None:
     if not args.skip_tables:
         reference_table()
         token_table(args.dim, args.heads, OnnxRuntimeProfiler(threads=1))
-    if args.fidelity:
-        fidelity(args.fidelity, [int(r) for r in args.resolutions.split(",")])
     if args.recipe_epoch:
         recipe_epoch()
 

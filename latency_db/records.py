@@ -128,6 +128,19 @@ class ValidationRecord:
             rivals.append(self.calibrated_test.mape)
         return self.cache_test.mape < min(rivals)
 
+    @property
+    def prediction_error(self) -> ErrorStats:
+        """The error of the path later predictions take (see :class:`LatencyTable`): the cache
+        model's or the calibration's on the held-out networks when one of them helped, else the
+        raw sum's over all networks (it involves no fitting)."""
+        if self.cache_model_helps:
+            assert self.cache_test is not None
+            return self.cache_test
+        if self.calibration_helps:
+            assert self.calibrated_test is not None
+            return self.calibrated_test
+        return self.raw
+
     def columns(self) -> dict[str, Any]:
         raw_test, calibrated = self.raw_test, self.calibrated_test
         return {

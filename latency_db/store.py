@@ -268,15 +268,16 @@ class LatencyStore:
             session.flush()
             return int(row.id)
 
-    def latest_validation(self, device_id: str) -> ValidationRecord | None:
+    def latest_validation(
+        self, device_id: str, space: str | None = None
+    ) -> ValidationRecord | None:
+        """The device's newest validation run; with ``space``, the newest run on that space."""
         with self.transaction() as session:
-            query = (
-                select(ValidationRun)
-                .where(ValidationRun.device_id == device_id)
-                .order_by(ValidationRun.created_at.desc(), ValidationRun.id.desc())
-                .limit(1)
-            )
-            row = session.scalar(query)
+            query = select(ValidationRun).where(ValidationRun.device_id == device_id)
+            if space is not None:
+                query = query.where(ValidationRun.space == space)
+            query = query.order_by(ValidationRun.created_at.desc(), ValidationRun.id.desc())
+            row = session.scalar(query.limit(1))
             return None if row is None else ValidationRecord.from_row(row)
 
     def validation_count(self, device_id: str) -> int:

@@ -161,10 +161,17 @@ class LatencyTable:
             self.calibration = Calibration(validation.slope, validation.intercept)
 
     @classmethod
-    def load(cls, store: LatencyStore, device: str) -> LatencyTable:
-        """The table of a device by name or id (UnknownNameError if there is none)."""
+    def load(cls, store: LatencyStore, device: str, space: str | None = None) -> LatencyTable:
+        """The table of a device by name or id (UnknownNameError if there is none).
+
+        Corrections come from the newest validation on ``space`` when there is one (the cache
+        model's fit depends on the networks' sizes, which differ between spaces), else from the
+        device's newest validation on any space."""
         record = store.device(device)
-        return cls(record, store.entries(record.id), store.latest_validation(record.id))
+        validation = None if space is None else store.latest_validation(record.id, space)
+        if validation is None:
+            validation = store.latest_validation(record.id)
+        return cls(record, store.entries(record.id), validation)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -204,7 +211,7 @@ class LatencyTable:
                 blocks=len(rows),
                 p90_ms=self.cache_model.predict(*upper) - correction,
                 calibrated=False,
-                expected_error=self.validation.cache_test if self.validation else None,
+                expected_error=self.validation.prediction_error if self.validation else None,
                 cache_aware=True,
             )
         use_calibration = calibrated and self.calibration is not None

@@ -162,7 +162,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     store = LatencyStore.open()
     device, profiler = resolve_device(store, request.device)
     blocks = space.enumerate_blocks(**shape_args)
-    table = LatencyTable.load(store, device.id)
+    table = LatencyTable.load(store, device.id, space.name)
     if table.missing(blocks):
         build_table(
             store,
@@ -171,8 +171,10 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             blocks,
             progress=lambda done, total: report_progress("profiling blocks", done, total),
         )
-        table = LatencyTable.load(store, device.id)
-    if table.validation is None and request.validate_networks > 0:
+        table = LatencyTable.load(store, device.id, space.name)
+    if (table.validation is None or table.validation.space != space.name) and (
+        request.validate_networks > 0
+    ):
         # A never-validated table sums warm block timings, which underestimated the default
         # space's networks 2-3x here (their weights exceed the cache): validating once fits the
         # cache model the table then uses, and gives every prediction a known error.
@@ -185,7 +187,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             progress=lambda done, total: report_progress("validating latency table", done, total),
             **shape_args,
         )
-        table = LatencyTable.load(store, device.id)
+        table = LatencyTable.load(store, device.id, space.name)
     timings["latency_table_s"] = time.perf_counter() - stage_start
 
     dataset = load_dataset(data, seed=data_seed)

@@ -165,6 +165,28 @@ def test_calibration_is_used_only_when_it_beat_the_raw_sum(
     assert "expected error" in p.describe()
 
 
+def test_a_space_uses_its_own_validation_when_the_device_has_one(
+    sqlite_store: LatencyStore,
+) -> None:
+    """Validations of two spaces on one device: each space's predictions take their own
+    calibration; a space never validated takes the device's newest one."""
+    device = _table(sqlite_store, 0.0, {"a": 1.0})
+    raw_test = ErrorStats(5, 10.0, 0.2, 0.5)
+    for space, slope in (("first", 2.0), ("second", 3.0)):
+        sqlite_store.add_validation(
+            device,
+            ValidationRecord(space, "nasvit-block/1", ErrorStats(10, 9.0, 0.3, 0.6, 0.9),
+                             slope, 0.0, 5, raw_test, ErrorStats(5, 3.0, 0.8, 1.0)),
+        )  # fmt: skip
+    predict = lambda space: LatencyTable.load(sqlite_store, device, space).predict([_block("a")])  # noqa: E731
+    assert predict("first").latency_ms == pytest.approx(2.0)
+    assert predict("second").latency_ms == pytest.approx(3.0)
+    assert predict("never-validated").latency_ms == pytest.approx(3.0)
+    assert predict(None).latency_ms == pytest.approx(3.0)
+    assert sqlite_store.latest_validation(device, "first").slope == 2.0  # type: ignore[union-attr]
+    assert sqlite_store.latest_validation(device, "unknown") is None
+
+
 def test_error_statistics_and_calibration_fit() -> None:
     stats = error_stats([1.0, 2.0, 3.3, 4.8], [1.0, 2.1, 3.0, 4.0])
     assert stats.n == 4 and stats.within_5 == 0.5 and stats.within_10 == 0.75
