@@ -2,11 +2,11 @@
 
 Why: inside a network whose weights exceed the last-level cache, every block reads its weights
 from DRAM while its input activation is still hot (the previous block just wrote it). Timing
-``k`` copies of a block in one session reproduces exactly that: all copies read the same (hot)
-input, but each has its own weights; after a cache flush every copy streams its weights from
-DRAM as it would inside the network. The run's time divided by ``k`` is the block's streamed
-latency, and the run is ``k`` times longer than one block, so the timer's resolution, the
-per-call overhead and the first copy's code misses stop mattering.
+``k`` copies of a block in one session reproduces that: each copy has its own weights and a hot
+input (the previous copy's output, or the shared input); after a cache flush every copy streams
+its weights from DRAM as it would inside the network. The run's time divided by ``k`` is the
+block's streamed latency, and the run is ``k`` times longer than one block, so the timer's
+resolution, the per-call overhead and the first copy's code misses stop mattering.
 """
 
 from __future__ import annotations
@@ -16,24 +16,40 @@ import onnx
 from onnx import numpy_helper
 
 
+def _shape(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+    dims = value.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
+
+
 def replicate_onnx(model: bytes, copies: int) -> bytes:
-    """A model that runs ``copies`` copies of ``model`` on its one input, with ``copies``
-    outputs. Float weight tensors of copy ``i`` are scaled by ``1 + 1e-4 * i``: the copies hold
-    distinct bytes, so no runtime can share one set of weights between them."""
+    """A model that runs ``copies`` copies of ``model``, each with its own weights.
+
+    A block whose one output has its input's shape is *chained*: copy ``i`` reads copy
+    ``i - 1``'s output, as blocks do inside a network. Other blocks (stems, downsampling,
+    heads) run side by side on the one input, with ``copies`` outputs. Chaining matters: 20
+    side-by-side copies of a Transformer FFN block ran 27% slower per copy than 20 chained ones
+    (which matched the networks), attention blocks alike either way. Float weight tensors of
+    copy ``i`` are scaled by ``1 + 1e-4 * i``: the copies hold distinct bytes, so no runtime can
+    share one set of weights between them.
+    """
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
     source = onnx.load_from_string(model)
     graph = source.graph
     if len(graph.input) != 1:
         raise ValueError("only models with one input can be replicated")
-    shared_input = graph.input[0].name
+    first_input = graph.input[0].name
+    chained = len(graph.output) == 1 and _shape(graph.output[0]) == _shape(graph.input[0])
     nodes: list[onnx.NodeProto] = []
     initializers: list[onnx.TensorProto] = []
     outputs: list[onnx.ValueInfoProto] = []
+    copy_input = first_input
     for copy in range(copies):
 
-        def rename(name: str, copy: int = copy) -> str:
-            return name if name in (shared_input, "") else f"{name}__copy{copy}"
+        def rename(name: str, copy: int = copy, copy_input: str = copy_input) -> str:
+            if name == first_input:
+                return copy_input
+            return "" if name == "" else f"{name}__copy{copy}"
 
         for tensor in graph.initializer:
             values = numpy_helper.to_array(tensor)
@@ -49,11 +65,14 @@ def replicate_onnx(model: bytes, copies: int) -> bytes:
             del clone.output[:]
             clone.output.extend(rename(name) for name in node.output)
             nodes.append(clone)
-        for output in graph.output:
-            renamed = onnx.ValueInfoProto()
-            renamed.CopyFrom(output)
-            renamed.name = rename(output.name)
-            outputs.append(renamed)
+        if chained:
+            copy_input = rename(graph.output[0].name)
+        if not chained or copy == copies - 1:
+            for output in graph.output:
+                renamed = onnx.ValueInfoProto()
+                renamed.CopyFrom(output)
+                renamed.name = rename(output.name)
+                outputs.append(renamed)
     replicated = onnx.helper.make_graph(
         nodes, f"{graph.name}_x{copies}", [graph.input[0]], outputs, initializers
     )

@@ -9,7 +9,7 @@ Prediction for blocks ``b_1..b_N`` on one device::
 or, when the latest validation fitted a cache residency model that beat both on its held-out
 networks (see :mod:`nasvit.latency_db.cache`)::
 
-    latency = sum(warm_i + cold_share_i * (cold_i - warm_i)) - (N - 1) * overhead
+    latency = sum(warm_i + cold_share_i * (cold_i - warm_i)) - (N - 1) * fitted_overhead
 
 The expected error attached to each prediction comes from the latest validation run of the
 device (held-out figures of the path actually used).
@@ -205,11 +205,11 @@ class LatencyTable:
             inputs = cache_inputs(rows, blocks)
             upper = cache_inputs(rows, blocks, spread=True)
             return Prediction(
-                latency_ms=self.cache_model.predict(*inputs) - correction,
+                latency_ms=self.cache_model.network_ms(*inputs, self.overhead_ms),
                 raw_ms=raw,
                 block_sum_ms=block_sum,
                 blocks=len(rows),
-                p90_ms=self.cache_model.predict(*upper) - correction,
+                p90_ms=self.cache_model.network_ms(*upper, self.overhead_ms),
                 calibrated=False,
                 expected_error=self.validation.prediction_error if self.validation else None,
                 cache_aware=True,
@@ -262,6 +262,7 @@ class LatencyTable:
             pressure = (pressure + model.activation_weight * activations) / model.cache_bytes
             share = np.clip((pressure - model.onset) / max(model.width, 1e-6), 0.0, 1.0)
             gap = np.maximum(columns["cold"][index] - warm, 0.0)
+            correction = (count - 1) * model.overhead(self.overhead_ms)
             return np.asarray((warm + share**model.power * gap).sum(axis=1) - correction)
         raw = warm.sum(axis=1) - correction
         if self.calibration is not None:

@@ -164,11 +164,7 @@ def validate_table(
         build_table(store, profiler, device, [b for blocks in lowered for b in blocks], seed=seed)
     table = LatencyTable.load(store, device.id)
     predicted = [table.predict(blocks, calibrated=False).raw_ms for blocks in lowered]
-    cache = [
-        (cache_inputs([table.entries[b.key] for b in blocks], blocks),
-         -(len(blocks) - 1) * table.overhead_ms)
-        for blocks in lowered
-    ]  # fmt: skip
+    cache = [cache_inputs([table.entries[b.key] for b in blocks], blocks) for blocks in lowered]
 
     network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
     measured = []
@@ -181,7 +177,7 @@ def validate_table(
 
     record = _summarise(
         space.name, archs, space, predicted, measured, fit_fraction,
-        cache, device.fingerprint.cache_bytes,
+        cache, device.fingerprint.cache_bytes, table.overhead_ms,
     )  # fmt: skip
     store.add_validation(device.id, record)
     stored = store.latest_validation(device.id)
@@ -196,8 +192,9 @@ def _summarise(
     predicted: Sequence[float],
     measured: Sequence[float],
     fit_fraction: float,
-    cache: Sequence[tuple[tuple, float]] = (),
+    cache: Sequence[tuple[list[float], list[float], list[float], float]] = (),
     cache_bytes: int = 0,
+    overhead_ms: float = 0.0,
 ) -> ValidationRecord:
     n = len(predicted)
     n_fit = int(round(n * fit_fraction)) if n >= 4 else 0
@@ -216,14 +213,9 @@ def _summarise(
             calibrated_test = error_stats([calibration.apply(p) for p in test_pred], test_meas)
     cache_model = cache_test = None
     if n_fit >= 3 and cache and cache_bytes > 0:
-        model = CacheModel.fit(
-            cache_bytes,
-            [inputs for inputs, _ in cache[:n_fit]],
-            measured[:n_fit],
-            [offset for _, offset in cache[:n_fit]],
-        )
+        model = CacheModel.fit(cache_bytes, cache[:n_fit], measured[:n_fit], overhead_ms)
         cache_model = model.to_dict()
-        cache_pred = [model.predict(*inputs) + offset for inputs, offset in cache]
+        cache_pred = [model.network_ms(*inputs) for inputs in cache]
         cache_test = error_stats(cache_pred[n_fit:], measured[n_fit:])
     details = {
         "networks": [

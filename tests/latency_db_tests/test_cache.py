@@ -49,23 +49,30 @@ def test_residency_model_is_warm_when_the_network_fits_and_cold_when_far_larger(
     assert CacheModel.from_dict(model.to_dict()) == model
 
 
-def test_fit_recovers_a_synthetic_residency_curve() -> None:
-    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0)
+def test_fit_recovers_a_synthetic_residency_curve_and_overhead() -> None:
+    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0, overhead_ms=0.002)
     rng = np.random.default_rng(0)
     networks, measured = [], []
     for _ in range(40):
         blocks = int(rng.integers(5, 20))
-        weights = rng.uniform(0.1, 10.0, blocks) * MB
-        warm = rng.uniform(0.05, 1.0, blocks)
+        # Networks of small blocks too, where the overhead is a visible share of the latency.
+        scale = 10.0 ** rng.uniform(-2, 0)
+        weights = rng.uniform(0.1, 10.0, blocks) * MB * scale
+        warm = rng.uniform(0.01, 1.0, blocks) * scale
         cold = warm + weights / (20 * MB)  # a DRAM-bandwidth-like penalty
         networks.append((warm, cold, weights, 0.0))
-        measured.append(truth.predict(warm, cold, weights) - 0.01)
-    fitted = CacheModel.fit(32 * MB, networks, measured, offsets_ms=[-0.01] * len(measured))
-    predicted = np.array([fitted.predict(*net) - 0.01 for net in networks])
+        measured.append(truth.network_ms(warm, cold, weights))
+    # Started from a measured overhead twice the true one, as an empty model's is here.
+    fitted = CacheModel.fit(32 * MB, networks, measured, overhead_ms=0.004)
+    predicted = np.array([fitted.network_ms(*net) for net in networks])
     errors = np.abs(predicted / np.array(measured) - 1)
     assert errors.mean() < 0.005 and errors.max() < 0.03
+    assert fitted.overhead_ms == pytest.approx(0.002, abs=0.001)
     with pytest.raises(ValueError, match="three"):
         CacheModel.fit(32 * MB, networks[:2], measured[:2])
+    # Models stored before the overhead was fitted fall back to the device's measured one.
+    old = CacheModel.from_dict({"cache_bytes": 32 * MB, "onset": 0.5, "width": 3.0})
+    assert old.network_ms([1.0, 1.0], [1.0, 1.0], [MB, MB], 0.0, 0.1) == pytest.approx(1.9)
 
 
 def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(
@@ -200,8 +207,8 @@ def test_batch_prediction_equals_one_by_one_prediction(
 
 
 def test_replicated_model_runs_each_copy_with_its_own_weights() -> None:
-    """A streamed timing's model: ``k`` outputs, each the block applied to the one input with
-    distinct (slightly scaled) weights, checked with a real onnxruntime session."""
+    """A streamed timing's model: ``k`` copies of the block with distinct (slightly scaled)
+    weights, side by side or chained, checked with a real onnxruntime session."""
     import onnx
     import onnxruntime as ort
 
@@ -226,6 +233,13 @@ def test_replicated_model_runs_each_copy_with_its_own_weights() -> None:
     np.testing.assert_allclose(outputs[2], expected, rtol=1e-2, atol=1e-3)
     with pytest.raises(ValueError, match="copies"):
         replicate_onnx(single, 0)
+    # A block that keeps its input's shape is chained, as inside a network: one output.
+    same = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Tanh()).eval()
+    chained = replicate_onnx(export_onnx_bytes(same, (1, 4, 6, 6)), 3)
+    session = ort.InferenceSession(chained, providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {session.get_inputs()[0].name: x})
+    expected = same(same(same(torch.from_numpy(x)))).detach().numpy()
+    np.testing.assert_allclose(output, expected, rtol=1e-2, atol=1e-3)
     # Enough copies for a run of about 1 ms, within [2, max].
     assert stream_copies(0.1, 32, 1.0) == 10
     assert stream_copies(5.0, 32, 1.0) == 2
