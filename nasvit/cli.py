@@ -167,9 +167,10 @@ def search_command(
             "--validate-networks",
             min=0,
             max=1000,
-            help="Whole networks measured to validate a never-validated table (0: skip).",
+            help="Whole networks measured to validate a table never validated on this space "
+            "(0: skip).",
         ),
-    ] = 24,
+    ] = 40,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
     """Search SPACE for the most accurate architectures under BUDGET on the device."""

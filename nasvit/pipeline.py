@@ -57,7 +57,9 @@ class SearchRequest:
     resume: bool = False
     ray_address: str | None = None
     measure_top: int = 6  # Pareto points exported and measured end to end
-    validate_networks: int = 24  # whole networks measured to validate a new table (0: skip)
+    # Whole networks measured to validate a table never validated on this space (0: skip);
+    # half of them fit the cache model's six parameters.
+    validate_networks: int = 40
 
 
 @dataclass
