@@ -191,6 +191,18 @@ class Head(nn.Module):
 
 
 # --------------------------------------------------------------------------- elastic blocks
+def _shell(block: type[nn.Module], **attributes: Any) -> Any:
+    """An instance of a static block with none of its layers built, for ``extract``, which then
+    assigns each layer (a copy from the supernet) in ``__init__``'s order: building the block
+    normally first initialised every layer at random only to replace it (a test checks the
+    result against blocks built the normal way)."""
+    shell = block.__new__(block)
+    nn.Module.__init__(shell)
+    for name, value in attributes.items():
+        setattr(shell, name, value)
+    return shell
+
+
 class ElasticStem(nn.Module):
     def __init__(self, in_channels: int, max_width: int):
         super().__init__()
@@ -204,7 +216,7 @@ class ElasticStem(nn.Module):
         return F.relu(self.bn2(self.conv2(x, width)))
 
     def extract(self, in_channels: int, width: int) -> Stem:
-        stem = Stem(in_channels, width)
+        stem = _shell(Stem)
         stem.conv1 = self.conv1.extract(in_channels, width // 2)
         stem.bn1 = self.bn1.extract(width // 2)
         stem.conv2 = self.conv2.extract(width // 2, width)
@@ -222,7 +234,7 @@ class ElasticDownsample(nn.Module):
         return self.bn(self.conv(x, width))
 
     def extract(self, in_channels: int, out_channels: int) -> Downsample:
-        block = Downsample(in_channels, out_channels)
+        block = _shell(Downsample)
         block.conv = self.conv.extract(in_channels, out_channels)
         block.bn = self.bn.extract(out_channels)
         return block
@@ -244,7 +256,7 @@ class ElasticMB4D(nn.Module):
         return x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x, hidden))), dim)))
 
     def extract(self, dim: int, hidden: int) -> MB4D:
-        block = MB4D(dim, hidden)
+        block = _shell(MB4D)
         block.ls1 = self.ls1.extract(dim)
         block.fc1 = self.fc1.extract(dim, hidden)
         block.norm1 = self.norm1.extract(hidden)
@@ -278,19 +290,9 @@ class ElasticMB3D(nn.Module):
         return x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x), hidden)), dim))
 
     def extract(self, dim: int, hidden: int, grid: int, flatten_input: bool) -> MB3D:
-        attn = self.attn
-        block = MB3D(
-            dim,
-            hidden,
-            grid,
-            flatten_input,
-            attn.max_heads,
-            attn.key_dim,
-            attn.value_dim,
-            attn.bias_grid or grid,
-        )
+        block = _shell(MB3D, flatten_input=flatten_input)
         block.norm1 = self.norm1.extract(dim)
-        block.attn = attn.extract(dim, self.num_heads, grid)
+        block.attn = self.attn.extract(dim, self.num_heads, grid)
         block.ls1 = self.ls1.extract(dim)
         block.norm2 = self.norm2.extract(dim)
         block.fc1 = self.fc1.extract(dim, hidden)
@@ -315,11 +317,13 @@ class ElasticHead(nn.Module):
         return logits
 
     def extract(self, dim: int, tokens_input: bool) -> Head:
-        head = Head(dim, self.num_classes, self.dist_head is not None, tokens_input)
+        head = _shell(Head, tokens_input=tokens_input)
         head.norm = self.norm.extract(dim)
         head.head = self.head.extract(dim, self.num_classes)
-        if self.dist_head is not None:
-            head.dist_head = self.dist_head.extract(dim, self.num_classes)
+        distillation = self.dist_head
+        head.dist_head = (
+            None if distillation is None else distillation.extract(dim, self.num_classes)
+        )
         return head
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,15 @@ from torch import Tensor, nn
 def _copy(destination: Tensor, source: Tensor) -> None:
     with torch.no_grad():
         destination.copy_(source)
+
+
+def _uninitialised(module: type[nn.Module], like: Tensor, *args: object, **kwargs: object) -> Any:
+    """``module(*args, **kwargs)`` with parameters left uninitialised, on ``like``'s device.
+
+    For ``extract``, which overwrites every parameter with a copy of the supernet's slice:
+    random initialisation first cost more than the copies (weights of a searched subnet are
+    extracted for every evaluation)."""
+    return torch.nn.utils.skip_init(module, *args, device=like.device, **kwargs)
 
 
 Index = tuple[slice, ...]  # one slice(start, stop) per leading dimension of a parameter
@@ -260,7 +270,9 @@ class ElasticConv2d(_SliceMemo, nn.Conv2d):
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
     def extract(self, in_channels: int, out_channels: int) -> nn.Conv2d:
-        conv = nn.Conv2d(
+        conv = _uninitialised(
+            nn.Conv2d,
+            self.weight,
             in_channels,
             out_channels,
             self.kernel_size,
@@ -304,7 +316,9 @@ class ElasticDepthwiseConv2d(nn.Conv2d):
         )
 
     def extract(self, channels: int, kernel: int) -> nn.Conv2d:
-        conv = nn.Conv2d(
+        conv = _uninitialised(
+            nn.Conv2d,
+            self.weight,
             channels,
             channels,
             kernel,
@@ -327,7 +341,9 @@ class ElasticLinear(_SliceMemo, nn.Linear):
         return F.linear(x, self._slice(self.weight, out_features, x.shape[-1]), bias)
 
     def extract(self, in_features: int, out_features: int) -> nn.Linear:
-        linear = nn.Linear(in_features, out_features, bias=self.bias is not None)
+        linear = _uninitialised(
+            nn.Linear, self.weight, in_features, out_features, bias=self.bias is not None
+        )
         _copy(linear.weight, self.weight[:out_features, :in_features])
         if self.bias is not None:
             _copy(linear.bias, self.bias[:out_features])

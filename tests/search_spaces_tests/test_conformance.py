@@ -115,6 +115,9 @@ def test_extraction_matches_supernet(space: SearchSpace, supernet: Supernet) -> 
     for arch in archs:
         x = torch.randn(space.input_shape(arch, batch=2))
         subnet = supernet.extract(arch)
+        # extract builds layers uninitialised (on the meta device, or skip_init) and copies in
+        # every tensor; the output check below fails on any left uninitialised.
+        assert not any(t.is_meta for t in subnet.state_dict().values())
         with torch.no_grad():
             expected = supernet(x, arch)
             got = subnet(x)

@@ -161,3 +161,25 @@ def test_memoised_lowering_gives_the_plans_blocks(space, shape) -> None:
             assert [b.key for b in lowered] == [b.key for b in expected]
     with pytest.raises(ValueError, match="mlp_ratio"):
         space.lower({**archs[0].to_dict(), "mlp_ratio": (4,)})
+
+
+def test_extracted_blocks_match_blocks_built_normally(space) -> None:
+    """extract fills empty block shells layer by layer; the result must be the block its
+    constructor builds (same attributes, same tensors in the same order), with the weights."""
+    supernet = space.build_supernet(num_classes=10, in_channels=1)
+    rng = np.random.default_rng(5)
+    archs = [space.largest(), space.smallest(), space.sample(rng).replace(vit_num=0)]
+    for arch in archs + [space.sample(rng) for _ in range(3)]:
+        extracted = list(supernet.extract(arch))
+        built = [spec.build() for spec in space.lower(arch, num_classes=10, in_channels=1)]
+        assert [type(b) for b in extracted] == [type(b) for b in built]
+        for got, want in zip(extracted, built, strict=True):
+            assert _plain_attributes(got) == _plain_attributes(want)
+            got_state, want_state = got.state_dict(), want.state_dict()
+            assert list(got_state) == list(want_state)
+            assert all(got_state[k].shape == want_state[k].shape for k in want_state)
+            assert [type(m) for m in got.modules()] == [type(m) for m in want.modules()]
+
+
+def _plain_attributes(module: torch.nn.Module) -> dict:
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training"}

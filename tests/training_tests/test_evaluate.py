@@ -71,3 +71,69 @@ def test_mismatched_data_and_bad_settings_are_refused(
         SubnetEvaluator(space, supernet, digits, "dev")
     with pytest.raises(NasvitError, match="unknown evaluation mode"):
         SubnetEvaluator(space, supernet, digits, mode="fast")  # type: ignore[arg-type]
+
+
+def test_channels_last_evaluation_matches_contiguous(
+    trained_checkpoint: Path, digits: Dataset
+) -> None:
+    """Evaluations run in channels-last memory format; the numbers are those of the plain
+    (contiguous) path up to float rounding, and the supernet is left untouched."""
+    space, supernet, _ = load_supernet(trained_checkpoint)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    fast = SubnetEvaluator(space, supernet, digits, "val")
+    plain = SubnetEvaluator(space, supernet, digits, "val", channels_last=False)
+    rng = np.random.default_rng(2)
+    for arch in [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(4)]:
+        a, b = fast.evaluate(arch), plain.evaluate(arch)
+        assert a.accuracy == b.accuracy, space.short_string(arch)
+        assert a.loss == pytest.approx(b.loss, rel=1e-4)
+    assert not fast.subnet(space.smallest()).training
+    assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())
+
+
+def test_recalibration_runs_only_up_to_the_last_batchnorm(
+    trained_checkpoint: Path, digits: Dataset
+) -> None:
+    from nasvit.evaluate import _calibration_part
+
+    space, supernet, _ = load_supernet(trained_checkpoint)
+    arch = space.largest()
+    subnet = supernet.extract(arch)
+    part = _calibration_part(subnet)
+    assert part is not None and 0 < len(part) < len(subnet)
+    assert all(a is b for a, b in zip(part, subnet, strict=False))  # the same modules
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in subnet[len(part) :].modules())
+    assert _calibration_part(torch.nn.Sequential(torch.nn.Linear(2, 2))) is None
+
+
+def test_supernet_without_batchnorm_is_not_recalibrated(
+    trained_checkpoint: Path, digits: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BatchNorm-free subnets skip the calibration forward (it could change nothing); the
+    accuracy is the plain forward's."""
+    import nasvit.evaluate as evaluate
+
+    def without_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+        for parent in module.modules():
+            for name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.BatchNorm2d):
+                    setattr(parent, name, torch.nn.Identity())
+        return module
+
+    space, supernet, _ = load_supernet(trained_checkpoint)
+    calls: list[int] = []
+    original = evaluate.recalibrate_batchnorm
+    monkeypatch.setattr(
+        evaluate, "recalibrate_batchnorm", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    arch = space.smallest()
+    extract = supernet.extract
+    monkeypatch.setattr(supernet, "extract", lambda a: without_batchnorm(extract(a)))
+    result = SubnetEvaluator(space, supernet, digits, "val").evaluate(arch)
+    plain = accuracy_of(
+        without_batchnorm(extract(arch)).eval(), digits.batches("val", 32, 256), torch.device("cpu")
+    )
+    assert (result.accuracy, result.loss) == pytest.approx(plain[:2], rel=1e-4)
+    without_batchnorm(supernet)  # the in-supernet path: elastic BatchNorms -> identity
+    SubnetEvaluator(space, supernet, digits, "val", mode="supernet").evaluate(arch)
+    assert calls == []
