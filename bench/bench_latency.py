@@ -66,12 +66,10 @@ def main() -> None:
                 space, store, profiler, store.device(device.id), args.n, seed=args.seed,
                 resolutions=resolutions,
             )  # fmt: skip
-            path = "cache model" if v.cache_model_helps else (
-                "linear calibration" if v.calibration_helps else "raw sum"
-            )  # fmt: skip
+            used = _cells(v.prediction_error)
             print(
-                f"| {space_name} | {threads} | {path} | {_cells(v.prediction_error)} | "
-                f"{_cells(v.raw)} | {report.requested} | {build} |",
+                f"| {space_name} | {threads} | {v.prediction_path} | {used} | {_cells(v.raw)} | "
+                f"{report.requested} | {build} |",
                 flush=True,
             )
             if args.repeat:

@@ -129,6 +129,14 @@ class ValidationRecord:
         return self.cache_test.mape < min(rivals)
 
     @property
+    def prediction_path(self) -> str:
+        """Which correction later predictions apply: "cache model", "linear calibration" or
+        "raw sum"."""
+        if self.cache_model_helps:
+            return "cache model"
+        return "linear calibration" if self.calibration_helps else "raw sum"
+
+    @property
     def prediction_error(self) -> ErrorStats:
         """The error of the path later predictions take (see :class:`LatencyTable`): the cache
         model's or the calibration's on the held-out networks when one of them helped, else the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,8 +25,12 @@ from rich.progress import (
 from rich.table import Table
 
 from nasvit.errors import NasvitError
-from nasvit.latency_db import LatencyStore, ProgressCallback
-from nasvit.latency_db.transfer import export_table, import_table
+
+if TYPE_CHECKING:
+    from nasvit.latency_db import ProgressCallback
+
+# The latency database (torch, scipy, SQLAlchemy; pandas for export/import) is imported by the
+# commands that use it: this module is imported by every `nasvit` command at start-up.
 
 latency_app = typer.Typer(
     name="latency", help="Latency tables: validate, show, export, import.", no_args_is_help=True
@@ -97,6 +101,7 @@ def profile_command(
 ) -> None:
     """Measure every block of a space that the device's latency table lacks (resumable)."""
     from nasvit.latency import build_space_table, resolve_device
+    from nasvit.latency_db import LatencyStore
     from nasvit.search_spaces import get_space
 
     search_space = get_space(space)
@@ -127,6 +132,7 @@ def validate_command(
 ) -> None:
     """Measure sampled whole networks and compare them with the table's predictions."""
     from nasvit.latency import resolve_device, validate_table
+    from nasvit.latency_db import LatencyStore
     from nasvit.search_spaces import get_space
 
     search_space = get_space(space)
@@ -167,6 +173,11 @@ def validate_command(
             f"{100 * cache.within_5:.1f}% within ±5%, {100 * cache.within_10:.1f}% within ±10%"
             f" ({'used' if result.cache_model_helps else 'not used'} by predictions)"
         )
+    used = result.prediction_error
+    typer.echo(
+        f"predictions on this table now use the {result.prediction_path}: expected MAPE "
+        f"{used.mape:.2f}%, {100 * used.within_10:.1f}% within ±10%"
+    )
 
 
 @latency_app.command("show")
@@ -175,6 +186,8 @@ def show_command(
     database_url: UrlOption = None,
 ) -> None:
     """List devices, their entry counts, per-call overhead and latest validation."""
+    from nasvit.latency_db import LatencyStore
+
     store = LatencyStore.open(database_url)
     rows = []
     for device in store.devices():
@@ -212,6 +225,9 @@ def export_command(
     database_url: UrlOption = None,
 ) -> None:
     """Write a device's table to CSV or JSON."""
+    from nasvit.latency_db import LatencyStore
+    from nasvit.latency_db.transfer import export_table
+
     store = LatencyStore.open(database_url)
     count = export_table(store, device, out)
     console.print(f"wrote {count} entries to {out}")
@@ -226,6 +242,9 @@ def import_command(
     database_url: UrlOption = None,
 ) -> None:
     """Import a table measured elsewhere (validated first; all or nothing)."""
+    from nasvit.latency_db import LatencyStore
+    from nasvit.latency_db.transfer import import_table
+
     store = LatencyStore.open(database_url)
     result = import_table(store, file, device_name)
     console.print(

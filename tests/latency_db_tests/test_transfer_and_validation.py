@@ -41,6 +41,11 @@ def test_validation_measures_networks_and_stores_the_run(built, space) -> None: 
     arch = space.parse(record.details["networks"][0]["arch"])
     prediction = table.predict(space.lower(arch))
     assert prediction.expected_error is not None and prediction.latency_ms > 0
+    # The error attached to a prediction is the held-out error of the path it took.
+    assert prediction.expected_error == record.prediction_error
+    assert record.prediction_path in ("cache model", "linear calibration", "raw sum")
+    assert prediction.cache_aware is (record.prediction_path == "cache model")
+    assert prediction.calibrated is (record.prediction_path == "linear calibration")
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
