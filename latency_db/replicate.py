@@ -11,12 +11,12 @@ resolution, the per-call overhead and the first copy's code misses stop matterin
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 
-def _shape(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
+def _shape(value: Any) -> tuple[int | str, ...]:
     dims = value.type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
 
@@ -32,6 +32,10 @@ def replicate_onnx(model: bytes, copies: int) -> bytes:
     copy ``i`` are scaled by ``1 + 1e-4 * i``: the copies hold distinct bytes, so no runtime can
     share one set of weights between them.
     """
+    # onnx is imported here: the profilers import this module on every search's start-up.
+    import onnx
+    from onnx import numpy_helper
+
     if copies < 1:
         raise ValueError(f"copies must be >= 1, got {copies}")
     source = onnx.load_from_string(model)

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from nasvit.errors import NasvitError
 from nasvit.latency_db.cache import CacheModel
@@ -90,7 +89,9 @@ def error_stats(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> 
     relative = np.abs(predicted - measured) / measured
     rho = None
     if predicted.size >= 3 and np.ptp(predicted) > 0 and np.ptp(measured) > 0:
-        rho = float(scipy_stats.spearmanr(predicted, measured).statistic)
+        from scipy import stats  # imported here: it costs every search ~1 s of start-up
+
+        rho = float(stats.spearmanr(predicted, measured).statistic)
     return ErrorStats(
         n=int(predicted.size),
         mape=float(100 * relative.mean()),
