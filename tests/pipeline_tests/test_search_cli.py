@@ -209,17 +209,25 @@ class CountingProfiler:
         protocol = MeasurementProtocol(sessions=1, warmup=1, repeats=3, min_repeats=3)
         self.profiler = OnnxRuntimeProfiler(protocol=protocol)
         self.calls = 0
+        self.medians: list[float] = []
 
     def measure(self, *args: object) -> object:
         self.calls += 1
-        return self.profiler.measure(*args)
+        measurement = self.profiler.measure(*args)
+        self.medians.append(measurement.median_ms)
+        return measurement
 
 
 def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_path) -> None:
     from nasvit.checkpoint import load_supernet
     from nasvit.data import load_dataset
     from nasvit.evaluate import SubnetEvaluator
-    from nasvit.pipeline import NEAR_BUDGET_MEASUREMENTS, Trial, _measure_exported
+    from nasvit.pipeline import (
+        NEAR_BUDGET_MEASUREMENTS,
+        NEAR_BUDGET_SHARE,
+        Trial,
+        _measure_exported,
+    )
 
     space, supernet, _ = load_supernet(checkpoint)
     evaluator = SubnetEvaluator(space, supernet, load_dataset("digits"), "val")
@@ -228,5 +236,18 @@ def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_pa
     profiler = CountingProfiler()
     far, path = _measure_exported(space, evaluator, trial, profiler, tmp_path, budget_ms=1e6)
     assert profiler.calls == 1 and far > 0 and path.is_file()
-    near, _ = _measure_exported(space, evaluator, trial, profiler, tmp_path, budget_ms=far)
-    assert profiler.calls == 1 + NEAR_BUDGET_MEASUREMENTS and near > 0
+    # Whether a measurement counts as near the budget depends on what it reads, and on a loaded
+    # machine two readings of one network can differ by more than the near band: the rule is
+    # checked against each first reading, with the budget set to the latest reading until the
+    # near branch has been taken.
+    repeated = False
+    for _ in range(5):
+        before, budget = profiler.calls, profiler.medians[-1]
+        near, _ = _measure_exported(space, evaluator, trial, profiler, tmp_path, budget)
+        is_near = abs(profiler.medians[before] - budget) <= NEAR_BUDGET_SHARE * budget
+        assert profiler.calls - before == (NEAR_BUDGET_MEASUREMENTS if is_near else 1)
+        assert near > 0
+        if is_near:
+            repeated = True
+            break
+    assert repeated
