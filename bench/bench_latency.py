@@ -23,9 +23,16 @@ import argparse
 import time
 
 from nasvit.latency import build_space_table, resolve_device, sample_archs, validate_table
-from nasvit.latency_db import ErrorStats, LatencyStore, MeasurementProtocol, with_protocol
+from nasvit.latency_db import (
+    ErrorStats,
+    LatencyStore,
+    MeasurementProtocol,
+    Profiler,
+    ValidationRecord,
+    with_protocol,
+)
 from nasvit.latency_db.table import error_stats
-from nasvit.search_spaces import get_space
+from nasvit.search_spaces import SearchSpace, get_space
 
 
 def _cells(stats: ErrorStats) -> str:
@@ -76,7 +83,13 @@ def main() -> None:
                 _repeat(space, profiler, v, args, resolutions)
 
 
-def _repeat(space, profiler, v, args, resolutions) -> None:  # noqa: ANN001
+def _repeat(
+    space: SearchSpace,
+    profiler: Profiler,
+    v: ValidationRecord,
+    args: argparse.Namespace,
+    resolutions: list[int] | None,
+) -> None:
     """Re-measure the first ``--repeat`` validated networks and compare with the first try."""
     first = [n["measured_ms"] for n in v.details["networks"][: args.repeat]]
     archs = sample_archs(space, args.n, args.seed, resolutions)[: args.repeat]

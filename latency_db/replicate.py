@@ -1,4 +1,4 @@
-"""Copies of one block side by side in one ONNX model, each with its own weights.
+"""Copies of one block in one ONNX model, chained or side by side, each with its own weights.
 
 Why: inside a network whose weights exceed the last-level cache, every block reads its weights
 from DRAM while its input activation is still hot (the previous block just wrote it). Timing
