@@ -131,13 +131,18 @@ class CacheModel:
     overhead_ms: float | None = None
 
     def cold_shares(
-        self, weight_bytes: Sequence[float], activation_bytes: float = 0.0
+        self, weight_bytes: Sequence[float] | np.ndarray, activation_bytes: Any = 0.0
     ) -> np.ndarray:
-        """Evicted share (0..1) of each block's weights for one network's blocks."""
+        """Evicted share (0..1) of each block's weights for one network's blocks.
+
+        ``weight_bytes`` may also be a (networks x blocks) matrix, with ``activation_bytes``
+        one value per network (shape (networks, 1)); zero-weight padding changes nothing.
+        """
         w = np.asarray(weight_bytes, dtype=float)
         if self.cache_bytes <= 0:
             return np.zeros_like(w)
-        pressure = (w.sum() - w + self.activation_weight * activation_bytes) / self.cache_bytes
+        others = w.sum(axis=-1, keepdims=True) - w  # the rest of the network's weights
+        pressure = (others + self.activation_weight * activation_bytes) / self.cache_bytes
         share = np.clip((pressure - self.onset) / max(self.width, 1e-6), 0.0, 1.0)
         return np.asarray(share**self.power)
 

@@ -257,14 +257,11 @@ class LatencyTable:
         correction = (count - 1) * self.overhead_ms
         model = self.cache_model
         if model is not None:
-            weights = columns["weights"][index]
             activations = columns["activations"][index].sum(axis=1, keepdims=True)
-            pressure = weights.sum(axis=1, keepdims=True) - weights
-            pressure = (pressure + model.activation_weight * activations) / model.cache_bytes
-            share = np.clip((pressure - model.onset) / max(model.width, 1e-6), 0.0, 1.0)
+            share = model.cold_shares(columns["weights"][index], activations)
             gap = np.maximum(columns["cold"][index] - warm, 0.0)
             correction = (count - 1) * model.overhead(self.overhead_ms)
-            return np.asarray((warm + share**model.power * gap).sum(axis=1) - correction)
+            return np.asarray((warm + share * gap).sum(axis=1) - correction)
         raw = warm.sum(axis=1) - correction
         if self.calibration is not None:
             return self.calibration.slope * raw + self.calibration.intercept

@@ -1,9 +1,9 @@
-"""The default supernet of a space: trained once on digits, cached under ``$NASVIT_HOME``.
+"""The default supernet of a space: trained once on bundled data, cached under ``$NASVIT_HOME``.
 
 ``nasvit search`` must work on a fresh machine with no other step, so when no checkpoint is
 given the pipeline calls :func:`default_supernet`. The first call trains a small supernet on
-scikit-learn's digits (progress shown) and caches it as
-``$NASVIT_HOME/supernets/<space>-digits-<recipe hash>.pt``; later calls load it. The hash covers
+scikit-learn's digits (plain, or distorted as ``digits-affine``; progress shown) and caches it as
+``$NASVIT_HOME/supernets/<space>-<data>-<recipe hash>.pt``; later calls load it. The hash covers
 the recipe (restrictions and training settings), so changing a recipe retrains instead of
 loading stale weights.
 
@@ -24,7 +24,7 @@ from typing import Any
 from filelock import FileLock
 
 from nasvit.checkpoint import load_supernet
-from nasvit.data import load_digits
+from nasvit.data import load_dataset
 from nasvit.errors import NasvitError
 from nasvit.evaluate import SubnetEvaluator
 from nasvit.nn import Supernet
@@ -36,20 +36,24 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a space's default supernet is trained on digits."""
+    """How a space's default supernet is trained on bundled data."""
 
     restrictions: dict[str, Any] = field(default_factory=dict)  # arguments of space.restrict
     train: TrainConfig = TrainConfig()
-    data_seed: int = 0  # seed of the digits split
+    data_seed: int = 0  # seed of the data split
+    data: str = "digits"  # a bundled dataset (nasvit.data.BUNDLED_DATASETS)
 
     def fingerprint(self) -> str:
+        recipe: dict[str, Any] = {
+            "version": RECIPE_VERSION,
+            "restrictions": self.restrictions,
+            "train": {k: v for k, v in self.train.key_dict().items() if k != "device"},
+            "data_seed": self.data_seed,
+        }
+        if self.data != "digits":  # added later: digits recipes keep their fingerprints
+            recipe["data"] = self.data
         text = json.dumps(
-            {
-                "version": RECIPE_VERSION,
-                "restrictions": self.restrictions,
-                "train": {k: v for k, v in self.train.key_dict().items() if k != "device"},
-                "data_seed": self.data_seed,
-            },
+            recipe,
             sort_keys=True,
             default=list,
         )
@@ -66,7 +70,8 @@ def _efficientformer_recipe() -> Recipe:
             "resolution": [32],
             "widths": [list(c[: (len(c) + 1) // 2]) for c in widths],
         },
-        train=TrainConfig(epochs=8, batch_size=64, lr=2e-3, num_random=2),
+        train=TrainConfig(epochs=10, batch_size=64, lr=2e-3, num_random=2),
+        data="digits-affine",
     )
 
 
@@ -160,7 +165,7 @@ def default_supernet_path(
 ) -> Path:
     """Where the default supernet of ``space_name`` is (or will be) cached."""
     recipe = recipe or recipe_for(space_name)
-    return nasvit_home(home) / "supernets" / f"{space_name}-digits-{recipe.fingerprint()}.pt"
+    return nasvit_home(home) / "supernets" / f"{space_name}-{recipe.data}-{recipe.fingerprint()}.pt"
 
 
 def ensure_default_supernet(
@@ -187,12 +192,12 @@ def ensure_default_supernet(
             from rich.console import Console
 
             Console(stderr=True).print(
-                f"training the default {space_name} supernet on digits once "
+                f"training the default {space_name} supernet on {recipe.data} once "
                 f"({recipe.train.epochs} epochs; cached at {path})"
             )
         train_supernet(
             space,
-            load_digits(seed=recipe.data_seed),
+            load_dataset(recipe.data, seed=recipe.data_seed),
             replace(recipe.train, device=device),
             partial,
             resume=partial.is_file(),
@@ -225,8 +230,8 @@ def default_supernet(
 def default_evaluator(
     space_name: str, home: str | Path | None = None, progress: bool = True, split: str = "val"
 ) -> SubnetEvaluator:
-    """A :class:`SubnetEvaluator` over the default supernet and the digits split it was
+    """A :class:`SubnetEvaluator` over the default supernet and the data split it was
     trained with: what a search without a checkpoint scores candidates with."""
     recipe = recipe_for(space_name)
     space, supernet, _ = default_supernet(space_name, home, progress, recipe)
-    return SubnetEvaluator(space, supernet, load_digits(seed=recipe.data_seed), split)
+    return SubnetEvaluator(space, supernet, load_dataset(recipe.data, seed=recipe.data_seed), split)

@@ -67,8 +67,13 @@ class _EvaluatorActor:
         return [_accuracy_and_loss(self.evaluator, self.space.validate(a)) for a in arch_dicts]
 
 
+# Chunks per actor in one batch: enough to even out unequal candidates, few enough that the
+# per-call overhead stays negligible.
+CHUNKS_PER_WORKER = 4
+
+
 class RayExecutor:
-    """Spreads batches of candidates over ``workers`` Ray actors.
+    """Spreads batches of candidates over ``workers`` Ray actors, in chunks pulled by free actors.
 
     Args:
         evaluator: the local evaluator whose supernet and data the workers replicate.
@@ -114,17 +119,30 @@ class RayExecutor:
     def evaluate(self, archs: Sequence[Architecture]) -> list[tuple[float, float]]:
         import ray
 
-        # Contiguous chunks, one per actor, so each remote call amortises its overhead.
-        chunks = [list(range(i, len(archs), self.workers)) for i in range(self.workers)]
-        futures = [
-            actor.evaluate.remote([archs[i].to_dict() for i in chunk])
-            for actor, chunk in zip(self._actors, chunks, strict=True)
-            if chunk
-        ]
+        # Candidates differ in cost by 10x or more (a 0.1 ms subnet next to a 4 ms one), so a
+        # fixed split leaves one actor idle while the other finishes. Small chunks handed to
+        # whichever actor is free balance the load; each chunk still holds several candidates,
+        # so a remote call's overhead (about a millisecond) stays small against its work.
+        size = max(1, -(-len(archs) // (self.workers * CHUNKS_PER_WORKER)))
+        pending = [list(range(i, min(i + size, len(archs)))) for i in range(0, len(archs), size)]
+        pending.reverse()  # pop() hands chunks out in order
+        running: dict[Any, tuple[Any, list[int]]] = {}
         results: list[tuple[float, float]] = [(0.0, 0.0)] * len(archs)
-        for chunk, values in zip([c for c in chunks if c], ray.get(futures), strict=True):
-            for index, value in zip(chunk, values, strict=True):
+
+        def submit(actor: Any) -> None:
+            chunk = pending.pop()
+            future = actor.evaluate.remote([archs[i].to_dict() for i in chunk])
+            running[future] = (actor, chunk)
+
+        for actor in self._actors[: len(pending)]:
+            submit(actor)
+        while running:
+            [done], _ = ray.wait(list(running), num_returns=1)
+            actor, chunk = running.pop(done)
+            for index, value in zip(chunk, ray.get(done), strict=True):
                 results[index] = (value[0], value[1])
+            if pending:
+                submit(actor)
         return results
 
     def close(self) -> None:

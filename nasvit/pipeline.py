@@ -101,7 +101,7 @@ def _prepare_supernet(request: SearchRequest) -> tuple[SearchSpace, Any, str, in
         return space, supernet, request.data, int(extra.get("data_seed", 0))
     recipe = recipe_for(request.space)
     space, supernet, _ = default_supernet(request.space, recipe=recipe)
-    return space, supernet, "digits", recipe.data_seed
+    return space, supernet, recipe.data, recipe.data_seed
 
 
 def _resumed_trials(store: TrialStore, jsonl: Path, space: SearchSpace) -> list[Trial]:

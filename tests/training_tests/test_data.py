@@ -170,3 +170,20 @@ def test_malformed_image_folder(tmp_path: Path) -> None:
     (tmp_path / "b" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(NasvitError, match="broken.png: cannot read image"):
         load_dataset(tmp_path)
+
+
+def test_digits_affine_copies_each_split_of_digits_and_is_seeded(digits: Dataset) -> None:
+    from nasvit.data import AFFINE_COPIES, AFFINE_SIZE, load_digits_affine
+
+    affine = load_dataset("digits-affine", seed=0)
+    assert affine.native_size == (AFFINE_SIZE, AFFINE_SIZE) and affine.num_classes == 10
+    for split in ("train", "val", "test"):
+        # The split is drawn over source digits first: each split holds copies of exactly the
+        # digits plain digits puts there, so no digit's copies reach two splits.
+        expected = np.repeat(digits.labels(split).numpy(), AFFINE_COPIES)
+        assert np.array_equal(affine.labels(split).numpy(), expected)
+    images = affine.splits["train"][0]
+    assert not torch.equal(images[0], images[1])  # two copies, two distortions
+    assert torch.equal(load_digits_affine(seed=0).splits["val"][0], affine.splits["val"][0])
+    assert not torch.equal(load_digits_affine(seed=1).splits["val"][0], affine.splits["val"][0])
+    assert abs(float(images.mean())) < 1e-4  # normalised like every other source
