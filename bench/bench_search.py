@@ -47,7 +47,7 @@ def load_defaults() -> tuple[SearchSpace, Any, Any, dict[str, int]]:
     space, supernet, _ = default_supernet("efficientformer", recipe=recipe_for("efficientformer"))
     store = LatencyStore.open()
     device, _profiler = resolve_device(store, None)
-    table = LatencyTable.load(store, device.id)
+    table = LatencyTable.load(store, device.id, space.name)
     shape = {"num_classes": supernet.num_classes, "in_channels": supernet.in_channels}
     return space, supernet, table, shape
 
@@ -96,8 +96,9 @@ def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
     from nasvit.executors import InProcessExecutor, RayExecutor
 
     space, supernet, _, _ = load_defaults()
-    seed = recipe_for("efficientformer").data_seed
-    evaluator = SubnetEvaluator(space, supernet, load_dataset("digits", seed=seed), "val")
+    recipe = recipe_for("efficientformer")
+    data, seed = recipe.data, recipe.data_seed
+    evaluator = SubnetEvaluator(space, supernet, load_dataset(data, seed=seed), "val")
     rng = np.random.default_rng(1)
     batch = [space.sample(rng) for _ in range(archs)]
     results: dict[str, Any] = {"archs": archs}
@@ -107,7 +108,7 @@ def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
     reference = executor.evaluate(batch)
     results["in_process_per_s"] = archs / (time.perf_counter() - started)
     for count in workers:
-        executor = RayExecutor(evaluator, "digits", seed, count, None)
+        executor = RayExecutor(evaluator, data, seed, count, None)
         try:
             executor.evaluate(batch[: 2 * count])  # actors start and load the supernet
             started = time.perf_counter()
@@ -130,8 +131,10 @@ def fit_oracle(
     from nasvit.evaluate import SubnetEvaluator
     from nasvit.predictor import AccuracyPredictor, measure_pairs
 
-    dataset = load_dataset("digits", seed=recipe_for("efficientformer").data_seed)
-    evaluator = SubnetEvaluator(space, supernet, dataset, "val")
+    recipe = recipe_for("efficientformer")
+    evaluator = SubnetEvaluator(
+        space, supernet, load_dataset(recipe.data, seed=recipe.data_seed), "val"
+    )
     pairs = measure_pairs(evaluator, count, seed=123, cache=cache, progress=True)
     archs = [space.validate(p.arch) for p in pairs]
     scores = [ranking_score(p.accuracy, p.loss) for p in pairs]

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nasvit.defaults import DEFAULT_EVALUATIONS
 from nasvit.errors import NasvitError
 
 app = typer.Typer(
@@ -147,7 +148,7 @@ def search_command(
     ] = "nsga2",
     evaluations: Annotated[
         int, typer.Option("--evaluations", min=1, max=100_000, help="Candidates to evaluate.")
-    ] = 200,
+    ] = DEFAULT_EVALUATIONS,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Ray workers.")] = 1,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     ckpt: Annotated[

@@ -20,6 +20,7 @@ import numpy as np
 
 from nasvit.budget import format_ms
 from nasvit.controllers import make_controller
+from nasvit.defaults import DEFAULT_EVALUATIONS
 from nasvit.errors import NasvitError
 from nasvit.pareto import hypervolume, pareto_front
 from nasvit.search_spaces import Architecture, SearchSpace
@@ -27,9 +28,9 @@ from nasvit.trial_store import TrialStore, study_name_for
 
 TRIALS_FILE = "trials.jsonl"
 # Candidates are ranked by accuracy, ties broken by validation loss: a small validation split
-# gives few distinct accuracies (digits: steps of 1/179), and without the tie-break a larger
-# model that only lowers the loss would look no better. The weight keeps the loss term below
-# half an accuracy step, so it never reorders different accuracies.
+# gives few distinct accuracies (the default digits-affine split: steps of 1/179), and without
+# the tie-break a larger model that only lowers the loss would look no better. The weight keeps
+# the loss term below half an accuracy step, so it never reorders different accuracies.
 LOSS_TIE_BREAK = 1e-3
 _MAX_TIE_LOSS = 2.5
 
@@ -47,7 +48,7 @@ class SearchRequest:
     budget_ms: float
     device: str | None = None
     controller: str = "nsga2"
-    evaluations: int = 200
+    evaluations: int = DEFAULT_EVALUATIONS
     batch_size: int = 16
     workers: int = 1
     seed: int = 0
@@ -57,6 +58,8 @@ class SearchRequest:
     resume: bool = False
     ray_address: str | None = None
     measure_top: int = 6  # Pareto points exported and measured end to end
+    # Evaluate the space's largest and smallest subnets first (fresh searches only).
+    evaluate_extremes: bool = True
     # Whole networks measured to validate a table never validated on this space (0: skip);
     # half of them fit the cache model's six parameters.
     validate_networks: int = 40
@@ -102,6 +105,12 @@ def _prepare_supernet(request: SearchRequest) -> tuple[SearchSpace, Any, str, in
     recipe = recipe_for(request.space)
     space, supernet, _ = default_supernet(request.space, recipe=recipe)
     return space, supernet, recipe.data, recipe.data_seed
+
+
+def _extremes(space: SearchSpace) -> list[Architecture]:
+    """The space's largest and smallest subnets (one, if they coincide)."""
+    largest, smallest = space.largest(), space.smallest()
+    return [largest] if largest == smallest else [largest, smallest]
 
 
 def _resumed_trials(store: TrialStore, jsonl: Path, space: SearchSpace) -> list[Trial]:
@@ -220,9 +229,16 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
         with trials_path.open("w") as sink:
             # Rewritten from the database's record, so the copy never misses a stored trial.
             sink.writelines(json.dumps(asdict(t)) + "\n" for t in trials)
+            # A fresh search first evaluates the space's largest and smallest subnets: the
+            # ends of its latency range. In a sandwich-trained supernet the largest is usually
+            # the most accurate, so whether the budget binds shows on the front at once, and
+            # the front spans the space even where random samples rarely reach its ends.
+            extremes = _extremes(space) if request.evaluate_extremes and not trials else []
             while len(trials) < request.evaluations:
                 wanted = min(request.batch_size, request.evaluations - len(trials))
-                archs = controller.ask(wanted)
+                first, extremes = extremes[:wanted], extremes[wanted:]
+                proposed = controller.ask(wanted - len(first)) if wanted > len(first) else []
+                archs = first + [a for a in proposed if a not in first]
                 if not archs:
                     break
                 results = executor.evaluate(archs)

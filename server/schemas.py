@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nasvit.defaults import DEFAULT_EVALUATIONS
+
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -33,7 +35,7 @@ class SearchCreate(BaseModel):
         description="Name or id of a device in the latency database (default: the worker's CPU).",
     )
     controller: str = Field("nsga2", max_length=50)
-    evaluations: int = Field(200, ge=1, description="Candidates to evaluate.")
+    evaluations: int = Field(DEFAULT_EVALUATIONS, ge=1, description="Candidates to evaluate.")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     workers: int = Field(1, ge=1, le=256, description="Ray workers for the evaluation.")
 

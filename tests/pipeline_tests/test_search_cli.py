@@ -90,6 +90,13 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
     assert scores == sorted(set(scores))  # a front point is strictly better than the previous
 
     lines_before = (out / "trials.jsonl").read_text().splitlines()
+    # A fresh search starts from the ends of the space's latency range.
+    from nasvit.checkpoint import load_supernet
+
+    searched, _, _ = load_supernet(checkpoint)
+    first_two = [json.loads(line)["short"] for line in lines_before[:2]]
+    ends = [searched.largest(), searched.smallest()]
+    assert first_two == [searched.short_string(a) for a in ends]
     again = search(
         home,
         "--budget",
@@ -195,7 +202,7 @@ def test_ray_workers_give_the_same_search_as_one_process(home, checkpoint, tmp_p
 
 
 def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:
-    step = 1 / 179  # one image of the digits validation split
+    step = 1 / 179  # one image of the default (digits-affine) validation split
     assert ranking_score(0.9, 0.2) > ranking_score(0.9, 0.3)
     assert ranking_score(0.9 + step, 50.0) > ranking_score(0.9, 0.0)
 

@@ -180,7 +180,7 @@ def test_digits_affine_copies_each_split_of_digits_and_is_seeded(digits: Dataset
     for split in ("train", "val", "test"):
         # The split is drawn over source digits first: each split holds copies of exactly the
         # digits plain digits puts there, so no digit's copies reach two splits.
-        expected = np.repeat(digits.labels(split).numpy(), AFFINE_COPIES)
+        expected = np.repeat(digits.labels(split).numpy(), AFFINE_COPIES[split])
         assert np.array_equal(affine.labels(split).numpy(), expected)
     images = affine.splits["train"][0]
     assert not torch.equal(images[0], images[1])  # two copies, two distortions

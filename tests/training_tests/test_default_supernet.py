@@ -134,10 +134,11 @@ def test_efficientformer_recipe_keeps_a_binding_latency_range() -> None:
     recipe = recipe_for("efficientformer")
     space = get_space("efficientformer").restrict(**recipe.restrictions)
     largest, smallest = space.largest(), space.smallest()
-    assert largest["resolution"] == smallest["resolution"] == 32
+    assert largest["resolution"] == smallest["resolution"] == 64
     assert largest["widths"] == (48, 112, 224, 448)  # the smaller half of each stage's widths
-    assert largest["depths"] == (6, 6, 18, 8) and largest["vit_num"] == 8  # full depth kept
-    assert recipe.train.sampling == "sandwich"
+    assert largest["depths"] == (4, 4, 8, 4) and largest["vit_num"] == 4
+    assert smallest["depths"] == (1, 1, 1, 1) and smallest["vit_num"] == 0
+    assert recipe.train.sampling == "sandwich" and recipe.data == "digits-affine"
 
 
 def test_unknown_space_is_a_user_error(tmp_path: Path) -> None:
