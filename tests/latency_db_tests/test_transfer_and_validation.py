@@ -157,3 +157,15 @@ def test_cli_profile_show_export_and_errors(
     ):
         failed = runner.invoke(_cli(), args)
         assert isinstance(failed.exception, NasvitError), args
+
+
+def test_show_reports_the_error_predictions_carry(built) -> None:  # noqa: ANN001
+    store, _, record = built
+    url = store.engine.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(
+        _cli(), ["latency", "show", "--database-url", url], env={"COLUMNS": "250"}
+    )
+    assert shown.exit_code == 0, shown.output
+    error = record.prediction_error  # not the raw sum's, unless that is the path taken
+    expected = f"{record.space}: {record.prediction_path}, MAPE {error.mape:.1f}%"
+    assert expected in shown.output
