@@ -84,7 +84,7 @@ def recipe_epoch() -> None:
     import dataclasses
     import time
 
-    from nasvit.data import load_digits
+    from nasvit.data import load_dataset
     from nasvit.default_supernet import recipe_for
     from nasvit.train import train_supernet
 
@@ -99,7 +99,7 @@ def recipe_epoch() -> None:
             started = time.process_time()
             result = train_supernet(
                 space,
-                load_digits(seed=recipe.data_seed),
+                load_dataset(recipe.data, seed=recipe.data_seed),
                 config,
                 f"{folder}/supernet.pt",
                 progress=False,
