@@ -6,7 +6,11 @@ from typing import Any
 
 from nasvit.controllers import Controller
 from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
-from nasvit.space_adapters import arch_from_parameters, optuna_distributions
+from nasvit.space_adapters import (
+    arch_from_parameters,
+    optuna_distributions,
+    parameters_from_arch,
+)
 
 # Optuna samples every parameter independently, so some proposals break a constraint of the
 # space (e.g. more attention blocks than blocks). Told as failed, they would be ignored and the
@@ -82,11 +86,27 @@ class OptunaController(Controller):
         return out
 
     def tell(self, arch: Architecture, accuracy: float, latency_ms: float) -> None:
+        import optuna
+
+        first_time = arch not in self._known
         super().tell(arch, accuracy, latency_ms)
         self._known[arch] = (accuracy, latency_ms)
         trial = self._pending.pop(arch, None)
         if trial is not None:
             self._tell_trial(trial, accuracy, latency_ms)
+        elif first_time:
+            # Not asked by this study (the search's extremes, or a resumed trial): added as a
+            # finished trial, so the sampler learns from it like from its own.
+            frozen = optuna.trial.create_trial(
+                params=parameters_from_arch(self.space, arch),
+                distributions=self._distributions,
+                values=[accuracy, latency_ms],
+                constraints={"latency_budget": self._over_budget(latency_ms), "space": 0.0},
+            )
+            self.study.add_trial(frozen)
+
+    def _over_budget(self, latency_ms: float) -> float:
+        return 0.0 if self.budget_ms is None else latency_ms - self.budget_ms
 
     def _worst_latency(self) -> float:
         seen = [o.latency_ms for o in self.observations]
@@ -96,7 +116,7 @@ class OptunaController(Controller):
         self, trial: Any, accuracy: float, latency_ms: float, in_space: bool = True
     ) -> None:
         # Optuna counts a constraint value <= 0 as satisfied; every trial sets both keys.
-        over_budget = 0.0 if self.budget_ms is None or not in_space else latency_ms - self.budget_ms
+        over_budget = self._over_budget(latency_ms) if in_space else 0.0
         trial.set_constraint("latency_budget", over_budget)
         trial.set_constraint("space", 0.0 if in_space else 1.0)
         self.study.tell(trial, [accuracy, latency_ms])

@@ -182,3 +182,24 @@ def test_parameter_adapter_round_trips() -> None:
 def test_unknown_controller_is_named() -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'random'"):
         make_controller("randm", SPACE, 2.0)
+
+
+@pytest.mark.parametrize("name", ["tpe", "optuna-nsga2"])
+def test_optuna_studies_learn_from_architectures_they_did_not_ask_for(name: str) -> None:
+    # The pipeline tells every controller about the space's extremes and about resumed trials.
+    from nasvit.optuna_controller import OptunaController
+
+    controller = make_controller(name, SPACE, BUDGET_MS, seed=0)
+    assert isinstance(controller, OptunaController)
+    largest = SPACE.largest()
+    accuracy, latency = synthetic_objectives(largest)
+    assert latency > BUDGET_MS  # the constraint has something to record
+    controller.tell(largest, accuracy, latency)
+    controller.tell(largest, accuracy, latency)  # told twice, stored once
+    [trial] = controller.study.trials
+    assert trial.values == [accuracy, latency]
+    assert arch_from_parameters(SPACE, trial.params) == largest
+    assert trial.system_attrs["constraints:latency_budget"] == pytest.approx(latency - BUDGET_MS)
+    proposed = controller.ask(8)
+    assert len(proposed) == 8 and largest not in proposed
+    assert len(controller.study.trials) >= 9  # its own asks join the added trial
