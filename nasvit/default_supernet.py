@@ -69,10 +69,11 @@ def _efficientformer_recipe() -> Recipe:
       reached the same 98.3% after 30 epochs, so no budget changed the best subnet.
     - Resolution 64: with the distorted digits at 32, subnets above ~0.3 ms were no more
       accurate than those below, while at 64 accuracy kept rising with latency up to the
-      largest subnet (Spearman 0.70 over 52 subnets from 0.13 to 2.6 ms after 8 epochs).
+      largest subnet (Spearman 0.70 over 52 random subnets after 8 epochs).
     - The smaller half of each stage's widths and at most 4/4/8/4 blocks per stage (4 of them
-      attention blocks) keep a sandwich step cheap; deeper stacks added latency but no accuracy
-      at this input size. The largest subnet runs at about 2.6 ms, above the 2 ms budget.
+      attention blocks) keep a sandwich step cheap; at r32 the deeper stacks added latency but no
+      accuracy. The largest subnet runs well above a 2 ms budget (4 ms predicted
+      on this machine's table).
     """
     widths = get_space("efficientformer").dimension("widths").choices  # type: ignore[attr-defined]
     return Recipe(
