@@ -208,7 +208,6 @@ class CacheModel:
         measured = np.asarray(measured_ms, dtype=float)
         if len(networks) != measured.size or measured.size < 3:
             raise ValueError("fitting a cache model needs at least three measured networks")
-        extra_calls = np.array([len(net[0]) - 1 for net in networks], dtype=float)
         max_overhead = 3.0 * overhead_ms if overhead_ms > 0 else 0.02
 
         def bounded(params: Sequence[float]) -> tuple[float, float, float, float, float]:
@@ -230,8 +229,7 @@ class CacheModel:
 
         def loss(params: Sequence[float]) -> float:
             model = model_of(params)
-            sums = np.array([model.predict(*net) for net in networks])
-            predicted = sums - extra_calls * model.overhead(overhead_ms)
+            predicted = np.array([model.network_ms(*net) for net in networks])
             return float(np.mean((predicted / measured - 1.0) ** 2))
 
         best = None

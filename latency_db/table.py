@@ -254,7 +254,6 @@ class LatencyTable:
             index[i, : len(blocks)] = [self._position(b) for b in blocks]
         count = np.array([len(b) for b in networks], dtype=float)
         warm = columns["warm"][index]
-        correction = (count - 1) * self.overhead_ms
         model = self.cache_model
         if model is not None:
             activations = columns["activations"][index].sum(axis=1, keepdims=True)
@@ -262,7 +261,7 @@ class LatencyTable:
             gap = np.maximum(columns["cold"][index] - warm, 0.0)
             correction = (count - 1) * model.overhead(self.overhead_ms)
             return np.asarray((warm + share * gap).sum(axis=1) - correction)
-        raw = warm.sum(axis=1) - correction
+        raw = warm.sum(axis=1) - (count - 1) * self.overhead_ms
         if self.calibration is not None:
             return self.calibration.slope * raw + self.calibration.intercept
         return np.asarray(raw)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasvit.defaults import DEFAULT_EVALUATIONS
+from nasvit.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
 from nasvit.errors import NasvitError
 
 app = typer.Typer(
@@ -171,7 +171,7 @@ def search_command(
             help="Whole networks measured to validate a table never validated on this space "
             "(0: skip).",
         ),
-    ] = 40,
+    ] = DEFAULT_VALIDATE_NETWORKS,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
     """Search SPACE for the most accurate architectures under BUDGET on the device."""

@@ -9,7 +9,8 @@ Sources (see :func:`load_dataset`):
 
 - ``digits`` (default): scikit-learn's 1,797 8x8 grayscale digits, shipped with the package.
 - ``digits-affine``: the same digits on a 32x32 canvas, randomly rotated, scaled, shifted and
-  noised (two copies each; what the default efficientformer supernet trains on).
+  noised (two copies per digit in train and test, one in validation; what the default
+  efficientformer supernet trains on).
 - a directory of CIFAR-10 python batches (``data_batch_1..5`` and ``test_batch``).
 - an ImageFolder tree: ``root/<class name>/<image>`` (needs Pillow).
 - an ``.npz`` file with arrays ``x`` (N,H,W | N,H,W,C | N,C,H,W) and ``y`` (N integer labels).
@@ -284,7 +285,8 @@ def _distort(images: Tensor, generator: torch.Generator) -> Tensor:
 
 
 # Datasets that ship with nasvit's dependencies, by name.
-BUNDLED_DATASETS = ("digits", "digits-affine")
+_BUNDLED_LOADERS = {"digits": load_digits, "digits-affine": load_digits_affine}
+BUNDLED_DATASETS = tuple(_BUNDLED_LOADERS)
 
 
 def load_dataset(
@@ -301,13 +303,13 @@ def load_dataset(
     Raises:
         NasvitError: the path is missing, of an unknown kind, or its contents are malformed.
     """
-    if str(source) == "digits":
-        return load_digits(seed, fractions)
-    if str(source) == "digits-affine":
-        return load_digits_affine(seed, fractions)
+    loader = _BUNDLED_LOADERS.get(str(source))
+    if loader is not None:
+        return loader(seed, fractions)
     path = Path(source)
     if not path.exists():
-        raise NasvitError(f"dataset not found: {path} (give 'digits', a directory or an .npz)")
+        names = ", ".join(f"'{name}'" for name in BUNDLED_DATASETS)
+        raise NasvitError(f"dataset not found: {path} (give {names}, a directory or an .npz)")
     if path.is_file():
         if path.suffix != ".npz":
             raise NasvitError(f"{path}: unsupported dataset file (expected an .npz with x and y)")

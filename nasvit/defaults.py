@@ -5,3 +5,6 @@ them before it imports anything heavy)."""
 # minute once the supernet and the latency table are cached (one evaluation of the default
 # efficientformer supernet costs about 0.3 s on 2 cores).
 DEFAULT_EVALUATIONS = 160
+# Whole networks measured to validate a latency table never validated on the searched space;
+# half of them fit the cache model's six parameters.
+DEFAULT_VALIDATE_NETWORKS = 40

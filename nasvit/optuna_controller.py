@@ -86,8 +86,6 @@ class OptunaController(Controller):
         return out
 
     def tell(self, arch: Architecture, accuracy: float, latency_ms: float) -> None:
-        import optuna
-
         first_time = arch not in self._known
         super().tell(arch, accuracy, latency_ms)
         self._known[arch] = (accuracy, latency_ms)
@@ -95,6 +93,8 @@ class OptunaController(Controller):
         if trial is not None:
             self._tell_trial(trial, accuracy, latency_ms)
         elif first_time:
+            import optuna
+
             # Not asked by this study (the search's extremes, or a resumed trial): added as a
             # finished trial, so the sampler learns from it like from its own.
             frozen = optuna.trial.create_trial(

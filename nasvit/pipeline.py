@@ -20,7 +20,7 @@ import numpy as np
 
 from nasvit.budget import format_ms
 from nasvit.controllers import make_controller
-from nasvit.defaults import DEFAULT_EVALUATIONS
+from nasvit.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
 from nasvit.errors import NasvitError
 from nasvit.pareto import hypervolume, pareto_front
 from nasvit.search_spaces import Architecture, SearchSpace
@@ -60,9 +60,8 @@ class SearchRequest:
     measure_top: int = 6  # Pareto points exported and measured end to end
     # Evaluate the space's largest and smallest subnets first (fresh searches only).
     evaluate_extremes: bool = True
-    # Whole networks measured to validate a table never validated on this space (0: skip);
-    # half of them fit the cache model's six parameters.
-    validate_networks: int = 40
+    # Whole networks measured to validate a table never validated on this space (0: skip).
+    validate_networks: int = DEFAULT_VALIDATE_NETWORKS
 
 
 @dataclass
