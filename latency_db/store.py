@@ -79,10 +79,15 @@ def upgrade(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.connect() as connection:
+    # One transaction around the whole upgrade, begun before Alembic sees the connection: on
+    # SQLite, whose DDL Alembic treats as non-transactional, it otherwise commits after each
+    # migration, so a second process opening a fresh database could apply a migration between
+    # two of ours that we had already planned ("duplicate column name"). Begun here, the write
+    # lock (BEGIN IMMEDIATE; the advisory lock on PostgreSQL) is held from reading the version
+    # to the last migration.
+    with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-        connection.commit()
 
 
 def aware(moment: datetime) -> datetime:

@@ -137,10 +137,12 @@ class Database:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        with self.write_engine.connect() as connection:
+        # One transaction, begun before Alembic sees the connection, so the write lock is held
+        # from reading the version to the last migration (see latency_db.store.upgrade: on
+        # SQLite Alembic otherwise commits after each migration).
+        with self.write_engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
-            connection.commit()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
