@@ -47,7 +47,7 @@ def load_defaults() -> tuple[SearchSpace, Any, Any, dict[str, int]]:
     space, supernet, _ = default_supernet("efficientformer", recipe=recipe_for("efficientformer"))
     store = LatencyStore.open()
     device, _profiler = resolve_device(store, None)
-    table = LatencyTable.load(store, device.id, space.name)
+    table = LatencyTable.load(store, device.id, space.identity)
     shape = {"num_classes": supernet.num_classes, "in_channels": supernet.in_channels}
     return space, supernet, table, shape
 

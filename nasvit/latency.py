@@ -176,7 +176,7 @@ def validate_table(
             progress(index + 1, len(archs))
 
     record = _summarise(
-        space.name, archs, space, predicted, measured, fit_fraction,
+        space.identity, archs, space, predicted, measured, fit_fraction,
         cache, device.fingerprint.cache_bytes, table.overhead_ms,
     )  # fmt: skip
     store.add_validation(device.id, record)

@@ -172,7 +172,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
     store = LatencyStore.open()
     device, profiler = resolve_device(store, request.device)
     blocks = space.enumerate_blocks(**shape_args)
-    table = LatencyTable.load(store, device.id, space.name)
+    table = LatencyTable.load(store, device.id, space.identity)
     if table.missing(blocks):
         build_table(
             store,
@@ -181,8 +181,8 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             blocks,
             progress=lambda done, total: report_progress("profiling blocks", done, total),
         )
-        table = LatencyTable.load(store, device.id, space.name)
-    if (table.validation is None or table.validation.space != space.name) and (
+        table = LatencyTable.load(store, device.id, space.identity)
+    if (table.validation is None or table.validation.space != space.identity) and (
         request.validate_networks > 0
     ):
         # A never-validated table sums warm block timings, which underestimated the default
@@ -197,7 +197,7 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             progress=lambda done, total: report_progress("validating latency table", done, total),
             **shape_args,
         )
-        table = LatencyTable.load(store, device.id, space.name)
+        table = LatencyTable.load(store, device.id, space.identity)
     timings["latency_table_s"] = time.perf_counter() - stage_start
 
     dataset = load_dataset(data, seed=data_seed)

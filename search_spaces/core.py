@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -430,6 +431,16 @@ class SearchSpace(abc.ABC):
                 count *= len(dim.choices) ** self._layer_count(dim, values)
             total += count
         return total * free
+
+    @property
+    def identity(self) -> str:
+        """The space's name, with a digest of its restrictions when it has any (e.g.
+        ``efficientformer[3f9c01a2]``): what a latency validation is recorded under, since the
+        cache model fitted on one space's networks does not carry over to another's sizes."""
+        if not self.restrictions:
+            return self.name
+        text = json.dumps(self.restrictions, sort_keys=True, default=str)
+        return f"{self.name}[{hashlib.sha256(text.encode()).hexdigest()[:8]}]"
 
     # ----------------------------------------------------------------- description
     def describe(self) -> dict[str, Any]:

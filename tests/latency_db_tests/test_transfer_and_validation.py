@@ -169,3 +169,24 @@ def test_show_reports_the_error_predictions_carry(built) -> None:  # noqa: ANN00
     error = record.prediction_error  # not the raw sum's, unless that is the path taken
     expected = f"{record.space}: {record.prediction_path}, MAPE {error.mape:.1f}%"
     assert expected in shown.output
+
+
+def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path) -> None:  # noqa: ANN001
+    """The cache model is fitted on one space's network sizes: a table loaded for a restricted
+    space takes that space's validation, not the family's (both recorded on one device)."""
+    import dataclasses
+
+    from nasvit.latency import resolve_device
+
+    _, _, family = built
+    narrow = space.restrict(resolution=[64])
+    store = LatencyStore.open(f"sqlite:///{tmp_path / 'scoped.db'}")
+    device, _ = resolve_device(store)
+    store.add_validation(device.id, family)
+    store.add_validation(device.id, dataclasses.replace(family, space=narrow.identity))
+    store.add_validation(device.id, dataclasses.replace(family, space="lighthubert"))
+    assert LatencyTable.load(store, device.id, narrow.identity).validation.space == narrow.identity
+    assert LatencyTable.load(store, device.id, space.identity).validation.space == space.name
+    # Never validated: the device's newest validation, whatever its space.
+    other = space.restrict(resolution=[32]).identity
+    assert LatencyTable.load(store, device.id, other).validation.space == "lighthubert"

@@ -165,6 +165,12 @@ def test_restriction_narrows_choices_and_keeps_the_rest() -> None:
     assert narrow.size() == 2 * 3 * 2  # d0 in {1,2}, extra in {0,1,2}, act in {relu,gelu}
     assert space.size() > narrow.size()  # the original is untouched
     assert not narrow.contains(space.largest())
+    # Validations are recorded under the identity: a restricted space's differs from the
+    # family's and from other restrictions', and is stable.
+    assert space.identity == space.name
+    assert narrow.identity.startswith(f"{space.name}[") and narrow.identity != space.identity
+    assert narrow.identity == space.restrict(resolution=[64], depths=[[1, 2], [2]], kernel=[5]).identity
+    assert narrow.identity != space.restrict(resolution=[64]).identity
 
 
 @pytest.mark.parametrize(
