@@ -47,17 +47,23 @@ def test_residency_model_is_warm_when_the_network_fits_and_cold_when_far_larger(
     assert model.predict([1.0], [0.5], [500 * MB]) == pytest.approx(1.0)
     assert CacheModel(0).predict(warm, cold, [500 * MB] * 2) == pytest.approx(2.0)
     assert CacheModel.from_dict(model.to_dict()) == model
+    # A network streaming more than a cache's worth pays more than the cold gap with excess:
+    # 400 MB = 12.5 caches -> g = 1 + 0.1 * 11.5 = 2.15 on the fully evicted gap of 2 x 2 ms.
+    grows = CacheModel(cache_bytes=32 * MB, onset=1.0, width=2.0, excess=0.1)
+    assert grows.predict(warm, cold, [200 * MB, 200 * MB]) == pytest.approx(2.0 + 4.0 * 2.15)
+    assert grows.predict(warm, cold, [4 * MB, 4 * MB]) == pytest.approx(2.0)  # under a cache
+    assert grows.cold_shares([64 * MB, 64 * MB]) == pytest.approx([0.65, 0.65])  # g = 1.3
 
 
 def test_fit_recovers_a_synthetic_residency_curve_and_overhead() -> None:
-    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0, overhead_ms=0.002)
+    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0, overhead_ms=0.002, excess=0.02)
     rng = np.random.default_rng(0)
     networks, measured = [], []
     for _ in range(40):
         blocks = int(rng.integers(5, 20))
         # Networks of small blocks too, where the overhead is a visible share of the latency.
         scale = 10.0 ** rng.uniform(-2, 0)
-        weights = rng.uniform(0.1, 10.0, blocks) * MB * scale
+        weights = rng.uniform(0.1, 20.0, blocks) * MB * scale  # up to ~12 caches
         warm = rng.uniform(0.01, 1.0, blocks) * scale
         cold = warm + weights / (20 * MB)  # a DRAM-bandwidth-like penalty
         networks.append((warm, cold, weights, 0.0))
@@ -68,11 +74,14 @@ def test_fit_recovers_a_synthetic_residency_curve_and_overhead() -> None:
     errors = np.abs(predicted / np.array(measured) - 1)
     assert errors.mean() < 0.005 and errors.max() < 0.03
     assert fitted.overhead_ms == pytest.approx(0.002, abs=0.001)
+    assert fitted.excess == pytest.approx(0.02, abs=0.01)
     with pytest.raises(ValueError, match="three"):
         CacheModel.fit(32 * MB, networks[:2], measured[:2])
     # Models stored before the overhead was fitted fall back to the device's measured one.
+    # Models stored before the excess was fitted have none.
     old = CacheModel.from_dict({"cache_bytes": 32 * MB, "onset": 0.5, "width": 3.0})
     assert old.network_ms([1.0, 1.0], [1.0, 1.0], [MB, MB], 0.0, 0.1) == pytest.approx(1.9)
+    assert old.excess == 0.0
 
 
 def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(

@@ -169,7 +169,8 @@ def test_restriction_narrows_choices_and_keeps_the_rest() -> None:
     # family's and from other restrictions', and is stable.
     assert space.identity == space.name
     assert narrow.identity.startswith(f"{space.name}[") and narrow.identity != space.identity
-    assert narrow.identity == space.restrict(resolution=[64], depths=[[1, 2], [2]], kernel=[5]).identity
+    again = space.restrict(resolution=[64], depths=[[1, 2], [2]], kernel=[5])
+    assert narrow.identity == again.identity
     assert narrow.identity != space.restrict(resolution=[64]).identity
 
 
