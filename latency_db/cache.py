@@ -108,12 +108,14 @@ class CacheModel:
     and the block's in-network latency is ``warm_i + cold_share_i * g * (cold_i - warm_i)``
     with ``g = 1 + excess * max(0, W_total / C - 1)``; a network of ``N`` blocks is their sum
     minus ``(N - 1) * overhead_ms``, since each block was timed in a call of its own. ``g``
-    is there because a network that streams several caches' worth of weights runs slower than
-    the streamed copies its cold timings came from: ViT-B-sized lighthubert subnets (150-330 MB)
-    ran 5-16% over their cold sums here, more the larger they were (a guess at why: page-table
-    walks that miss once the network's page tables no longer stay cached, and DRAM pages
-    opened further apart); with ``excess`` fitted, held-out networks within ±10% went from 48%
-    to 84% there, and the bias of efficientformer networks over 4 caches went from -5% to 0.
+    is there because a network that streams several caches' worth of weights can run slower
+    than the streamed copies its cold timings came from: in one run of 100 lighthubert r32/r64
+    subnets, the ViT-B-sized ones (150-330 MB) ran 5-16% over their cold sums, more the larger
+    they were (a guess at why: page-table walks that miss once the network's page tables no
+    longer stay cached). Fitted on half of that run, ``excess`` took the other half from 48%
+    to 88% within ±10%, and efficientformer r32/r64 networks over 4 caches from a -5% bias to
+    0. Later runs fitted it near 0 (the transition's shape took the slowdown up): it costs
+    nothing where it is not needed.
 
     ``onset`` (where evictions start, in cache sizes), ``width`` (how many cache sizes later
     everything is evicted), ``power``, ``activation_weight``, ``excess`` and ``overhead_ms`` are

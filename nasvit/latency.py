@@ -167,13 +167,18 @@ def validate_table(
     cache = [cache_inputs([table.entries[b.key] for b in blocks], blocks) for blocks in lowered]
 
     network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
-    measured = []
-    for index, arch in enumerate(archs):
+    measured = [0.0] * len(archs)
+    # Shuffled: the machine drifts over minutes (mobiledets' held-out networks, measured after
+    # the fitted ones, came out 4-9% slower than the model in the middle of one run), and a
+    # drift must not line up with the fit / held-out split.
+    order = np.random.default_rng(seed).permutation(len(archs))
+    for done, index in enumerate(order, start=1):
+        arch = archs[index]
         subnet = space.build_subnet(arch, **shape_args)
         shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
-        measured.append(network_profiler.measure(subnet, shape).median_ms)
+        measured[index] = network_profiler.measure(subnet, shape).median_ms
         if progress:
-            progress(index + 1, len(archs))
+            progress(done, len(archs))
 
     record = _summarise(
         space.identity, archs, space, predicted, measured, fit_fraction,

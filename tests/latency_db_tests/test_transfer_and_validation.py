@@ -190,3 +190,40 @@ def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path
     # Never validated: the device's newest validation, whatever its space.
     other = space.restrict(resolution=[32]).identity
     assert LatencyTable.load(store, device.id, other).validation.space == "lighthubert"
+
+
+def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path) -> None:  # noqa: ANN001
+    """A drift of the machine over the run must not line up with the fit / held-out split:
+    networks are measured in a seeded random order and reported in sample order."""
+    from torch import nn
+
+    from nasvit.latency import resolve_device, sample_archs, validate_table
+    from nasvit.latency_db.profilers import OnnxRuntimeProfiler, module_weight_bytes
+
+    class Recording(OnnxRuntimeProfiler):
+        measured: list[tuple[int, float]] = []  # shared by with_protocol's copies
+
+        def measure(self, model, input_shape=None):  # noqa: ANN001, ANN201
+            result = super().measure(model, input_shape)
+            weights = module_weight_bytes(model) if isinstance(model, nn.Module) else 0
+            if weights:  # a whole network, not a block or the empty overhead model
+                self.measured.append((weights, result.median_ms))
+            return result
+
+    store = LatencyStore.open(f"sqlite:///{tmp_path / 'order.db'}")
+    device, _ = resolve_device(store)
+    profiler = Recording(threads=1, protocol=MeasurementProtocol.quick())
+    archs = sample_archs(space, 5, 3, [32])
+    record = validate_table(
+        space, store, profiler, device, n=5, seed=3, resolutions=[32],
+        network_protocol=MeasurementProtocol.quick(),
+    )  # fmt: skip
+    in_sample_order = [module_weight_bytes(space.build_subnet(a)) for a in archs]
+    measured_weights = [w for w, _ in Recording.measured]
+    assert len(set(in_sample_order)) == 5  # distinct, so the order can be read off
+    assert sorted(measured_weights) == sorted(in_sample_order)
+    assert measured_weights != in_sample_order
+    median_of = dict(Recording.measured)
+    reported = [n["measured_ms"] for n in record.details["networks"]]
+    assert reported == [median_of[w] for w in in_sample_order]
+    assert [n["arch"] for n in record.details["networks"]] == [space.short_string(a) for a in archs]
