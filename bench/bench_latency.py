@@ -15,6 +15,8 @@ Uses its own SQLite file, so the user's database is untouched; a rerun reuses th
 
     python bench/bench_latency.py --n 200 --threads 1,2 --db /tmp/bench-latency.db
     python bench/bench_latency.py --spaces lighthubert_small,attention_variants --resolutions 32,64
+    python bench/bench_latency.py --spaces mobiledets_accelerator --resolutions 32 --n 80 \
+        --optimization extended,all   # is the blocked (NCHWc) layout what the table misses?
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main() -> None:
     parser.add_argument("--spaces", default="efficientformer")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument(
+        "--optimization", default="all", help="onnxruntime graph optimisation levels to compare"
+    )
     parser.add_argument("--resolutions", default="", help="default: every resolution of a space")
     parser.add_argument("--db", default="/tmp/nasvit-bench-latency.db")
     parser.add_argument("--seed", type=int, default=0)
@@ -58,14 +63,19 @@ def main() -> None:
     resolutions = [int(r) for r in args.resolutions.split(",") if r] or None
     store = LatencyStore.open(f"sqlite:///{args.db}")
     print(
-        "| space | threads | path | ±10% | ±5% | MAPE | Spearman | raw sum: ±10% | ±5% | MAPE "
-        "| Spearman | blocks | build |"
+        "| space | threads | optimisation | path | ±10% | ±5% | MAPE | Spearman "
+        "| raw sum: ±10% | ±5% | MAPE | Spearman | blocks | build |"
     )
-    print("|---" * 13 + "|")
+    print("|---" * 14 + "|")
     for space_name in args.spaces.split(","):
         space = get_space(space_name)
-        for threads in [int(t) for t in args.threads.split(",")]:
-            device, profiler = resolve_device(store, threads=threads)
+        settings = [
+            (int(t), level)
+            for t in args.threads.split(",")
+            for level in args.optimization.split(",")
+        ]
+        for threads, level in settings:
+            device, profiler = resolve_device(store, threads=threads, optimization=level)
             started = time.perf_counter()
             report = build_space_table(space, store, profiler, device, resolutions)
             build = f"{report.measured} in {time.perf_counter() - started:.0f} s"
@@ -75,8 +85,8 @@ def main() -> None:
             )  # fmt: skip
             used = _cells(v.prediction_error)
             print(
-                f"| {space_name} | {threads} | {v.prediction_path} | {used} | {_cells(v.raw)} | "
-                f"{report.requested} | {build} |",
+                f"| {space_name} | {threads} | {level} | {v.prediction_path} | {used} | "
+                f"{_cells(v.raw)} | {report.requested} | {build} |",
                 flush=True,
             )
             if args.repeat:
