@@ -28,6 +28,7 @@ import numpy as np
 from nasvit.latency_db.measurement import Measurement
 from nasvit.latency_db.profilers import Profiler
 from nasvit.latency_db.records import DeviceRecord, NewEntry
+from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
 
@@ -55,6 +56,8 @@ class BuildReport:
         max_drift: largest relative drift of the reference block seen.
         overhead_ms: the device's per-call overhead.
         elapsed_s: wall time of the build.
+        refreshed: present entries re-measured because their cold timing came from another
+            protocol (:data:`~nasvit.latency_db.replicate.COLD_PROTOCOL`) or was missing.
     """
 
     device: str
@@ -68,6 +71,7 @@ class BuildReport:
     max_drift: float
     overhead_ms: float | None
     elapsed_s: float
+    refreshed: int = 0
 
 
 def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
@@ -75,6 +79,19 @@ def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
     timing is neither dominated by per-call overhead nor slow to repeat."""
     ordered = sorted(blocks, key=lambda b: (int(np.prod(b.input_shape)), b.key))
     return ordered[len(ordered) // 2]
+
+
+def _stale_keys(
+    store: LatencyStore,
+    profiler: Profiler,
+    device_id: str,
+    keys: Sequence[str],
+    cold_min_bytes: int | None,
+) -> set[str]:
+    """Present keys whose cold timing this profiler would now take differently."""
+    if cold_min_bytes is None or getattr(profiler, "measure_warm_cold", None) is None:
+        return set()
+    return set(store.stale_cold_keys(device_id, keys, cold_min_bytes, COLD_PROTOCOL))
 
 
 def _measure(
@@ -105,7 +122,9 @@ def build_table(
     progress: ProgressCallback | None = None,
     cold_min_bytes: int | None = DEFAULT_COLD_MIN_BYTES,
 ) -> BuildReport:
-    """Measure the blocks of ``blocks`` that ``device`` has no entry for and store them.
+    """Measure the blocks of ``blocks`` that ``device`` has no entry for and store them;
+    re-measure (and overwrite) measured entries whose cold timing is stale (see
+    :data:`~nasvit.latency_db.replicate.COLD_PROTOCOL`).
 
     Args:
         store: where entries go (committed after every batch).
@@ -122,8 +141,10 @@ def build_table(
     """
     started = time.perf_counter()
     unique = list({b.key: b for b in blocks}.values())
-    missing = set(store.missing_keys(device.id, [b.key for b in unique]))
-    todo = [b for b in unique if b.key in missing]
+    keys = [b.key for b in unique]
+    missing = set(store.missing_keys(device.id, keys))
+    stale = _stale_keys(store, profiler, device.id, keys, cold_min_bytes)
+    todo = [b for b in unique if b.key in missing or b.key in stale]
     np.random.default_rng(seed).shuffle(todo)  # type: ignore[arg-type]
 
     overhead = device.overhead_ms
@@ -132,7 +153,7 @@ def build_table(
         overhead = measured_overhead.median_ms
         store.set_overhead(device.id, overhead, measured_overhead.iqr_ms, measured_overhead.n)
 
-    measured = inserted = batches = remeasured = accepted = 0
+    measured = inserted = refreshed = batches = remeasured = accepted = 0
     max_drift = 0.0
     if todo:
         reference = profiler.prepare(_pick_reference(unique))
@@ -141,9 +162,11 @@ def build_table(
             progress(0, len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            # Another builder may have filled some keys since we listed them.
-            still_missing = set(store.missing_keys(device.id, [b.key for b in batch]))
-            batch = [b for b in batch if b.key in still_missing]
+            # Another builder may have filled (or refreshed) some keys since we listed them.
+            batch_keys = [b.key for b in batch]
+            still_stale = _stale_keys(store, profiler, device.id, batch_keys, cold_min_bytes)
+            still_missing = set(store.missing_keys(device.id, batch_keys))
+            batch = [b for b in batch if b.key in still_missing or b.key in still_stale]
             if not batch:
                 if progress:
                     progress(min(start + batch_size, len(todo)), len(todo))
@@ -177,10 +200,17 @@ def build_table(
                     cold_median_ms=None if cold is None else cold.median_ms,
                     cold_iqr_ms=None if cold is None else cold.iqr_ms,
                     cold_n=None if cold is None else cold.n,
+                    cold_protocol=None if cold is None else COLD_PROTOCOL,
                 )
                 for b, item, (warm, cold) in zip(batch, prepared, results, strict=True)
             ]
-            inserted += store.add_entries(device.id, entries)
+            renewed = [e for e in entries if e.key in still_stale]
+            inserted += store.add_entries(
+                device.id, [e for e in entries if e.key not in still_stale]
+            )
+            if renewed:
+                store.add_entries(device.id, renewed, replace=True)
+                refreshed += len(renewed)
             measured += len(batch)
             batches += 1
         if progress:
@@ -198,4 +228,5 @@ def build_table(
         max_drift=max_drift,
         overhead_ms=overhead,
         elapsed_s=time.perf_counter() - started,
+        refreshed=refreshed,
     )

@@ -69,6 +69,8 @@ class LatencyEntry(Base):
     cold_median_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     cold_iqr_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     cold_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Migration 0003: which cold protocol measured the cold timing (replicate.COLD_PROTOCOL).
+    cold_protocol: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class ValidationRun(Base):

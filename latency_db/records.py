@@ -41,6 +41,7 @@ class NewEntry:
     cold_median_ms: float | None = None
     cold_iqr_ms: float | None = None
     cold_n: int | None = None
+    cold_protocol: str | None = None
 
     def columns(self) -> dict[str, Any]:
         """Column values, without ``measured_at`` (the store fills the default)."""
@@ -67,6 +68,7 @@ class EntryRecord:
     cold_median_ms: float | None = None
     cold_iqr_ms: float | None = None
     cold_n: int | None = None
+    cold_protocol: str | None = None
 
 
 @dataclass(frozen=True)

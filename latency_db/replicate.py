@@ -15,6 +15,11 @@ from typing import Any
 
 import numpy as np
 
+#: Version of the streamed (cold) timing protocol, stored with every cold timing. Entries from
+#: another protocol (or none: measured before versions were stored, when a cold timing was one
+#: flushed run after a twin session) are re-measured by the table builder.
+COLD_PROTOCOL = "streamed/1"
+
 
 def _shape(value: Any) -> tuple[int | str, ...]:
     dims = value.type.tensor_type.shape.dim

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nasvit.errors import NasvitError, UnknownNameError
@@ -123,6 +123,7 @@ def _entry_record(row: LatencyEntry) -> EntryRecord:
         cold_median_ms=row.cold_median_ms,
         cold_iqr_ms=row.cold_iqr_ms,
         cold_n=row.cold_n,
+        cold_protocol=row.cold_protocol,
     )
 
 
@@ -216,17 +217,47 @@ class LatencyStore:
                 present.update(session.scalars(query))
         return [key for key in wanted if key not in present]
 
+    def stale_cold_keys(
+        self, device_id: str, keys: Iterable[str], min_weight_bytes: int, protocol: str
+    ) -> list[str]:
+        """The keys (in the given order, without repeats) of *measured* entries heavy enough
+        for a cold timing (``weight_bytes > min_weight_bytes``) whose cold timing is missing or
+        came from a protocol other than ``protocol``. Imported entries are never stale: they
+        cannot be re-measured here."""
+        wanted = list(dict.fromkeys(keys))
+        stale: set[str] = set()
+        with self.transaction() as session:
+            for start in range(0, len(wanted), _CHUNK):
+                query = select(LatencyEntry.key).where(
+                    LatencyEntry.device_id == device_id,
+                    LatencyEntry.key.in_(wanted[start : start + _CHUNK]),
+                    LatencyEntry.source == "measured",
+                    LatencyEntry.weight_bytes > min_weight_bytes,
+                    or_(
+                        LatencyEntry.cold_protocol.is_(None),
+                        LatencyEntry.cold_protocol != protocol,
+                    ),
+                )
+                stale.update(session.scalars(query))
+        return [key for key in wanted if key in stale]
+
     def add_entries(
-        self, device_id: str, entries: Sequence[NewEntry], session: Session | None = None
+        self,
+        device_id: str,
+        entries: Sequence[NewEntry],
+        session: Session | None = None,
+        replace: bool = False,
     ) -> int:
         """Insert entries whose key is new for this device; returns how many were inserted.
 
         Existing (device, key) rows are left alone (insert-or-ignore), which is what makes
-        concurrent builders safe. Pass ``session`` to join a larger transaction.
+        concurrent builders safe; with ``replace`` they are overwritten instead (re-measured
+        entries: still one row per key, the last writer's). Pass ``session`` to join a larger
+        transaction.
         """
         if session is None:
             with self.transaction() as own:
-                return self.add_entries(device_id, entries, own)
+                return self.add_entries(device_id, entries, own, replace)
         dialect = session.get_bind().dialect.name
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -241,11 +272,14 @@ class LatencyStore:
                 {"device_id": device_id, "measured_at": entry.measured_at or now} | entry.columns()
                 for entry in entries[start : start + _CHUNK]
             ]
-            statement = (
-                insert(LatencyEntry)
-                .values(rows)
-                .on_conflict_do_nothing(index_elements=["device_id", "key"])
-            )
+            statement = insert(LatencyEntry).values(rows)
+            if replace:
+                replaced = {c: statement.excluded[c] for c in rows[0] if c != "device_id"}
+                statement = statement.on_conflict_do_update(
+                    index_elements=["device_id", "key"], set_=replaced
+                )
+            else:
+                statement = statement.on_conflict_do_nothing(index_elements=["device_id", "key"])
             session.execute(statement)
         return self._count(session, device_id) - count
 

@@ -37,6 +37,7 @@ ENTRY_COLUMNS = (
     "cold_median_ms",
     "cold_iqr_ms",
     "cold_n",
+    "cold_protocol",
     "measured_at",
 )
 #: Optional (cache-state) columns: empty for blocks without a cold timing.
@@ -208,6 +209,7 @@ def import_table(
             cold_median_ms=optional(row, "cold_median_ms", float),
             cold_iqr_ms=optional(row, "cold_iqr_ms", float),
             cold_n=optional(row, "cold_n", int),
+            cold_protocol=optional(row, "cold_protocol", str),
         )
         for row in frame.to_dict(orient="records")
     ]

@@ -113,8 +113,9 @@ def profile_command(
         )
     console.print(
         f"{report.device}: {report.measured} block(s) measured, {report.already_present} already "
-        f"present, {report.requested} in the space; {report.remeasured_batches} batch "
-        f"re-measure(s) for drift; {report.elapsed_s:.1f} s"
+        f"present ({report.refreshed} of them re-measured: cold timing of an older protocol), "
+        f"{report.requested} in the space; {report.remeasured_batches} batch re-measure(s) for "
+        f"drift; {report.elapsed_s:.1f} s"
     )
 
 

@@ -19,6 +19,7 @@ from nasvit.latency_db import (
     build_table,
 )
 from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
+from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.table import MissingBlocksError
 from nasvit.nn.blocks import BlockSpec
 
@@ -106,6 +107,38 @@ def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(
     assert entries[big.key].cold_median_ms is not None and entries[big.key].cold_n == cold.n
     assert entries[small.key].weight_bytes == (8 * 8 + 8) * 4
     assert entries[small.key].cold_median_ms is None
+    assert entries[big.key].cold_protocol == COLD_PROTOCOL
+    assert entries[small.key].cold_protocol is None
+
+
+def test_cold_timings_of_another_protocol_are_re_measured(sqlite_store: LatencyStore) -> None:
+    """A database from before the cold protocol was versioned: its measured cold timings are
+    re-measured and overwritten in place (one row per key); imported ones are kept."""
+    profiler = OnnxRuntimeProfiler(protocol=MeasurementProtocol.quick())
+    profiler._flusher = CacheFlusher(4 * MB)
+    blocks = [
+        BlockSpec("test.linear", (1, n), (1, n), {"n": n}, lambda n=n: torch.nn.Linear(n, n))
+        for n in (256, 320, 384)
+    ]
+    device = sqlite_store.ensure_device(DeviceFingerprint.local(profiler.settings))
+    old = [
+        NewEntry(b.key, "nasvit-block/1", "test.linear", 0.5, 0.1, 10, profiler.name, "1",
+                 source=source, weight_bytes=(n * n + n) * 4, cold_median_ms=999.0,
+                 cold_iqr_ms=0.1, cold_n=7)
+        for b, n, source in zip(blocks[:2], (256, 320), ("measured", "imported"), strict=True)
+    ]  # fmt: skip
+    sqlite_store.add_entries(device.id, old)
+    report = build_table(sqlite_store, profiler, device, blocks, cold_min_bytes=4096)
+    assert report.refreshed == 1 and report.measured == 2 and report.inserted == 1
+    entries = sqlite_store.entries(device.id)
+    assert len(entries) == 3 == sqlite_store.entry_count(device.id)
+    renewed, imported, new = (entries[b.key] for b in blocks)
+    assert renewed.cold_protocol == COLD_PROTOCOL and renewed.cold_median_ms < 999.0
+    assert renewed.median_ms != 0.5 and renewed.source == "measured"
+    assert imported.cold_protocol is None and imported.cold_median_ms == 999.0
+    assert new.cold_protocol == COLD_PROTOCOL
+    again = build_table(sqlite_store, profiler, device, blocks, cold_min_bytes=4096)
+    assert again.measured == 0 and again.refreshed == 0
 
 
 def _block(name: str) -> BlockSpec:

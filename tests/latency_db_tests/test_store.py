@@ -180,3 +180,30 @@ def test_migrations_create_exactly_the_orm_schema(store: LatencyStore) -> None:
 def _not_version_table(obj: object, name: str | None, kind: str, *_: object) -> bool:
     """Alembic's own bookkeeping table is not part of the models."""
     return not (kind == "table" and name is not None and name.startswith("alembic_version"))
+
+
+def test_stale_cold_entries_are_found_and_replaced_in_place(store: LatencyStore) -> None:
+    """Only measured entries heavy enough for a cold timing and without the current protocol's
+    are stale; replacing overwrites the row (still one per key) on each backend."""
+    import dataclasses
+
+    device = store.ensure_device(fingerprint())
+    heavy = {"weight_bytes": 10_000}
+    rows = [
+        dataclasses.replace(entry("old"), **heavy),  # no protocol: before versions were stored
+        dataclasses.replace(entry("other"), **heavy, cold_protocol="streamed/0"),
+        dataclasses.replace(entry("current"), **heavy, cold_protocol="streamed/1"),
+        dataclasses.replace(entry("imported"), **heavy, source="imported"),
+        dataclasses.replace(entry("light"), weight_bytes=100),
+    ]
+    store.add_entries(device.id, rows)
+    keys = [r.key for r in rows]
+    assert store.stale_cold_keys(device.id, keys, 1_000, "streamed/1") == keys[:2]
+    renewed = dataclasses.replace(rows[0], median_ms=2.5, cold_protocol="streamed/1")
+    assert store.add_entries(device.id, [renewed]) == 0  # insert-or-ignore leaves it
+    assert store.entries(device.id)[renewed.key].median_ms == 1.0
+    assert store.add_entries(device.id, [renewed], replace=True) == 0  # no new row
+    stored = store.entries(device.id)[renewed.key]
+    assert stored.median_ms == 2.5 and stored.cold_protocol == "streamed/1"
+    assert store.entry_count(device.id) == len(rows)
+    assert store.stale_cold_keys(device.id, keys, 1_000, "streamed/1") == keys[1:2]
