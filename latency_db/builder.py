@@ -81,17 +81,19 @@ def _pick_reference(blocks: Sequence[BlockSpec]) -> BlockSpec:
     return ordered[len(ordered) // 2]
 
 
-def _stale_keys(
+def _keys_to_measure(
     store: LatencyStore,
     profiler: Profiler,
     device_id: str,
     keys: Sequence[str],
     cold_min_bytes: int | None,
-) -> set[str]:
-    """Present keys whose cold timing this profiler would now take differently."""
+) -> tuple[set[str], set[str]]:
+    """(missing, stale): keys without an entry, and present keys whose cold timing this
+    profiler would now take differently (see :data:`COLD_PROTOCOL`)."""
+    missing = set(store.missing_keys(device_id, keys))
     if cold_min_bytes is None or getattr(profiler, "measure_warm_cold", None) is None:
-        return set()
-    return set(store.stale_cold_keys(device_id, keys, cold_min_bytes, COLD_PROTOCOL))
+        return missing, set()
+    return missing, set(store.stale_cold_keys(device_id, keys, cold_min_bytes, COLD_PROTOCOL))
 
 
 def _measure(
@@ -141,9 +143,9 @@ def build_table(
     """
     started = time.perf_counter()
     unique = list({b.key: b for b in blocks}.values())
-    keys = [b.key for b in unique]
-    missing = set(store.missing_keys(device.id, keys))
-    stale = _stale_keys(store, profiler, device.id, keys, cold_min_bytes)
+    missing, stale = _keys_to_measure(
+        store, profiler, device.id, [b.key for b in unique], cold_min_bytes
+    )
     todo = [b for b in unique if b.key in missing or b.key in stale]
     np.random.default_rng(seed).shuffle(todo)  # type: ignore[arg-type]
 
@@ -163,9 +165,9 @@ def build_table(
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             # Another builder may have filled (or refreshed) some keys since we listed them.
-            batch_keys = [b.key for b in batch]
-            still_stale = _stale_keys(store, profiler, device.id, batch_keys, cold_min_bytes)
-            still_missing = set(store.missing_keys(device.id, batch_keys))
+            still_missing, still_stale = _keys_to_measure(
+                store, profiler, device.id, [b.key for b in batch], cold_min_bytes
+            )
             batch = [b for b in batch if b.key in still_missing or b.key in still_stale]
             if not batch:
                 if progress:

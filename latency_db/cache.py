@@ -155,11 +155,11 @@ class CacheModel:
         w = np.asarray(weight_bytes, dtype=float)
         if self.cache_bytes <= 0:
             return np.zeros_like(w)
-        others = w.sum(axis=-1, keepdims=True) - w  # the rest of the network's weights
+        total = w.sum(axis=-1, keepdims=True)
+        others = total - w  # the rest of the network's weights
         pressure = (others + self.activation_weight * activation_bytes) / self.cache_bytes
         share = np.clip((pressure - self.onset) / max(self.width, 1e-6), 0.0, 1.0)
-        total = w.sum(axis=-1, keepdims=True) / self.cache_bytes
-        growth = 1.0 + self.excess * np.maximum(total - 1.0, 0.0)
+        growth = 1.0 + self.excess * np.maximum(total / self.cache_bytes - 1.0, 0.0)
         return np.asarray(share**self.power * growth)
 
     def predict(
