@@ -7,8 +7,9 @@ validate``: the corrections are fitted on the first half of the networks and jud
 held-out half) and prints one row: share within ±10% and ±5%, MAPE and Spearman rho of the path
 predictions take (held-out), the same for the raw sum of warm medians over all networks, the
 table's block count and build time. With ``--repeat K`` it then re-measures K of the validated
-networks in fresh sessions: how well two measurements of the same network agree is the ceiling
-for any predictor on the machine at that time.
+networks in fresh sessions (shuffled) and prints how well the two measurements agree and the
+*noise ceiling*: what a perfect predictor would score against one measurement on the machine at
+that time (``noise_ceiling``); no table can be shown to do better than that here.
 
 Uses its own SQLite file, so the user's database is untouched; a rerun reuses the tables
 (delete the file to rebuild).
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+
 from nasvit.latency import build_space_table, resolve_device, sample_archs, validate_table
 from nasvit.latency_db import (
     ErrorStats,
@@ -33,7 +36,7 @@ from nasvit.latency_db import (
     ValidationRecord,
     with_protocol,
 )
-from nasvit.latency_db.table import error_stats
+from nasvit.latency_db.table import error_stats, noise_ceiling
 from nasvit.search_spaces import SearchSpace, get_space
 
 
@@ -100,19 +103,23 @@ def _repeat(
     args: argparse.Namespace,
     resolutions: list[int] | None,
 ) -> None:
-    """Re-measure the first ``--repeat`` validated networks and compare with the first try."""
+    """Re-measure the first ``--repeat`` validated networks (in a shuffled order, as validation
+    does) and compare with the first try; print what a perfect predictor would score."""
     first = [n["measured_ms"] for n in v.details["networks"][: args.repeat]]
     archs = sample_archs(space, args.n, args.seed, resolutions)[: args.repeat]
     network_profiler = with_protocol(profiler, MeasurementProtocol.network())
-    again = [
-        network_profiler.measure(space.build_subnet(a), space.input_shape(a)).median_ms
-        for a in archs
-    ]
+    again = [0.0] * len(archs)
+    for index in np.random.default_rng(args.seed + 1).permutation(len(archs)):
+        subnet, shape = space.build_subnet(archs[index]), space.input_shape(archs[index])
+        again[index] = network_profiler.measure(subnet, shape).median_ms
     agree = error_stats(again, first)
+    ceiling = noise_ceiling(first, again)
     print(
         f"  same networks re-measured (n={agree.n}): {agree.within_10:.1%} within ±10%, "
         f"{agree.within_5:.1%} within ±5% of the first measurement, mean difference "
-        f"{agree.mape:.2f}%",
+        f"{agree.mape:.2f}%; noise ceiling (a perfect predictor against one measurement): "
+        f"{ceiling.within_10:.1%} within ±10%, {ceiling.within_5:.1%} within ±5%, MAPE "
+        f"{ceiling.mape:.2f}%",
         flush=True,
     )
 

@@ -35,6 +35,7 @@ from nasvit.latency_db.table import (
     MissingBlocksError,
     Prediction,
     error_stats,
+    noise_ceiling,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "build_table",
     "default_url",
     "error_stats",
+    "noise_ceiling",
     "last_level_cache_bytes",
     "make_profiler",
     "nasvit_home",

@@ -17,8 +17,10 @@ import numpy as np
 
 #: Version of the streamed (cold) timing protocol, stored with every cold timing. Entries from
 #: another protocol (or none: measured before versions were stored, when a cold timing was one
-#: flushed run after a twin session) are re-measured by the table builder.
-COLD_PROTOCOL = "streamed/1"
+#: flushed run after a twin session) are re-measured by the table builder. Version 2: an
+#: entry's weight bytes, the cache model's input next to the cold timing, are those of the
+#: exported model, not of the module's parameters (see ``profilers.onnx_weight_bytes``).
+COLD_PROTOCOL = "streamed/2"
 
 
 def _shape(value: Any) -> tuple[int | str, ...]:

@@ -101,6 +101,33 @@ def error_stats(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> 
     )
 
 
+def noise_ceiling(first_ms: Sequence[float], again_ms: Sequence[float]) -> ErrorStats:
+    """The figures a *perfect* predictor would reach on this machine: one that knew every
+    network's true latency, judged against a single noisy measurement, as validation judges.
+
+    Why: a validation compares predictions with measurements that carry noise of their own, so
+    a share within ±10% is capped below 100% however good the table is. Two measurements of the
+    same network, ``m1 = t (1 + e1)`` and ``m2 = t (1 + e2)`` with independent, identically
+    distributed errors, differ by ``r = m2 / m1 - 1 ~ e2 - e1``, whose spread is sqrt(2) times
+    one measurement's. So ``|r| / sqrt(2)`` is a sample of one measurement's error (exactly so
+    for Gaussian noise), and its shares within ±5% / ±10% are what the truth itself would
+    score. ``spearman`` is None (no predictor is involved).
+    """
+    first = np.asarray(first_ms, dtype=float)
+    again = np.asarray(again_ms, dtype=float)
+    if first.shape != again.shape or first.size == 0:
+        raise ValueError("need two measurements of each network, at least one network")
+    if (first <= 0).any() or (again <= 0).any():
+        raise ValueError("measured latencies must be positive")
+    single_error = np.abs(again / first - 1.0) / np.sqrt(2.0)
+    return ErrorStats(
+        n=int(first.size),
+        mape=float(100 * single_error.mean()),
+        within_5=float((single_error <= 0.05).mean()),
+        within_10=float((single_error <= 0.10).mean()),
+    )
+
+
 @dataclass(frozen=True)
 class Prediction:
     """A predicted latency and what it is made of.

@@ -110,3 +110,22 @@ def test_bad_profiler_settings_are_user_errors() -> None:
         make_profiler("onnxruntime", optimization="basci")
     with pytest.raises(NasvitError, match="threads"):
         make_profiler("onnxruntime", threads=0)
+
+
+def test_weight_bytes_are_those_of_the_exported_model() -> None:
+    """A MobileDets conv on a 1x1 map runs (and exports) only the centre tap of its 5x5 kernel:
+    the weight bytes a table stores, the cache model's input, must count what the runtime
+    holds, not the module's parameters."""
+    from nasvit.latency_db.profilers import onnx_weight_bytes
+    from nasvit.nn.mobile import FusedInvertedBottleneck
+
+    block = FusedInvertedBottleneck(64, 64, kernel=5, expansion=4, residual=True).eval()
+    kernel = 64 * 256 * 5 * 5 * 4  # the expanding conv's parameter, in bytes
+    parameters = sum(p.numel() * p.element_size() for p in block.parameters())
+    profiler = OnnxRuntimeProfiler(protocol=QUICK)
+    on_a_dot, on_a_map = (profiler.prepare(block, (1, 64, n, n)) for n in (1, 8))
+    # The 8x8 map keeps every tap; batch norms fold into the convolutions' biases.
+    assert on_a_map.weight_bytes == pytest.approx(parameters, rel=0.01)
+    assert on_a_dot.weight_bytes == pytest.approx(parameters - kernel * 24 / 25, rel=0.01)
+    assert onnx_weight_bytes(on_a_dot.model) == on_a_dot.weight_bytes
+    assert profiler.prepare(on_a_dot.model, (1, 64, 1, 1)).weight_bytes == on_a_dot.weight_bytes

@@ -198,7 +198,10 @@ def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path) -
     from torch import nn
 
     from nasvit.latency import resolve_device, sample_archs, validate_table
-    from nasvit.latency_db.profilers import OnnxRuntimeProfiler, module_weight_bytes
+    from nasvit.latency_db.profilers import OnnxRuntimeProfiler
+
+    def module_weight_bytes(module: nn.Module) -> int:  # tells the networks apart
+        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
     class Recording(OnnxRuntimeProfiler):
         measured: list[tuple[int, float]] = []  # shared by with_protocol's copies
