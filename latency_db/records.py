@@ -151,6 +151,14 @@ class ValidationRecord:
             return self.calibrated_test
         return self.raw
 
+    @property
+    def noise_ceiling(self) -> ErrorStats | None:
+        """What a perfect predictor would have scored in this run (see
+        :func:`~nasvit.latency_db.table.noise_ceiling`), when some networks were measured twice
+        (``validate --repeat``); stored in ``details``, so older runs have None."""
+        ceiling = self.details.get("noise_ceiling")
+        return None if ceiling is None else ErrorStats(**ceiling)
+
     def columns(self) -> dict[str, Any]:
         raw_test, calibrated = self.raw_test, self.calibrated_test
         return {
@@ -234,4 +242,5 @@ class ValidationRecord:
             "calibrated_test": stats(self.calibrated_test),
             "cache_model": self.cache_model,
             "cache_test": stats(self.cache_test),
+            "noise_ceiling": stats(self.noise_ceiling),
         }

@@ -128,6 +128,15 @@ def validate_command(
     resolutions: Annotated[
         str | None, typer.Option("--resolutions", help="restrict sampled networks, e.g. 32")
     ] = None,
+    repeat: Annotated[
+        int,
+        typer.Option(
+            "--repeat",
+            min=0,
+            help="measure this many of the networks twice, interleaved, and report the noise "
+            "ceiling: what a perfect predictor would score against one measurement here",
+        ),
+    ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     database_url: UrlOption = None,
 ) -> None:
@@ -149,6 +158,7 @@ def validate_command(
             seed=seed,
             resolutions=parse_resolutions(resolutions),
             progress=progress,
+            repeat=repeat,
         )
     summary = {"device": record.name, **result.to_dict()}
     if as_json:
@@ -179,6 +189,13 @@ def validate_command(
         f"predictions on this table now use the {result.prediction_path}: expected MAPE "
         f"{used.mape:.2f}%, {100 * used.within_10:.1f}% within ±10%"
     )
+    ceiling = result.noise_ceiling
+    if ceiling is not None:
+        typer.echo(
+            f"noise ceiling ({ceiling.n} networks measured twice): a perfect predictor would "
+            f"score {100 * ceiling.within_10:.1f}% within ±10%, {100 * ceiling.within_5:.1f}% "
+            f"within ±5% (MAPE {ceiling.mape:.2f}%) against one measurement on this machine now"
+        )
 
 
 @latency_app.command("show")

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from nasvit.latency_db import (
     build_table,
     error_stats,
     make_profiler,
+    noise_ceiling,
     with_protocol,
 )
 from nasvit.latency_db.table import cache_inputs
@@ -138,6 +140,7 @@ def validate_table(
     progress: ProgressCallback | None = None,
     num_classes: int = 1000,
     in_channels: int = 3,
+    repeat: int = 0,
 ) -> ValidationRecord:
     """Compare table predictions with whole-network measurements and store the run.
 
@@ -149,6 +152,11 @@ def validate_table(
 
     Args:
         measure_missing: measure blocks the table lacks first (else MissingBlocksError).
+        repeat: measure this many of the networks a second time, the second readings shuffled
+            in among the others, and store the run's noise ceiling (what a perfect predictor
+            would score against one reading, :func:`~nasvit.latency_db.table.noise_ceiling`).
+            Interleaved, so both readings see the same hour of a machine whose noise changes
+            by the hour. The first reading is the one validated against.
         num_classes, in_channels: the networks' head and input (a search validates the
             networks it searches: e.g. 10 classes and 1 channel for digits).
     """
@@ -167,23 +175,33 @@ def validate_table(
     cache = [cache_inputs([table.entries[b.key] for b in blocks], blocks) for blocks in lowered]
 
     network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
-    measured = [0.0] * len(archs)
+    repeat = min(max(repeat, 0), len(archs))
+    readings: list[list[float]] = [[] for _ in archs]
     # Shuffled: the machine drifts over minutes (mobiledets' held-out networks, measured after
     # the fitted ones, came out 4-9% slower than the model in the middle of one run), and a
     # drift must not line up with the fit / held-out split.
-    order = np.random.default_rng(seed).permutation(len(archs))
-    for done, index in enumerate(order, start=1):
+    schedule = [*range(len(archs)), *range(repeat)]
+    order = np.random.default_rng(seed).permutation(len(schedule))
+    for done, position in enumerate(order, start=1):
+        index = schedule[position]
         arch = archs[index]
         subnet = space.build_subnet(arch, **shape_args)
         shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
-        measured[index] = network_profiler.measure(subnet, shape).median_ms
+        readings[index].append(network_profiler.measure(subnet, shape).median_ms)
         if progress:
-            progress(done, len(archs))
+            progress(done, len(schedule))
+    measured = [network[0] for network in readings]
 
     record = _summarise(
         space.identity, archs, space, predicted, measured, fit_fraction,
         cache, device.fingerprint.cache_bytes, table.overhead_ms,
     )  # fmt: skip
+    if repeat:
+        again = [network[1] for network in readings[:repeat]]
+        for network, value in zip(record.details["networks"], again, strict=False):
+            network["remeasured_ms"] = value
+        ceiling = noise_ceiling(measured[:repeat], again)
+        record.details["noise_ceiling"] = dataclasses.asdict(ceiling)
     store.add_validation(device.id, record)
     stored = store.latest_validation(device.id)
     assert stored is not None  # just written

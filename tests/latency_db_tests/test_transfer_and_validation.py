@@ -192,12 +192,16 @@ def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path
     assert LatencyTable.load(store, device.id, other).validation.space == "lighthubert"
 
 
-def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("repeat", [0, 2])
+def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, repeat: int) -> None:  # noqa: ANN001
     """A drift of the machine over the run must not line up with the fit / held-out split:
-    networks are measured in a seeded random order and reported in sample order."""
+    networks are measured in a seeded random order and reported in sample order. With
+    ``repeat``, that many networks are measured a second time, shuffled in among the others,
+    and the run stores the noise ceiling of the pairs (also through the CLI)."""
     from torch import nn
 
     from nasvit.latency import resolve_device, sample_archs, validate_table
+    from nasvit.latency_db import noise_ceiling
     from nasvit.latency_db.profilers import OnnxRuntimeProfiler
 
     def module_weight_bytes(module: nn.Module) -> int:  # tells the networks apart
@@ -219,14 +223,40 @@ def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path) -
     archs = sample_archs(space, 5, 3, [32])
     record = validate_table(
         space, store, profiler, device, n=5, seed=3, resolutions=[32],
-        network_protocol=MeasurementProtocol.quick(),
+        network_protocol=MeasurementProtocol.quick(), repeat=repeat,
     )  # fmt: skip
     in_sample_order = [module_weight_bytes(space.build_subnet(a)) for a in archs]
     measured_weights = [w for w, _ in Recording.measured]
     assert len(set(in_sample_order)) == 5  # distinct, so the order can be read off
-    assert sorted(measured_weights) == sorted(in_sample_order)
-    assert measured_weights != in_sample_order
-    median_of = dict(Recording.measured)
-    reported = [n["measured_ms"] for n in record.details["networks"]]
-    assert reported == [median_of[w] for w in in_sample_order]
-    assert [n["arch"] for n in record.details["networks"]] == [space.short_string(a) for a in archs]
+    scheduled = in_sample_order + in_sample_order[:repeat]
+    assert sorted(measured_weights) == sorted(scheduled)
+    assert measured_weights != scheduled
+    readings = {w: [ms for v, ms in Recording.measured if v == w] for w in in_sample_order}
+    networks = record.details["networks"]
+    reported = [n["measured_ms"] for n in networks]
+    assert reported == [readings[w][0] for w in in_sample_order]  # the first reading counts
+    assert [n["arch"] for n in networks] == [space.short_string(a) for a in archs]
+    if not repeat:
+        assert record.noise_ceiling is None and "remeasured_ms" not in networks[0]
+        return
+    again = [readings[w][1] for w in in_sample_order[:repeat]]
+    assert [n.get("remeasured_ms") for n in networks] == again + [None] * (5 - repeat)
+    assert record.noise_ceiling == noise_ceiling(reported[:repeat], again)
+    assert store.latest_validation(device.id).noise_ceiling == record.noise_ceiling
+    second_readings = [
+        i for i, (w, _) in enumerate(Recording.measured) if i > measured_weights.index(w)
+    ]
+    assert second_readings != [5, 6]  # interleaved, not appended after the others
+
+    url = store.engine.url.render_as_string(hide_password=False)
+    args = ["latency", "validate", "--space", "efficientformer", "--n", "5", "--seed", "3",
+            "--resolutions", "32", "--repeat", "2", "--database-url", url]  # fmt: skip
+    shown = CliRunner().invoke(_cli(), args, env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "noise ceiling (2 networks measured twice): a perfect predictor would score" in (
+        shown.output
+    )
+    cli_record = store.latest_validation(device.id)
+    assert cli_record.id != record.id and cli_record.noise_ceiling.n == 2
+    negative = CliRunner().invoke(_cli(), [*args[:-4], "--repeat", "-1", *args[-2:]])
+    assert negative.exit_code == 2  # a negative count is a usage error
