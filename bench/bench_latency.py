@@ -26,10 +26,7 @@ import argparse
 import time
 
 from nasvit.latency import build_space_table, resolve_device, validate_table
-from nasvit.latency_db import (
-    ErrorStats,
-    LatencyStore,
-)
+from nasvit.latency_db import ErrorStats, LatencyStore
 from nasvit.search_spaces import get_space
 
 
