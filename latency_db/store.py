@@ -204,17 +204,24 @@ class LatencyStore:
             row.overhead_ms, row.overhead_iqr_ms, row.overhead_n = median_ms, iqr_ms, n
 
     # ------------------------------------------------------------------ entries
+    def _keys_where(self, device_id: str, wanted: list[str], *conditions: Any) -> set[str]:
+        """Which of ``wanted`` have an entry on the device meeting ``conditions`` (queried in
+        chunks: databases bound the size of an IN list)."""
+        found: set[str] = set()
+        with self.transaction() as session:
+            for start in range(0, len(wanted), _CHUNK):
+                query = select(LatencyEntry.key).where(
+                    LatencyEntry.device_id == device_id,
+                    LatencyEntry.key.in_(wanted[start : start + _CHUNK]),
+                    *conditions,
+                )
+                found.update(session.scalars(query))
+        return found
+
     def missing_keys(self, device_id: str, keys: Iterable[str]) -> list[str]:
         """The keys (in the given order, without repeats) that have no entry yet."""
         wanted = list(dict.fromkeys(keys))
-        present: set[str] = set()
-        with self.transaction() as session:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                query = select(LatencyEntry.key).where(
-                    LatencyEntry.device_id == device_id, LatencyEntry.key.in_(chunk)
-                )
-                present.update(session.scalars(query))
+        present = self._keys_where(device_id, wanted)
         return [key for key in wanted if key not in present]
 
     def stale_cold_keys(
@@ -225,20 +232,13 @@ class LatencyStore:
         came from a protocol other than ``protocol``. Imported entries are never stale: they
         cannot be re-measured here."""
         wanted = list(dict.fromkeys(keys))
-        stale: set[str] = set()
-        with self.transaction() as session:
-            for start in range(0, len(wanted), _CHUNK):
-                query = select(LatencyEntry.key).where(
-                    LatencyEntry.device_id == device_id,
-                    LatencyEntry.key.in_(wanted[start : start + _CHUNK]),
-                    LatencyEntry.source == "measured",
-                    LatencyEntry.weight_bytes > min_weight_bytes,
-                    or_(
-                        LatencyEntry.cold_protocol.is_(None),
-                        LatencyEntry.cold_protocol != protocol,
-                    ),
-                )
-                stale.update(session.scalars(query))
+        stale = self._keys_where(
+            device_id,
+            wanted,
+            LatencyEntry.source == "measured",
+            LatencyEntry.weight_bytes > min_weight_bytes,
+            or_(LatencyEntry.cold_protocol.is_(None), LatencyEntry.cold_protocol != protocol),
+        )
         return [key for key in wanted if key in stale]
 
     def add_entries(

@@ -195,13 +195,8 @@ def validate_table(
     record = _summarise(
         space.identity, archs, space, predicted, measured, fit_fraction,
         cache, device.fingerprint.cache_bytes, table.overhead_ms,
+        remeasured=[network[1] for network in readings[:repeat]],
     )  # fmt: skip
-    if repeat:
-        again = [network[1] for network in readings[:repeat]]
-        for network, value in zip(record.details["networks"], again, strict=False):
-            network["remeasured_ms"] = value
-        ceiling = noise_ceiling(measured[:repeat], again)
-        record.details["noise_ceiling"] = dataclasses.asdict(ceiling)
     store.add_validation(device.id, record)
     stored = store.latest_validation(device.id)
     assert stored is not None  # just written
@@ -218,7 +213,9 @@ def _summarise(
     cache: Sequence[tuple[list[float], list[float], list[float], float]] = (),
     cache_bytes: int = 0,
     overhead_ms: float = 0.0,
+    remeasured: Sequence[float] = (),
 ) -> ValidationRecord:
+    """The run's figures; ``remeasured`` holds second readings of the first networks."""
     n = len(predicted)
     n_fit = int(round(n * fit_fraction)) if n >= 4 else 0
     n_fit = min(max(n_fit, 2), n - 2) if n_fit else 0
@@ -249,6 +246,11 @@ def _summarise(
     if cache_model is not None:
         for network, value in zip(details["networks"], cache_pred, strict=True):
             network["cache_aware_ms"] = value
+    if remeasured:
+        for network, value in zip(details["networks"], remeasured, strict=False):
+            network["remeasured_ms"] = value
+        ceiling = noise_ceiling(measured[: len(remeasured)], remeasured)
+        details["noise_ceiling"] = dataclasses.asdict(ceiling)
     return ValidationRecord(
         space=space_name,
         key_schema=BLOCK_KEY_SCHEMA,
