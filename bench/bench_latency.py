@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from nasvit.latency import build_space_table, resolve_device, validate_table
+from nasvit.evaluation.latency import build_space_table, resolve_device, validate_table
 from nasvit.latency_db import ErrorStats, LatencyStore
 from nasvit.search_spaces import get_space
 

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nasvit.default_supernet import recipe_for
 from nasvit.search_spaces import get_space
+from nasvit.training.default_supernet import recipe_for
 
 SPACES = ("mobiledets", "mobiledets_accelerator")
 
@@ -62,7 +62,7 @@ def variants() -> None:
 
 def train_epoch(name: str, out: Path) -> None:
     from nasvit.data import load_digits
-    from nasvit.train import train_supernet
+    from nasvit.training.loop import train_supernet
 
     recipe = recipe_for(name)
     space = get_space(name).restrict(**recipe.restrictions)
@@ -79,9 +79,9 @@ def train_epoch(name: str, out: Path) -> None:
 
 
 def spread(ckpt: Path, count: int, seed: int) -> None:
-    from nasvit.checkpoint import load_supernet
     from nasvit.data import load_digits
-    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.training.checkpoint import load_supernet
 
     space, supernet, _ = load_supernet(ckpt)
     evaluator = SubnetEvaluator(space, supernet, load_digits(seed=0), "val")

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from nasvit.controllers import make_controller
-from nasvit.pareto import hypervolume
-from nasvit.pipeline import ranking_score
+from nasvit.evaluation.ranking import ranking_score
+from nasvit.search.controllers import make_controller
+from nasvit.search.pareto import hypervolume
 from nasvit.search_spaces import Architecture, SearchSpace
 
 BUDGET_MS = 2.0
@@ -40,9 +40,9 @@ EFFICIENCY_CONTROLLERS = ("random", "optuna-nsga2", "tpe", "nsga2", "evolution",
 
 def load_defaults() -> tuple[SearchSpace, Any, Any, dict[str, int]]:
     """(space, supernet, latency table, shape args) of the README's main job."""
-    from nasvit.default_supernet import default_supernet, recipe_for
-    from nasvit.latency import resolve_device
+    from nasvit.evaluation.latency import resolve_device
     from nasvit.latency_db import LatencyStore, LatencyTable
+    from nasvit.training.default_supernet import default_supernet, recipe_for
 
     space, supernet, _ = default_supernet("efficientformer", recipe=recipe_for("efficientformer"))
     store = LatencyStore.open()
@@ -58,7 +58,7 @@ def bench_scoring(count: int, clock: str = "wall") -> dict[str, float]:
     ``clock="cpu"`` times with this process's CPU time: on a core shared with another job the
     wall clock counts the other job's time slices too (single-threaded scoring, so on an idle
     core the two agree)."""
-    from nasvit.predictor_controller import Surrogate
+    from nasvit.search.controllers.predictor_assisted import Surrogate
 
     now = time.perf_counter if clock == "wall" else time.process_time
     space, _, table, shape = load_defaults()
@@ -91,9 +91,9 @@ def bench_scoring(count: int, clock: str = "wall") -> dict[str, float]:
 def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
     """Supernet evaluations/s in-process and on local Ray with 1..N workers."""
     from nasvit.data import load_dataset
-    from nasvit.default_supernet import recipe_for
-    from nasvit.evaluate import SubnetEvaluator
-    from nasvit.executors import InProcessExecutor, RayExecutor
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.search.executors import InProcessExecutor, RayExecutor
+    from nasvit.training.default_supernet import recipe_for
 
     space, supernet, _, _ = load_defaults()
     recipe = recipe_for("efficientformer")
@@ -127,9 +127,9 @@ def fit_oracle(
 ) -> Callable[[list[Architecture]], np.ndarray]:
     """An MLP fitted on ``count`` real supernet ranking scores (measurements cached)."""
     from nasvit.data import load_dataset
-    from nasvit.default_supernet import recipe_for
-    from nasvit.evaluate import SubnetEvaluator
-    from nasvit.predictor import AccuracyPredictor, measure_pairs
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.evaluation.predictor import AccuracyPredictor, measure_pairs
+    from nasvit.training.default_supernet import recipe_for
 
     recipe = recipe_for("efficientformer")
     evaluator = SubnetEvaluator(

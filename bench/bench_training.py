@@ -31,20 +31,20 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import kendalltau, spearmanr
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import load_digits
-from nasvit.default_supernet import (
+from nasvit.evaluation.evaluator import SubnetEvaluator, accuracy_spread
+from nasvit.evaluation.predictor import fit_and_score, measure_pairs, target_values
+from nasvit.nn.elastic import SliceRecorder
+from nasvit.search_spaces import get_space
+from nasvit.training.checkpoint import load_supernet
+from nasvit.training.default_supernet import (
     Recipe,
     default_supernet_path,
     ensure_default_supernet,
     smaller_half_widths,
 )
-from nasvit.evaluate import SubnetEvaluator, accuracy_spread
-from nasvit.nn.elastic import SliceRecorder
-from nasvit.predictor import fit_and_score, measure_pairs, target_values
-from nasvit.search_spaces import get_space
-from nasvit.sliced_optim import SlicedAdamW, step_gradients
-from nasvit.train import TrainConfig, train_supernet
+from nasvit.training.loop import TrainConfig, train_supernet
+from nasvit.training.sliced_optim import SlicedAdamW, step_gradients
 
 SPACE = "efficientformer"
 # The training targets (issue 4) are stated on plain digits, so this benchmark keeps the recipe

@@ -1,7 +1,7 @@
 """LightHuBERT's two-stage recipe vs the one-stage default on digits (README figure, issue 7).
 
 Three runs of one space's default recipe (restrictions and training settings of
-``nasvit.default_supernet.recipe_for``), all in ``--dir``:
+``nasvit.training.default_supernet.recipe_for``), all in ``--dir``:
 
 - ``one``: the one-stage default (no teacher). It is also the teacher of the other two.
 - ``two``: ``train_two_stage`` with teacher ``one``: ``--stage1-epochs`` of stage 1 (the largest
@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import load_digits
-from nasvit.default_supernet import recipe_for
-from nasvit.evaluate import SubnetEvaluator, accuracy_spread
+from nasvit.evaluation.evaluator import SubnetEvaluator, accuracy_spread
 from nasvit.search_spaces import get_space
-from nasvit.train import train_supernet, train_two_stage
+from nasvit.training.checkpoint import load_supernet
+from nasvit.training.default_supernet import recipe_for
+from nasvit.training.loop import train_supernet, train_two_stage
 
 
 def _seconds(path: Path) -> float:

@@ -2,7 +2,7 @@
 store, the table builder and the predictor.
 
 It knows architectures only as lists of :class:`~nasvit.nn.blocks.BlockSpec`; the glue to search
-spaces lives in :mod:`nasvit.latency`.
+spaces lives in :mod:`nasvit.evaluation.latency`.
 """
 
 from nasvit.latency_db.builder import BuildReport, ProgressCallback, build_table

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.sql import aware
 
 
 @dataclass(frozen=True)
@@ -189,8 +190,6 @@ class ValidationRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> ValidationRecord:
-        from nasvit.latency_db.store import aware
-
         raw = ErrorStats(row.n, row.mape, row.within_5, row.within_10, row.spearman)
         raw_test = calibrated = None
         if row.n_test and row.raw_test_mape is not None:

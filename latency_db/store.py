@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from nasvit.errors import NasvitError, UnknownNameError
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.models import Device, LatencyEntry, ValidationRun, utcnow
 from nasvit.latency_db.records import DeviceRecord, EntryRecord, NewEntry, ValidationRecord
+from nasvit.sql import aware
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _CHUNK = 500  # rows per INSERT / IN (...) statement; far below every backend's parameter limit
@@ -88,11 +88,6 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-
-
-def aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def _device_record(row: Device) -> DeviceRecord:

@@ -177,8 +177,8 @@ router = APIRouter(prefix=API_PREFIX, responses=_ERRORS)
 @router.post("/searches", status_code=202, tags=["searches"], dependencies=[Writer])
 def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.Job:
     """Queue a search; a worker runs it. Returns the job (status ``queued``)."""
-    from nasvit.budget import parse_budget
-    from nasvit.controllers import CONTROLLERS
+    from nasvit.search.budget import parse_budget
+    from nasvit.search.controllers import CONTROLLERS
     from nasvit.search_spaces import get_space
 
     try:

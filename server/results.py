@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasvit.pareto import hypervolume, non_dominated_mask
-from nasvit.pipeline import TRIALS_FILE
+from nasvit.search.pareto import hypervolume, non_dominated_mask
+from nasvit.search.pipeline import TRIALS_FILE
 
 REPORT_FILE = "report.json"
 CURVE_POINTS = 500  # the hypervolume curve is sampled at most this often

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from nasvit.defaults import DEFAULT_EVALUATIONS
+from nasvit.search.defaults import DEFAULT_EVALUATIONS
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 

@@ -1,6 +1,6 @@
 """``nasvit worker``: claim queued searches from the database and run them.
 
-A worker runs :func:`nasvit.pipeline.run_search` in its own process with
+A worker runs :func:`nasvit.search.pipeline.run_search` in its own process with
 ``out = <artifact root>/<job id>`` and ``resume=True``: the pipeline appends every finished trial
 to ``trials.jsonl`` before the next batch, so a job taken over after its worker died (its lease
 expired) continues from the persisted trials and loses none.
@@ -157,7 +157,7 @@ class Worker:
             lock.release()
 
     def _run_locked(self, claim: Claim, folder: Path) -> str:
-        from nasvit.pipeline import TRIALS_FILE, SearchRequest, run_search
+        from nasvit.search.pipeline import TRIALS_FILE, SearchRequest, run_search
 
         job = claim.job
         log.info("running job %s (attempt %d)", job.id, claim.attempt)

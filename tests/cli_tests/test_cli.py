@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from nasvit.checkpoint import save_supernet
 from nasvit.onnx_export import run_onnx
 from nasvit.search_spaces import get_space
+from nasvit.training.checkpoint import save_supernet
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 SMALL_ARCH = "r64_w16-32-64-128_d1-1-1-2_v1_m3-4-3-4-4"
@@ -154,7 +154,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path) -> None:
 
 
 def test_checkpoint_round_trip_keeps_the_restricted_space(tmp_path: Path) -> None:
-    from nasvit.checkpoint import load_supernet
+    from nasvit.training.checkpoint import load_supernet
 
     space = get_space("efficientformer").restrict(resolution=[32, 64])
     supernet = space.build_supernet(num_classes=10, in_channels=1)

@@ -1,4 +1,8 @@
-"""Layering: server -> pipeline -> search_spaces -> nn, and latency_db -> nn only.
+"""Layering inside the ``nasvit`` namespace, and an import graph without cycles.
+
+Bottom to top: leaves (errors, settings, sql, data, onnx_export) -> nn -> search_spaces and
+latency_db -> evaluation -> training -> search (controllers below the pipeline) -> api -> cli
+and server. CONTRIBUTING.md explains the layers.
 
 An AST scan over the source folders, with module names derived from pyproject's package-dir
 mapping. import-linter cannot do this: it walks the filesystem from ``nasvit.__file__`` and never
@@ -9,6 +13,7 @@ Every import counts, including lazy ones inside functions and ``if TYPE_CHECKING
 from __future__ import annotations
 
 import ast
+import graphlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -36,7 +41,13 @@ class Rule:
     exempt: tuple[str, ...] = ()
 
 
+#: The leaves of ``nasvit/``: small modules every layer may use.
+LEAVES = ("nasvit.errors", "nasvit.settings", "nasvit.sql", "nasvit.data", "nasvit.onnx_export")
+_BELOW_EVALUATION = (*LEAVES, "nasvit.nn", "nasvit.search_spaces", "nasvit.latency_db")
+
 #: Most specific package first: an import breaking several rules is reported once, by the first.
+#: Bottom to top: leaves -> nn -> search_spaces, latency_db -> evaluation -> training -> search
+#: (controllers below the rest of search) -> api -> cli, server.
 RULES: tuple[Rule, ...] = (
     Rule(
         package="nasvit.nn",
@@ -50,13 +61,74 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         package="nasvit.latency_db",
-        allowed=("nasvit.nn", "nasvit.latency_db", "nasvit.errors"),
+        allowed=(
+            "nasvit.nn",
+            "nasvit.latency_db",
+            "nasvit.errors",
+            "nasvit.settings",
+            "nasvit.sql",
+        ),
         why="latency_db knows blocks only through nasvit.nn.blocks; no search space, no server",
+    ),
+    Rule(package="nasvit.errors", allowed=(), why="errors is a leaf: everything imports it"),
+    Rule(
+        package="nasvit.settings",
+        allowed=("nasvit.errors",),
+        why="settings is a leaf, read by every layer",
+    ),
+    Rule(
+        package="nasvit.sql",
+        allowed=("nasvit.errors", "nasvit.settings"),
+        why="the SQL plumbing is a leaf shared by the latency store, trial store and service",
+    ),
+    Rule(package="nasvit.data", allowed=("nasvit.errors",), why="datasets are a leaf"),
+    Rule(
+        package="nasvit.onnx_export",
+        allowed=("nasvit.errors", "nasvit.latency_db"),
+        why="ONNX export is a leaf over the profilers' exporter",
+    ),
+    Rule(
+        package="nasvit.evaluation",
+        allowed=(*_BELOW_EVALUATION, "nasvit.evaluation"),
+        why="evaluation (accuracy and latency of a subnet) sits below training and search",
+    ),
+    Rule(
+        package="nasvit.training",
+        allowed=(*_BELOW_EVALUATION, "nasvit.evaluation", "nasvit.training"),
+        why="training uses evaluation; search, the API, the CLI and the service sit above it",
+    ),
+    Rule(
+        package="nasvit.search.controllers",
+        allowed=(
+            *LEAVES,
+            "nasvit.nn",
+            "nasvit.search_spaces",
+            "nasvit.search.controllers",
+            "nasvit.search.pareto",
+            "nasvit.search.adapters",
+        ),
+        why="a controller only proposes architectures: it knows the space, Pareto tools and "
+        "adapters, never the pipeline, executors or stores",
+    ),
+    Rule(
+        package="nasvit.search",
+        allowed=(*_BELOW_EVALUATION, "nasvit.evaluation", "nasvit.training", "nasvit.search"),
+        why="search sits below the Python API, the CLI and the service",
+    ),
+    Rule(
+        package="nasvit.api",
+        forbidden=("nasvit.cli", "nasvit.server"),
+        why="the Python API sits below the CLI and the service",
+    ),
+    Rule(
+        package="nasvit.server",
+        forbidden=("nasvit.cli",),
+        why="the service and the CLI are peers: neither imports the other's commands",
     ),
     Rule(
         package="nasvit",
         forbidden=("nasvit.server",),
-        exempt=("nasvit.server", "nasvit.cli", "nasvit.cli_server"),
+        exempt=("nasvit.server", "nasvit.cli"),
         why="only the service and the CLI (`nasvit serve`) may import nasvit.server",
     ),
 )
@@ -162,13 +234,13 @@ def test_every_package_respects_the_dependency_direction() -> None:
             "nasvit.search_spaces.efficientformer",
             "from nasvit.errors import UnknownNameError\n"
             "from ..nn.blocks import BlockSpec\n"
-            "from nasvit.pipeline import run\n"
+            "from nasvit.search.pipeline import run\n"
             "from nasvit import latency_db\n",
-            [("nasvit.pipeline.run", 3), ("nasvit.latency_db", 4)],
+            [("nasvit.search.pipeline.run", 3), ("nasvit.latency_db", 4)],
             id="search_spaces-no-pipeline-no-latency_db",
         ),
         pytest.param(
-            "nasvit.pipeline",
+            "nasvit.search.pipeline",
             "from nasvit.search_spaces import get_space\n"
             "from nasvit.server.app import create_app\n",
             [("nasvit.server.app.create_app", 2)],
@@ -205,3 +277,47 @@ def test_checker_resolves_relative_imports_from_a_package_init() -> None:
 def test_relative_import_beyond_the_top_level_is_an_error() -> None:
     with pytest.raises(ValueError, match="beyond top level"):
         violations_in("nasvit.nn", True, "__init__.py", "from ... import x\n")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the ``nasvit`` modules it imports (lazy imports included), each import resolved
+    to the longest module name it starts with (``from a.b import c`` is ``a.b.c`` if that is a
+    module, else ``a.b``)."""
+    files = [source for source in source_files() if source.module is not None]
+    modules = {source.module for source in files if source.module is not None}
+    graph: dict[str, set[str]] = {}
+    for source in files:
+        assert source.module is not None
+        tree = ast.parse(source.path.read_text(encoding="utf-8"), filename=str(source.path))
+        edges = graph.setdefault(source.module, set())
+        for _, name in imported_names(tree, source.module, source.is_package):
+            parts = name.split(".")
+            for end in range(len(parts), 0, -1):
+                target = ".".join(parts[:end])
+                if target in modules:
+                    if target != source.module:
+                        edges.add(target)
+                    break
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph``, or None."""
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        return list(error.args[1])
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert "nasvit.search.pipeline" in graph, "scan found no sources"
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_cycle_finder_reports_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    cycle = find_cycle({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+    assert cycle is not None and set(cycle) == {"a", "b"}

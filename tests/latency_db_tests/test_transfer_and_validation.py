@@ -18,7 +18,7 @@ from nasvit.latency_db.transfer import TableImportError, export_table, import_ta
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, quick_profiler, space):  # noqa: ANN001, ANN201
     """One validated table for the module (validation measures real networks: not cheap)."""
-    from nasvit.latency import resolve_device, validate_table
+    from nasvit.evaluation.latency import resolve_device, validate_table
 
     store = LatencyStore.open(f"sqlite:///{tmp_path_factory.mktemp('built') / 'n.db'}")
     device, _ = resolve_device(store)
@@ -113,7 +113,7 @@ def test_corrupt_imports_are_rejected_and_write_nothing(
 
 
 def _cli() -> typer.Typer:
-    from nasvit.cli_latency import latency_app, profile_command
+    from nasvit.cli.latency import latency_app, profile_command
 
     app = typer.Typer()
     app.add_typer(latency_app, name="latency")
@@ -176,7 +176,7 @@ def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path
     space takes that space's validation, not the family's (both recorded on one device)."""
     import dataclasses
 
-    from nasvit.latency import resolve_device
+    from nasvit.evaluation.latency import resolve_device
 
     _, _, family = built
     narrow = space.restrict(resolution=[64])
@@ -200,7 +200,7 @@ def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, r
     and the run stores the noise ceiling of the pairs (also through the CLI)."""
     from torch import nn
 
-    from nasvit.latency import resolve_device, sample_archs, validate_table
+    from nasvit.evaluation.latency import resolve_device, sample_archs, validate_table
     from nasvit.latency_db import noise_ceiling
     from nasvit.latency_db.profilers import OnnxRuntimeProfiler
 

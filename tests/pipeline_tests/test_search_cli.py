@@ -16,11 +16,11 @@ import optuna
 import pytest
 import torch
 
-from nasvit.checkpoint import save_supernet
+from nasvit.evaluation.ranking import ranking_score
 from nasvit.onnx_export import run_onnx
-from nasvit.pipeline import ranking_score
+from nasvit.search.trial_store import study_name_for
 from nasvit.search_spaces import get_space
-from nasvit.trial_store import study_name_for
+from nasvit.training.checkpoint import save_supernet
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 
@@ -91,7 +91,7 @@ def test_search_writes_front_artifacts_and_resumes(home, checkpoint, tmp_path) -
 
     lines_before = (out / "trials.jsonl").read_text().splitlines()
     # A fresh search starts from the ends of the space's latency range.
-    from nasvit.checkpoint import load_supernet
+    from nasvit.training.checkpoint import load_supernet
 
     searched, _, _ = load_supernet(checkpoint)
     first_two = [json.loads(line)["short"] for line in lines_before[:2]]
@@ -226,15 +226,15 @@ class CountingProfiler:
 
 
 def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_path) -> None:
-    from nasvit.checkpoint import load_supernet
     from nasvit.data import load_dataset
-    from nasvit.evaluate import SubnetEvaluator
-    from nasvit.pipeline import (
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.search.pipeline import (
         NEAR_BUDGET_MEASUREMENTS,
         NEAR_BUDGET_SHARE,
         Trial,
         _measure_exported,
     )
+    from nasvit.training.checkpoint import load_supernet
 
     space, supernet, _ = load_supernet(checkpoint)
     evaluator = SubnetEvaluator(space, supernet, load_dataset("digits"), "val")

@@ -143,7 +143,7 @@ def test_bad_architectures_and_configurations_are_rejected(space) -> None:
 
 
 def test_default_digits_recipe_keeps_every_mixer(space) -> None:
-    from nasvit.default_supernet import recipe_for
+    from nasvit.training.default_supernet import recipe_for
 
     restricted = space.restrict(**recipe_for("attention_variants").restrictions)
     assert restricted.dimension("mixer").choices == MIXERS

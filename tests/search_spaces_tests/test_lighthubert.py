@@ -141,7 +141,7 @@ def test_bad_architectures_and_configurations_are_rejected(small) -> None:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_SUBNETS))
 def test_default_digits_recipe_keeps_a_choice_of_subnets(name: str) -> None:
-    from nasvit.default_supernet import recipe_for
+    from nasvit.training.default_supernet import recipe_for
 
     recipe = recipe_for(name)
     restricted = get_space(name).restrict(**recipe.restrictions)

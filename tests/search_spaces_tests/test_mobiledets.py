@@ -19,7 +19,6 @@ import pytest
 import torch
 from torch import nn
 
-from nasvit.default_supernet import recipe_for
 from nasvit.nn.mobile import (
     FusedInvertedBottleneck,
     InvertedBottleneck,
@@ -29,6 +28,7 @@ from nasvit.nn.mobile import (
 from nasvit.onnx_export import export_onnx, run_onnx
 from nasvit.search_spaces import ArchitectureError, get_space
 from nasvit.search_spaces.mobiledets import MobileDetConfig, MobileDetSpace, parse_op
+from nasvit.training.default_supernet import recipe_for
 
 SMALL = {"resolutions": (32, 64), "filter_multipliers": (0.25, 0.5)}
 STATIC = {"ibn": InvertedBottleneck, "fused": FusedInvertedBottleneck, "tucker": TuckerBlock}

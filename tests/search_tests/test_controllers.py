@@ -8,22 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from nasvit.controllers import (
-    CONTROLLERS,
-    Controller,
-    EvolutionController,
-    Observation,
-    make_controller,
-)
 from nasvit.errors import UnknownNameError
-from nasvit.pareto import hypervolume
-from nasvit.predictor_controller import PredictorAssistedController
-from nasvit.search_spaces import Architecture, get_space
-from nasvit.space_adapters import (
+from nasvit.search.adapters import (
     arch_from_parameters,
     categorical_parameters,
     parameters_from_arch,
 )
+from nasvit.search.controllers import CONTROLLERS, Controller, Observation, make_controller
+from nasvit.search.controllers.evolution import EvolutionController
+from nasvit.search.controllers.predictor_assisted import PredictorAssistedController
+from nasvit.search.pareto import hypervolume
+from nasvit.search_spaces import Architecture, get_space
 
 SPACE = get_space("efficientformer").restrict(resolution=[32, 64, 96])
 BUDGET_MS = 2.0
@@ -187,7 +182,7 @@ def test_unknown_controller_is_named() -> None:
 @pytest.mark.parametrize("name", ["tpe", "optuna-nsga2"])
 def test_optuna_studies_learn_from_architectures_they_did_not_ask_for(name: str) -> None:
     # The pipeline tells every controller about the space's extremes and about resumed trials.
-    from nasvit.optuna_controller import OptunaController
+    from nasvit.search.controllers.optuna_samplers import OptunaController
 
     controller = make_controller(name, SPACE, BUDGET_MS, seed=0)
     assert isinstance(controller, OptunaController)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from nasvit.budget import parse_budget
 from nasvit.errors import NasvitError
-from nasvit.pareto import (
+from nasvit.search.budget import parse_budget
+from nasvit.search.pareto import (
     crowding_distance,
     hypervolume,
     non_dominated_sort,

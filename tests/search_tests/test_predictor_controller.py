@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasvit.controllers import EvolutionController, Observation
-from nasvit.pareto import hypervolume, non_dominated_sort
-from nasvit.predictor_controller import PredictorAssistedController, hypervolume_gains
+from nasvit.search.controllers import EvolutionController, Observation
+from nasvit.search.controllers.predictor_assisted import (
+    PredictorAssistedController,
+    hypervolume_gains,
+)
+from nasvit.search.pareto import hypervolume, non_dominated_sort
 from nasvit.search_spaces import get_space
 
 SPACE = get_space("efficientformer")

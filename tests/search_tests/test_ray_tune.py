@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from nasvit.controllers import make_controller
+from nasvit.search.adapters import ray_tune_space
+from nasvit.search.controllers import make_controller
 from nasvit.search_spaces import get_space
-from nasvit.space_adapters import ray_tune_space
 
 from .test_controllers import BUDGET_MS, SPACE, synthetic_objectives
 
@@ -25,7 +25,7 @@ def test_controller_runs_as_a_tune_searcher(tmp_path) -> None:
     ray = pytest.importorskip("ray")
     from ray import cloudpickle, tune
 
-    from nasvit.ray_tune_searcher import ControllerSearcher
+    from nasvit.search.ray_tune import ControllerSearcher
 
     # Test modules are not importable by name in Ray's workers: ship them by value.
     for module in (sys.modules[__name__], sys.modules[synthetic_objectives.__module__]):

@@ -62,11 +62,11 @@ def search_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     validated once into a SQLite database, and exported as JSON (for PostgreSQL databases)."""
     import torch
 
-    from nasvit.checkpoint import save_supernet
-    from nasvit.latency import resolve_device, validate_table
+    from nasvit.evaluation.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore, MeasurementProtocol, build_table, make_profiler
     from nasvit.latency_db.transfer import export_table
     from nasvit.search_spaces import get_space
+    from nasvit.training.checkpoint import save_supernet
 
     folder = tmp_path_factory.mktemp("server-assets")
     space = get_space("efficientformer").restrict(

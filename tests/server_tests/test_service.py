@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from nasvit.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
+from nasvit.search.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
 from nasvit.server.results import pareto_summary
 
 from .conftest import NASVIT, Deployment, fresh_postgres_db

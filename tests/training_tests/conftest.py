@@ -15,7 +15,7 @@ import torch
 from nasvit.data import Dataset, load_digits
 from nasvit.search_spaces import SearchSpace, get_space, registry
 from nasvit.search_spaces.efficientformer import EfficientFormerConfig, EfficientFormerSpace
-from nasvit.train import TrainConfig, train_supernet
+from nasvit.training.loop import TrainConfig, train_supernet
 
 TINY = "tiny-efficientformer-test"
 TINY_CONFIG = EfficientFormerConfig(

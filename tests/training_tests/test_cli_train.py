@@ -10,9 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from nasvit.checkpoint import load_supernet
-from nasvit.cli_train import eval_command, predictor_command, train_command
+from nasvit.cli.train import eval_command, predictor_command, train_command
 from nasvit.errors import NasvitError
+from nasvit.training.checkpoint import load_supernet
 
 from .conftest import TINY
 

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from nasvit import default_supernet as module
-from nasvit.default_supernet import (
+from nasvit.errors import NasvitError
+from nasvit.search_spaces import get_space
+from nasvit.training.default_supernet import (
     Recipe,
     default_supernet,
     default_supernet_path,
@@ -20,9 +22,7 @@ from nasvit.default_supernet import (
     nasvit_home,
     recipe_for,
 )
-from nasvit.errors import NasvitError
-from nasvit.search_spaces import get_space
-from nasvit.train import TrainConfig, train_supernet
+from nasvit.training.loop import TrainConfig, train_supernet
 
 from .conftest import TINY
 
@@ -109,7 +109,8 @@ def test_two_processes_train_it_once(tmp_path: Path) -> None:
     )
     (tmp_path / "tests_conf.py").write_text(
         "from nasvit.search_spaces.efficientformer import EfficientFormerConfig\n"
-        "from nasvit.default_supernet import Recipe\nfrom nasvit.train import TrainConfig\n"
+        "from nasvit.training.default_supernet import Recipe\n"
+        "from nasvit.training.loop import TrainConfig\n"
         f"TINY = {TINY!r}\n"
         "TINY_CONFIG = EfficientFormerConfig(resolutions=(16, 32), widths=((8, 16), (16, 24), "
         "(16, 32), (32, 48)), depths=((1, 2), (1, 2), (1, 2, 3), (1, 2)), vit_nums=(0, 1), "

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import Dataset, load_dataset
 from nasvit.errors import NasvitError
-from nasvit.evaluate import SubnetEvaluator, accuracy_of, accuracy_spread
+from nasvit.evaluation.evaluator import SubnetEvaluator, accuracy_of, accuracy_spread
+from nasvit.training.checkpoint import load_supernet
 
 
 def test_supernet_path_matches_extracted_subnet(trained_checkpoint: Path, digits: Dataset) -> None:
@@ -94,7 +94,7 @@ def test_channels_last_evaluation_matches_contiguous(
 def test_recalibration_runs_only_up_to_the_last_batchnorm(
     trained_checkpoint: Path, digits: Dataset
 ) -> None:
-    from nasvit.evaluate import _calibration_part
+    from nasvit.evaluation.evaluator import _calibration_part
 
     space, supernet, _ = load_supernet(trained_checkpoint)
     arch = space.largest()
@@ -111,7 +111,7 @@ def test_supernet_without_batchnorm_is_not_recalibrated(
 ) -> None:
     """BatchNorm-free subnets skip the calibration forward (it could change nothing); the
     accuracy is the plain forward's."""
-    import nasvit.evaluate as evaluate
+    import nasvit.evaluation.evaluator as evaluate
 
     def without_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
         for parent in module.modules():

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import Dataset
 from nasvit.errors import NasvitError
-from nasvit.evaluate import SubnetEvaluator
-from nasvit.predictor import (
+from nasvit.evaluation.evaluator import SubnetEvaluator
+from nasvit.evaluation.predictor import (
     AccuracyPredictor,
     choice_counts,
     fit_and_score,
@@ -23,6 +22,7 @@ from nasvit.predictor import (
     target_values,
 )
 from nasvit.search_spaces import SearchSpace, get_space
+from nasvit.training.checkpoint import load_supernet
 
 
 def test_one_hot_marks_one_choice_per_present_position(tiny_space: SearchSpace) -> None:

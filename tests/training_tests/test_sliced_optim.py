@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from nasvit.nn.elastic import SliceGradient, SliceRecorder
 from nasvit.search_spaces import SearchSpace
-from nasvit.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
+from nasvit.training.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
 
 
 def test_whole_parameters_follow_torch_adamw() -> None:

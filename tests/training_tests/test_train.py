@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import Dataset
 from nasvit.errors import NasvitError
 from nasvit.search_spaces import SearchSpace
-from nasvit.train import TrainConfig, train_supernet
+from nasvit.training.checkpoint import load_supernet
+from nasvit.training.loop import TrainConfig, train_supernet
 
 QUICK = TrainConfig(epochs=2, train_limit=96, batch_size=32, eval_every_epoch=False)
 

@@ -16,16 +16,16 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from nasvit.checkpoint import load_supernet, save_supernet
-from nasvit.cli_train import train_command
+from nasvit.cli.train import train_command
 from nasvit.data import Dataset
-from nasvit.distill import HiddenStateDistiller, Teacher, capture_features
 from nasvit.errors import NasvitError
 from nasvit.nn.front_ends import PatchEmbedding
 from nasvit.search_spaces import get_space, registry
 from nasvit.search_spaces.attention_variants import AttentionVariantsConfig, AttentionVariantsSpace
 from nasvit.search_spaces.lighthubert import LightHuBERTConfig, LightHuBERTSpace
-from nasvit.train import TrainConfig, stage1_path, train_supernet, train_two_stage
+from nasvit.training.checkpoint import load_supernet, save_supernet
+from nasvit.training.distillation import HiddenStateDistiller, Teacher, capture_features
+from nasvit.training.loop import TrainConfig, stage1_path, train_supernet, train_two_stage
 
 from .conftest import TINY
 

@@ -100,7 +100,7 @@ def profile_command(
     database_url: UrlOption = None,
 ) -> None:
     """Measure every block of a space that the device's latency table lacks (resumable)."""
-    from nasvit.latency import build_space_table, resolve_device
+    from nasvit.evaluation.latency import build_space_table, resolve_device
     from nasvit.latency_db import LatencyStore
     from nasvit.search_spaces import get_space
 
@@ -141,7 +141,7 @@ def validate_command(
     database_url: UrlOption = None,
 ) -> None:
     """Measure sampled whole networks and compare them with the table's predictions."""
-    from nasvit.latency import resolve_device, validate_table
+    from nasvit.evaluation.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore
     from nasvit.search_spaces import get_space
 

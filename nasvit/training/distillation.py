@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nasvit.checkpoint import load_supernet
 from nasvit.errors import NasvitError
 from nasvit.nn.elastic import ElasticLinear
 from nasvit.nn.transformer import TransformerSupernet
 from nasvit.search_spaces import Architecture
+from nasvit.training.checkpoint import load_supernet
 
 #: Teacher layers whose mean hidden state is the target for a Transformer student
 #: (LightHuBERT's choice; clipped to the teacher's depth).

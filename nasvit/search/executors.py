@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from nasvit.evaluate import SubnetEvaluator
+from nasvit.evaluation.evaluator import SubnetEvaluator
 from nasvit.search_spaces import Architecture
 
 

@@ -30,7 +30,7 @@ def _restrictions(text: str | None) -> dict[str, Any]:
 
 
 def _load_checkpoint(ckpt: Path) -> tuple[Any, Any, dict[str, Any]]:
-    from nasvit.checkpoint import load_supernet
+    from nasvit.training.checkpoint import load_supernet
 
     return load_supernet(ckpt)
 
@@ -117,7 +117,7 @@ def train_command(
     """Train a once-for-all supernet and checkpoint it every epoch."""
     from nasvit.data import load_dataset
     from nasvit.search_spaces import ArchitectureError, get_space
-    from nasvit.train import TrainConfig, train_supernet, train_two_stage
+    from nasvit.training.loop import TrainConfig, train_supernet, train_two_stage
 
     if sampling not in ("sandwich", "uniform"):
         raise NasvitError(f"unknown --sampling '{sampling}'; known: sandwich, uniform")
@@ -125,7 +125,7 @@ def train_command(
     space = get_space(space_name)
     allowed = _restrictions(restrict)
     if default_recipe:
-        from nasvit.default_supernet import recipe_for
+        from nasvit.training.default_supernet import recipe_for
 
         allowed = {**recipe_for(space_name).restrictions, **allowed}
     if allowed:
@@ -224,7 +224,7 @@ def eval_command(
     """Accuracy of subnets of a trained supernet (BatchNorm recalibrated per subnet)."""
     import numpy as np
 
-    from nasvit.evaluate import SubnetEvaluator
+    from nasvit.evaluation.evaluator import SubnetEvaluator
     from nasvit.search_spaces import ArchitectureError
 
     if split not in ("val", "test"):
@@ -277,8 +277,8 @@ def predictor_command(
 ) -> None:
     """Measure random archs with the supernet, fit accuracy predictors, save them beside the
     checkpoint and report Spearman / Kendall tau on held-out archs."""
-    from nasvit.evaluate import SubnetEvaluator
-    from nasvit.predictor import (
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.evaluation.predictor import (
         TARGETS,
         fit_and_score,
         measure_pairs,

@@ -1,7 +1,7 @@
 """The search job: supernet -> latency table -> search -> end-to-end check -> export.
 
 One function, :func:`run_search`, serves the CLI and the job service. Each finished batch of
-trials is stored in the nasvit database (:mod:`nasvit.trial_store`) and copied to
+trials is stored in the nasvit database (:mod:`nasvit.search.trial_store`) and copied to
 ``trials.jsonl`` in the output folder before the next batch starts, so an interrupted search
 resumes (``resume=True``) without re-evaluating finished candidates.
 """
@@ -18,26 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from nasvit.budget import format_ms
-from nasvit.controllers import make_controller
-from nasvit.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
 from nasvit.errors import NasvitError
-from nasvit.pareto import hypervolume, pareto_front
+from nasvit.evaluation.ranking import ranking_score
+from nasvit.search.budget import format_ms
+from nasvit.search.controllers import make_controller
+from nasvit.search.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
+from nasvit.search.pareto import hypervolume, pareto_front
+from nasvit.search.trial_store import TrialStore, study_name_for
 from nasvit.search_spaces import Architecture, SearchSpace
-from nasvit.trial_store import TrialStore, study_name_for
 
 TRIALS_FILE = "trials.jsonl"
-# Candidates are ranked by accuracy, ties broken by validation loss: a small validation split
-# gives few distinct accuracies (the default digits-affine split: steps of 1/179), and without
-# the tie-break a larger model that only lowers the loss would look no better. The weight keeps
-# the loss term below half an accuracy step, so it never reorders different accuracies.
-LOSS_TIE_BREAK = 1e-3
-_MAX_TIE_LOSS = 2.5
-
-
-def ranking_score(accuracy: float, loss: float) -> float:
-    """Accuracy with the validation loss as a tie-break (what controllers maximise)."""
-    return accuracy - LOSS_TIE_BREAK * min(loss, _MAX_TIE_LOSS)
 
 
 @dataclass(frozen=True)
@@ -90,8 +80,8 @@ ProgressHook = Callable[[str, int, int], None]  # (stage, done, total)
 
 def _prepare_supernet(request: SearchRequest) -> tuple[SearchSpace, Any, str, int]:
     """(space, supernet, data source, data seed) from a checkpoint or the default supernet."""
-    from nasvit.checkpoint import load_supernet
-    from nasvit.default_supernet import default_supernet, recipe_for
+    from nasvit.training.checkpoint import load_supernet
+    from nasvit.training.default_supernet import default_supernet, recipe_for
 
     if request.checkpoint is not None:
         space, supernet, extra = load_supernet(request.checkpoint)
@@ -151,10 +141,10 @@ def run_search(request: SearchRequest, progress: ProgressHook | None = None) -> 
             fastest one found).
     """
     from nasvit.data import load_dataset
-    from nasvit.evaluate import SubnetEvaluator
-    from nasvit.executors import InProcessExecutor, RayExecutor
-    from nasvit.latency import resolve_device, validate_table
+    from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.evaluation.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore, LatencyTable, build_table
+    from nasvit.search.executors import InProcessExecutor, RayExecutor
 
     timings: dict[str, float] = {}
     started = time.perf_counter()

@@ -7,7 +7,8 @@ ranking to be right. A predictor remembers its space and restrictions and refuse
 another space; it is saved with joblib next to the supernet checkpoint.
 
 Targets: ``accuracy`` (top-1 on the evaluated split); ``score``, what the search maximises
-(:func:`nasvit.pipeline.ranking_score`: accuracy with the validation loss as a tie-break); and
+(:func:`nasvit.evaluation.ranking.ranking_score`: accuracy with the validation loss as a
+tie-break); and
 ``neg_loss`` (minus the mean cross-entropy). On a small validation split accuracy is coarse and
 noisy: digits' 179 val images give 6 distinct accuracies over 600 random subnets of the default
 supernet (they differ by a handful of images), so no model can rank them; the loss is
@@ -32,7 +33,7 @@ from nasvit.errors import NasvitError
 from nasvit.search_spaces import Choice, ChoiceList, LayerChoices, SearchSpace
 
 if TYPE_CHECKING:
-    from nasvit.evaluate import ArchAccuracy, SubnetEvaluator
+    from nasvit.evaluation.evaluator import ArchAccuracy, SubnetEvaluator
 
 PredictorKind = Literal["mlp", "gbt"]
 # What a predictor estimates (higher is better for all): top-1 accuracy, the search's ranking
@@ -41,7 +42,7 @@ PredictorKind = Literal["mlp", "gbt"]
 # loss keeps the ranking signal.
 PredictorTarget = Literal["accuracy", "score", "neg_loss"]
 TARGETS: tuple[str, ...] = ("accuracy", "score", "neg_loss")
-PREDICTOR_FORMAT = "nasvit.predictor/1"
+PREDICTOR_FORMAT = "nasvit.evaluation.predictor/1"
 
 
 def choice_counts(space: SearchSpace) -> list[int]:
@@ -254,7 +255,7 @@ def target_values(results: Sequence[ArchAccuracy], target: PredictorTarget) -> l
         return [r.accuracy for r in results]
     if target == "neg_loss":
         return [-r.loss for r in results]
-    from nasvit.pipeline import ranking_score  # the pipeline imports the controllers
+    from nasvit.evaluation.ranking import ranking_score
 
     return [ranking_score(r.accuracy, r.loss) for r in results]
 
@@ -301,7 +302,7 @@ def measure_pairs(
     the next call with the same ``cache_key`` (e.g. the checkpoint's size and mtime), so an
     interrupted or repeated run measures only what is missing.
     """
-    from nasvit.evaluate import ArchAccuracy
+    from nasvit.evaluation.evaluator import ArchAccuracy
 
     space = evaluator.space
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ Why Optuna's storage: it is a maintained, migrated SQL schema for exactly this r
 parameters, objective values, attributes) that works on SQLite and PostgreSQL, and a study
 written by any nasvit controller can be opened with Optuna's own tools (optuna-dashboard,
 ``optuna.load_study``). Every trial is stored with its categorical parameters (the one
-SearchSpace -> Optuna conversion in :mod:`nasvit.space_adapters`), the two objectives
+SearchSpace -> Optuna conversion in :mod:`nasvit.search.adapters`), the two objectives
 (ranking score up, predicted latency down) and the full nasvit record as attributes.
 
 One study per search output folder; the pipeline resumes from it, so an interrupted search,
@@ -20,8 +20,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nasvit.search.adapters import optuna_distributions, parameters_from_arch
 from nasvit.search_spaces import SearchSpace
-from nasvit.space_adapters import optuna_distributions, parameters_from_arch
 
 _RECORD = "nasvit_trial"
 

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nasvit.controllers import EvolutionController, LatencyFunction, Observation
-from nasvit.pareto import crowding_distance, non_dominated_mask
+from nasvit.search.controllers.base import LatencyFunction, Observation
+from nasvit.search.controllers.evolution import EvolutionController
+from nasvit.search.pareto import crowding_distance, non_dominated_mask
 from nasvit.search_spaces import Architecture, SearchSpace
 
 

@@ -23,13 +23,13 @@ from typing import Any
 
 from filelock import FileLock
 
-from nasvit.checkpoint import load_supernet
 from nasvit.data import load_dataset
 from nasvit.errors import NasvitError
-from nasvit.evaluate import SubnetEvaluator
+from nasvit.evaluation.evaluator import SubnetEvaluator
 from nasvit.nn import Supernet
 from nasvit.search_spaces import SearchSpace, get_space
-from nasvit.train import TrainConfig, train_supernet
+from nasvit.training.checkpoint import load_supernet
+from nasvit.training.loop import TrainConfig, train_supernet
 
 RECIPE_VERSION = 1
 # Blocks per stage of the default efficientformer supernet.

@@ -9,7 +9,7 @@ Two sampling recipes, so they can be compared at equal time (bench/bench_trainin
 
 An optional teacher checkpoint adds LightHuBERT-style distillation: KL to the teacher's logits
 plus an L1 loss between the student's hidden features and the teacher's (see
-:mod:`nasvit.distill`).
+:mod:`nasvit.training.distillation`).
 
 LightHuBERT's two-stage recipe (:func:`train_two_stage`): stage 1 (``objective=
 "teacher_features"``) trains only the largest subnet, on the L1 hidden-feature loss to the
@@ -18,9 +18,9 @@ above, still distilling from the teacher) whose weights start from stage 1's che
 (``init``). ``init`` works on its own too: any checkpoint of the same space can start a run.
 
 AdamW with linear warmup and a cosine decay per step; AMP only on CUDA. The optimizer updates only
-the parameter slices the step's subnets used (:mod:`nasvit.sliced_optim`: the elastic layers
-record what they served, backward fills slice-sized gradients), so a step costs about what the
-same step of the extracted subnets costs (bench/bench_training.py ``step``). The checkpoint is
+the parameter slices the step's subnets used (:mod:`nasvit.training.sliced_optim`: the elastic
+layers record what they served, backward fills slice-sized gradients), so a step costs about what
+the same step of the extracted subnets costs (bench/bench_training.py ``step``). The checkpoint is
 written atomically after every epoch with the optimizer and RNG states inside, so
 ``resume=True`` continues exactly where it stopped (on CPU, a seed gives bit-identical weights
 whether or not the run was interrupted). The final checkpoint drops the optimizer state.
@@ -58,9 +58,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nasvit.checkpoint import load_supernet, save_supernet
 from nasvit.data import Dataset
-from nasvit.distill import (
+from nasvit.errors import NasvitError
+from nasvit.evaluation.evaluator import SubnetEvaluator, resolution_of
+from nasvit.nn import Supernet
+from nasvit.nn.elastic import SliceRecorder
+from nasvit.nn.transformer import TransformerSupernet
+from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.training.checkpoint import load_supernet, save_supernet
+from nasvit.training.distillation import (
     TEACHER_LAYERS,
     HiddenStateDistiller,
     Teacher,
@@ -68,13 +74,7 @@ from nasvit.distill import (
     distill_kl,
     feature_l1,
 )
-from nasvit.errors import NasvitError
-from nasvit.evaluate import SubnetEvaluator, resolution_of
-from nasvit.nn import Supernet
-from nasvit.nn.elastic import SliceRecorder
-from nasvit.nn.transformer import TransformerSupernet
-from nasvit.search_spaces import Architecture, SearchSpace
-from nasvit.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
+from nasvit.training.sliced_optim import LossScaler, SlicedAdamW, clip_grad_norm, step_gradients
 
 Sampling = Literal["sandwich", "uniform"]
 #: ``ofa``: once-for-all training with ``sampling``; ``teacher_features``: stage 1 of the
@@ -215,7 +215,7 @@ def train_supernet(
         space: the space whose subnets are sampled (restrict it to train on fewer choices).
         dataset: ``train`` is trained on, ``val`` is reported per epoch.
         config: hyper-parameters; with ``resume`` they must equal the checkpoint's.
-        out: checkpoint path (see :func:`nasvit.checkpoint.load_supernet`).
+        out: checkpoint path (see :func:`nasvit.training.checkpoint.load_supernet`).
         resume: continue from ``out`` (error if it is missing or was trained differently).
         metrics_path: JSONL log, one line per epoch (default: ``<out>.metrics.jsonl``).
         stop_after: return after this many epochs of this call, leaving a resumable
