@@ -1,17 +1,8 @@
-"""Fixtures: a store per backend (SQLite file, real PostgreSQL server), small real blocks.
-
-PostgreSQL: the Debian ``postgresql`` package is installed if missing (needs root and apt), and
-a throwaway cluster is started on 127.0.0.1 with initdb/pg_ctl as the ``postgres`` user. The
-PostgreSQL tests skip, saying why, only if that is impossible.
-"""
+"""Fixtures: a store per backend (SQLite file, a real PostgreSQL server from the
+nasvit_testing.postgres plugin), small real blocks."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,81 +10,7 @@ import pytest
 
 from nasvit.latency_db import LatencyStore, MeasurementProtocol, OnnxRuntimeProfiler
 
-PG_ROOT = Path("/usr/lib/postgresql")
-
-
-def _pg_bin() -> Path | None:
-    versions = sorted(PG_ROOT.glob("*/bin/pg_ctl")) if PG_ROOT.is_dir() else []
-    return versions[-1].parent if versions else None
-
-
-def _install_postgresql() -> str | None:
-    """Install the Debian package; returns why not, or None on success."""
-    if shutil.which("apt-get") is None:
-        return "apt-get not available to install postgresql"
-    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    install = ["apt-get", "install", "-y", "-q", "postgresql"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        result = subprocess.run(install, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            return f"apt-get install postgresql failed: {result.stderr.strip()[-200:]}"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh PostgreSQL server for this test session."""
-    if _pg_bin() is None:
-        reason = _install_postgresql()
-        if reason or _pg_bin() is None:
-            pytest.skip(f"PostgreSQL unavailable: {reason or 'no pg_ctl after install'}")
-    bin_dir = _pg_bin()
-    assert bin_dir is not None
-    data = Path(tempfile.mkdtemp(prefix="nasvit-pg-"))
-    port = _free_port()
-    shutil.chown(data, "postgres", "postgres")
-
-    def as_postgres(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True
-        )
-
-    init = as_postgres(
-        str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust"
-    )
-    if init.returncode != 0:
-        pytest.skip(f"initdb failed: {init.stderr.strip()[-200:]}")
-    options = f"-h 127.0.0.1 -p {port} -k {data}"
-    start = as_postgres(
-        str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-o", options, "-w",
-        "-l", str(data / "log"), "start",
-    )  # fmt: skip
-    if start.returncode != 0:
-        pytest.skip(f"pg_ctl start failed: {start.stderr.strip()[-200:]}")
-    try:
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop")
-        shutil.rmtree(data, ignore_errors=True)
-
-
-def _fresh_postgres_db(url: str) -> str:
-    """A new empty database on the session's server, so tests never see each other's rows."""
-    from sqlalchemy import create_engine, text
-
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return url.rsplit("/", 1)[0] + f"/{name}"
+from nasvit_testing.postgres import fresh_postgres_db
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,7 +18,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database on each backend (the conformance suite runs on both)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'nasvit.db'}"
-    return _fresh_postgres_db(request.getfixturevalue("postgres_url"))
+    return fresh_postgres_db(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
@@ -124,14 +41,14 @@ def quick_profiler() -> OnnxRuntimeProfiler:
 
 
 @pytest.fixture(scope="session")
-def space():  # noqa: ANN201 - a SearchSpace
+def space():
     from nasvit.search_spaces import get_space
 
     return get_space("efficientformer")
 
 
 @pytest.fixture(scope="session")
-def small_blocks(space):  # noqa: ANN001, ANN201
+def small_blocks(space):
     """A handful of distinct real blocks at resolution 32, of every kind."""
     blocks = space.enumerate_blocks([32])
     by_kind: dict[str, list] = {}

@@ -16,7 +16,7 @@ from nasvit.search_spaces import (
     get_space,
 )
 
-from .toy_spaces import ModelFreeSpace, lighthubert_like, staged
+from nasvit_testing.toy_spaces import ModelFreeSpace, lighthubert_like, staged
 
 
 def test_size_matches_lighthubert_published_counts() -> None:

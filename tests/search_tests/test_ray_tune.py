@@ -10,7 +10,7 @@ from nasvit.search.adapters import ray_tune_space
 from nasvit.search.controllers import make_controller
 from nasvit.search_spaces import get_space
 
-from .test_controllers import BUDGET_MS, SPACE, synthetic_objectives
+from nasvit_testing.synthetic import BUDGET_MS, SPACE, synthetic_objectives
 
 
 def objective(config: dict) -> None:
@@ -22,12 +22,13 @@ def objective(config: dict) -> None:
 
 
 def test_controller_runs_as_a_tune_searcher(tmp_path) -> None:
-    ray = pytest.importorskip("ray")
+    import ray
     from ray import cloudpickle, tune
 
     from nasvit.search.ray_tune import ControllerSearcher
 
-    # Test modules are not importable by name in Ray's workers: ship them by value.
+    # Test modules and nasvit_testing are not importable by name in Ray's workers: ship them
+    # by value.
     for module in (sys.modules[__name__], sys.modules[synthetic_objectives.__module__]):
         cloudpickle.register_pickle_by_value(module)
     controller = make_controller("nsga2", SPACE, BUDGET_MS, seed=0)
@@ -55,7 +56,6 @@ def test_controller_runs_as_a_tune_searcher(tmp_path) -> None:
 
 
 def test_ray_tune_domains_cover_every_parameter() -> None:
-    pytest.importorskip("ray")
     domains = ray_tune_space(SPACE)
     assert domains["resolution"].categories == [32, 64, 96]
     assert len(domains) == SPACE.encoding_length

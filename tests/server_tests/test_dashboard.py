@@ -1,7 +1,8 @@
-"""The dashboard in real headless Chromium (Debian's ``chromium``, driven by Playwright through
-``executable_path``; no browser download) against ``create_app(settings)`` served by uvicorn on
-127.0.0.1, with real searches run by a real ``nasvit worker`` process on the tiny supernet and
-measured latency table of conftest's ``search_assets``.
+"""The dashboard in real headless Chromium (the ``browser`` fixture of nasvit_testing.chromium:
+Debian's ``chromium`` driven by Playwright; no browser download) against
+``create_app(settings)`` served by uvicorn on 127.0.0.1, with real searches run by a real
+``nasvit worker`` process on the tiny supernet and measured latency table of conftest's
+``search_assets``.
 
 The server requires a token for reading, so the page is first seen refusing, then the token is
 typed into the page's field. The page stays open while the worker runs the jobs: it must reach
@@ -14,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,20 +27,11 @@ from typing import Any
 import httpx
 import pytest
 
+from nasvit_testing.ports import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 NASVIT = str(Path(sys.executable).parent / "nasvit")
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium keeps dialling out, which this machine's
-# closed network refuses; no sandbox because the tests may run as root.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 GREY = "rgb(176, 176, 176)"  # DOMINATED_COLOR in server/static/app.js
 BUDGET = "300us"
 BUDGET_MS = 0.3
@@ -49,43 +40,6 @@ JOBS = [{"evaluations": EVALUATIONS}, {"evaluations": 6, "controller": "random",
 JOB_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
-
-
-def _install_chromium() -> str | None:
-    """Install Debian's chromium; returns why not, or None on success."""
-    if shutil.which("apt-get") is None:
-        return "apt-get not available to install chromium"
-    env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    install = ["apt-get", "install", "-y", "-q", "chromium"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        result = subprocess.run(install, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            return f"apt-get install chromium failed: {result.stderr.strip()[-200:]}"
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        reason = _install_chromium()
-        if reason or not CHROMIUM.exists():
-            pytest.skip(f"Chromium unavailable: {reason or f'no {CHROMIUM} after install'}")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="playwright is a dev dependency: pip install -e '.[dev]'"
-    )
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        launched.close()
 
 
 @dataclass
@@ -113,7 +67,7 @@ def service(
     import uvicorn
 
     from nasvit.server.app import create_app
-    from nasvit.server.settings import Settings
+    from nasvit.settings import Settings
 
     home = tmp_path_factory.mktemp("dashboard-home")
     # The measured latency table comes with the database, so the worker profiles nothing.
@@ -128,7 +82,7 @@ def service(
     )
     settings = Settings(home=home, checkpoints={"efficientformer": checkpoint}, read_access="token")
     app = create_app(settings)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )

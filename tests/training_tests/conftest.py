@@ -1,8 +1,5 @@
-"""Shared fixtures: a tiny registered EfficientFormer space, digits, and one trained supernet.
-
-The real efficientformer supernet has ~118M parameters whatever its restrictions; these tests
-use the same family at a few thousand parameters so a training epoch takes seconds.
-"""
+"""Fixtures of the training tests: the tiny EfficientFormer space (nasvit_testing.tiny_space)
+registered for each test, digits, and one trained supernet."""
 
 from __future__ import annotations
 
@@ -14,18 +11,10 @@ import torch
 
 from nasvit.data import Dataset, load_digits
 from nasvit.search_spaces import SearchSpace, get_space, registry
-from nasvit.search_spaces.efficientformer import EfficientFormerConfig, EfficientFormerSpace
+from nasvit.search_spaces.efficientformer import EfficientFormerSpace
 from nasvit.training.loop import TrainConfig, train_supernet
 
-TINY = "tiny-efficientformer-test"
-TINY_CONFIG = EfficientFormerConfig(
-    resolutions=(16, 32),
-    widths=((8, 16), (16, 24), (16, 32), (32, 48)),
-    depths=((1, 2), (1, 2), (1, 2, 3), (1, 2)),
-    vit_nums=(0, 1),
-    num_heads=2,
-    key_dim=8,
-)
+from nasvit_testing.tiny_space import TINY, TINY_CONFIG
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nasvit.data import Dataset, load_dataset, load_digits
 from nasvit.errors import NasvitError
@@ -132,13 +133,10 @@ def test_malformed_cifar_batches(tmp_path: Path) -> None:
 
 
 def _png(path: Path, value: int, size: tuple[int, int] = (10, 10), mode: str = "RGB") -> None:
-    from PIL import Image
-
     Image.new(mode, size, (value,) * 3 if mode == "RGB" else value).save(path)
 
 
 def test_image_folder(tmp_path: Path) -> None:
-    pytest.importorskip("PIL")
     for label, name in enumerate(["cat", "dog"]):
         (tmp_path / name).mkdir()
         for i in range(6):
@@ -150,7 +148,6 @@ def test_image_folder(tmp_path: Path) -> None:
 
 
 def test_grayscale_image_folder_has_one_channel(tmp_path: Path) -> None:
-    pytest.importorskip("PIL")
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         for i in range(5):
@@ -159,7 +156,6 @@ def test_grayscale_image_folder_has_one_channel(tmp_path: Path) -> None:
 
 
 def test_malformed_image_folder(tmp_path: Path) -> None:
-    pytest.importorskip("PIL")
     with pytest.raises(NasvitError, match="not a dataset directory"):
         load_dataset(tmp_path)
     (tmp_path / "a").mkdir()
