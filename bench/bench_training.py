@@ -36,6 +36,7 @@ from nasvit.evaluation.evaluator import SubnetEvaluator, accuracy_spread
 from nasvit.evaluation.predictor import fit_and_score, measure_pairs, target_values
 from nasvit.nn.elastic import SliceRecorder
 from nasvit.search_spaces import get_space
+from nasvit.training import TrainConfig, train_supernet
 from nasvit.training.checkpoint import load_supernet
 from nasvit.training.default_supernet import (
     Recipe,
@@ -43,7 +44,6 @@ from nasvit.training.default_supernet import (
     ensure_default_supernet,
     smaller_half_widths,
 )
-from nasvit.training.loop import TrainConfig, train_supernet
 from nasvit.training.sliced_optim import SlicedAdamW, step_gradients
 
 SPACE = "efficientformer"

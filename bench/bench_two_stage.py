@@ -31,9 +31,9 @@ import torch
 from nasvit.data import load_digits
 from nasvit.evaluation.evaluator import SubnetEvaluator, accuracy_spread
 from nasvit.search_spaces import get_space
+from nasvit.training import train_supernet, train_two_stage
 from nasvit.training.checkpoint import load_supernet
 from nasvit.training.default_supernet import recipe_for
-from nasvit.training.loop import train_supernet, train_two_stage
 
 
 def _seconds(path: Path) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -117,7 +117,7 @@ def train_command(
     """Train a once-for-all supernet and checkpoint it every epoch."""
     from nasvit.data import load_dataset
     from nasvit.search_spaces import ArchitectureError, get_space
-    from nasvit.training.loop import TrainConfig, train_supernet, train_two_stage
+    from nasvit.training import TrainConfig, TrainResult, train_supernet, train_two_stage
 
     if sampling not in ("sandwich", "uniform"):
         raise NasvitError(f"unknown --sampling '{sampling}'; known: sandwich, uniform")
@@ -151,6 +151,7 @@ def train_command(
         objective="teacher_features" if stage == 1 else "ofa",
         init=str(init) if init else None,
     )
+    results: tuple[TrainResult, ...]
     if recipe == "two-stage":
         results = train_two_stage(
             space, dataset, config, out, stage1_epochs, resume, progress, metrics, ddp_workers
@@ -280,6 +281,7 @@ def predictor_command(
     from nasvit.evaluation.evaluator import SubnetEvaluator
     from nasvit.evaluation.predictor import (
         TARGETS,
+        PredictorKind,
         fit_and_score,
         measure_pairs,
         predictor_path,
@@ -289,6 +291,7 @@ def predictor_command(
     kinds = ["mlp", "gbt"] if kind == "both" else [kind]
     if any(k not in ("mlp", "gbt") for k in kinds):
         raise NasvitError(f"unknown --kind '{kind}'; known: mlp, gbt, both")
+    known_kinds = cast(list[PredictorKind], kinds)  # (checked just above)
     if target not in TARGETS:
         raise NasvitError(f"unknown --target '{target}'; known: {', '.join(TARGETS)}")
     if test_size > samples - 2:
@@ -308,7 +311,7 @@ def predictor_command(
     archs = [p.arch for p in pairs]
     values = target_values(pairs, target)  # type: ignore[arg-type]
     reports = []
-    for k in kinds:
+    for k in known_kinds:
         predictor, report = fit_and_score(
             space,
             archs,

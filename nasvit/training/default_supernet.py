@@ -1,11 +1,12 @@
-"""The default supernet of a space: trained once on bundled data, cached under ``$NASVIT_HOME``.
+"""The default supernet of a space: trained once on bundled data, cached under nasvit's home.
 
 ``nasvit search`` must work on a fresh machine with no other step, so when no checkpoint is
 given the pipeline calls :func:`default_supernet`. The first call trains a small supernet on
 scikit-learn's digits (plain, or distorted as ``digits-affine``; progress shown) and caches it as
-``$NASVIT_HOME/supernets/<space>-<data>-<recipe hash>.pt``; later calls load it. The hash covers
-the recipe (restrictions and training settings), so changing a recipe retrains instead of
-loading stale weights.
+``<home>/supernets/<space>-<data>-<recipe hash>.pt``; later calls load it. ``home`` is passed
+in (the pipeline passes its settings' home), else it is the environment's settings' home. The
+hash covers the recipe (restrictions and training settings), so changing a recipe retrains
+instead of loading stale weights.
 
 Concurrency: a file lock serialises trainers of the same recipe (a second process waits, then
 loads what the first wrote); training writes ``<name>.partial`` and renames it into place, so a
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +28,10 @@ from nasvit.errors import NasvitError
 from nasvit.evaluation.evaluator import SubnetEvaluator
 from nasvit.nn import Supernet
 from nasvit.search_spaces import SearchSpace, get_space
+from nasvit.settings import load_settings
 from nasvit.training.checkpoint import load_supernet
-from nasvit.training.loop import TrainConfig, train_supernet
+from nasvit.training.config import TrainConfig
+from nasvit.training.loop import train_supernet
 
 RECIPE_VERSION = 1
 # Blocks per stage of the default efficientformer supernet.
@@ -65,7 +67,7 @@ class Recipe:
 def smaller_half_widths(space_name: str = "efficientformer") -> list[list[int]]:
     """The smaller half of each stage's width choices (a sandwich step ~2x cheaper than full
     widths)."""
-    widths = get_space(space_name).dimension("widths").choices  # type: ignore[attr-defined]
+    widths = get_space(space_name).choices("widths")
     return [list(c[: (len(c) + 1) // 2]) for c in widths]
 
 
@@ -102,7 +104,7 @@ def _mobiledets_recipe(space_name: str) -> Recipe:
     accelerator variant also holds each stage's first layer to one block type: with the type
     mixed there, random subnets stayed at chance accuracy after 8 epochs."""
     space = get_space(space_name)
-    widths = space.dimension("widths").choices  # type: ignore[attr-defined]
+    widths = space.choices("widths")
     kept = 3 if space_name == "mobiledets" else 2
     restrictions: dict[str, Any] = {
         "resolution": [32],
@@ -167,16 +169,15 @@ def recipe_for(space_name: str) -> Recipe:
     space = get_space(space_name)
     names = [d.name for d in space.searched_dimensions]
     if "resolution" in names:
-        smallest = min(space.dimension("resolution").choices)  # type: ignore[attr-defined]
+        smallest = min(space.choices("resolution"))
         return Recipe(restrictions={"resolution": [smallest]})
     return Recipe()
 
 
 def nasvit_home(home: str | Path | None = None) -> Path:
-    """``home``, else ``$NASVIT_HOME``, else ``~/.nasvit``."""
-    if home is not None:
-        return Path(home)
-    return Path(os.environ.get("NASVIT_HOME") or Path.home() / ".nasvit")
+    """``home``, else the environment's settings' (:attr:`nasvit.settings.Settings.home`:
+    ``$NASVIT_HOME``, default ``~/.nasvit``)."""
+    return Path(home) if home is not None else load_settings().home
 
 
 def default_supernet_path(

@@ -52,8 +52,8 @@ def capture_features(supernet: nn.Module) -> Iterator[list[Tensor]]:
     dropped layer records nothing). Stage-structured supernets: each stage's output (the input
     of the next downsampling) and the tokens entering the head."""
     if isinstance(supernet, TransformerSupernet):
-        with _capture_layer_outputs(supernet) as captured:
-            yield captured
+        with _capture_layer_outputs(supernet) as layer_outputs:
+            yield layer_outputs
         return
     downsamples = getattr(supernet, "downsamples", None)
     head = getattr(supernet, "head", None)

@@ -14,7 +14,8 @@ from nasvit.cli.train import eval_command, predictor_command, train_command
 from nasvit.errors import NasvitError
 from nasvit.training.checkpoint import load_supernet
 
-from .conftest import TINY
+from nasvit_testing.availability import unavailable
+from nasvit_testing.tiny_space import TINY
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 app.command("train")(train_command)
@@ -184,7 +185,7 @@ def test_the_installed_nasvit_script_runs_the_commands(tmp_path: Path) -> None:
 
     script = Path(sys.executable).parent / "nasvit"
     if not script.is_file():
-        pytest.skip("the nasvit console script is not installed next to this interpreter")
+        unavailable("the nasvit console script is not installed next to this interpreter")
     done = subprocess.run(
         [str(script), "eval", "--ckpt", str(tmp_path / "missing.pt"), "--random", "1"],
         capture_output=True,

@@ -13,8 +13,8 @@ import torch
 from nasvit.data import Dataset
 from nasvit.errors import NasvitError
 from nasvit.search_spaces import SearchSpace
+from nasvit.training import TrainConfig, train_supernet, weights_fingerprint
 from nasvit.training.checkpoint import load_supernet
-from nasvit.training.loop import TrainConfig, train_supernet, weights_fingerprint
 
 # One epoch of one global batch of 64 images: each process trains the sandwich on 32 of them.
 ONE_STEP = TrainConfig(

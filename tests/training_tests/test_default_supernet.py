@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nasvit import default_supernet as module
 from nasvit.errors import NasvitError
 from nasvit.search_spaces import get_space
+from nasvit.training import TrainConfig, train_supernet
+from nasvit.training import default_supernet as module
 from nasvit.training.default_supernet import (
     Recipe,
     default_supernet,
@@ -22,9 +23,8 @@ from nasvit.training.default_supernet import (
     nasvit_home,
     recipe_for,
 )
-from nasvit.training.loop import TrainConfig, train_supernet
 
-from .conftest import TINY
+from nasvit_testing.tiny_space import TINY
 
 RECIPE = Recipe(
     restrictions={"resolution": [32]},
@@ -94,7 +94,7 @@ def test_two_processes_train_it_once(tmp_path: Path) -> None:
         f"""
         import torch
         torch.set_num_threads(1)
-        from nasvit import default_supernet as module
+        from nasvit.training import default_supernet as module
         from nasvit.search_spaces import registry
         from nasvit.search_spaces.efficientformer import EfficientFormerSpace
         from tests_conf import TINY, TINY_CONFIG, RECIPE
@@ -110,7 +110,7 @@ def test_two_processes_train_it_once(tmp_path: Path) -> None:
     (tmp_path / "tests_conf.py").write_text(
         "from nasvit.search_spaces.efficientformer import EfficientFormerConfig\n"
         "from nasvit.training.default_supernet import Recipe\n"
-        "from nasvit.training.loop import TrainConfig\n"
+        "from nasvit.training import TrainConfig\n"
         f"TINY = {TINY!r}\n"
         "TINY_CONFIG = EfficientFormerConfig(resolutions=(16, 32), widths=((8, 16), (16, 24), "
         "(16, 32), (32, 48)), depths=((1, 2), (1, 2), (1, 2, 3), (1, 2)), vit_nums=(0, 1), "

@@ -12,8 +12,8 @@ import torch
 from nasvit.data import Dataset
 from nasvit.errors import NasvitError
 from nasvit.search_spaces import SearchSpace
+from nasvit.training import TrainConfig, train_supernet
 from nasvit.training.checkpoint import load_supernet
-from nasvit.training.loop import TrainConfig, train_supernet
 
 QUICK = TrainConfig(epochs=2, train_limit=96, batch_size=32, eval_every_epoch=False)
 

@@ -23,11 +23,11 @@ from nasvit.nn.front_ends import PatchEmbedding
 from nasvit.search_spaces import get_space, registry
 from nasvit.search_spaces.attention_variants import AttentionVariantsConfig, AttentionVariantsSpace
 from nasvit.search_spaces.lighthubert import LightHuBERTConfig, LightHuBERTSpace
+from nasvit.training import TrainConfig, stage1_path, train_supernet, train_two_stage
 from nasvit.training.checkpoint import load_supernet, save_supernet
 from nasvit.training.distillation import HiddenStateDistiller, Teacher, capture_features
-from nasvit.training.loop import TrainConfig, stage1_path, train_supernet, train_two_stage
 
-from .conftest import TINY
+from nasvit_testing.tiny_space import TINY
 
 TINY_LH = "tiny-lighthubert-test"
 # LightHuBERT's structure (post-LN, group-of-four layer drop over 12 layers, per-layer heads and
