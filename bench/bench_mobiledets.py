@@ -62,7 +62,7 @@ def variants() -> None:
 
 def train_epoch(name: str, out: Path) -> None:
     from nasvit.data import load_digits
-    from nasvit.training.loop import train_supernet
+    from nasvit.training import train_supernet
 
     recipe = recipe_for(name)
     space = get_space(name).restrict(**recipe.restrictions)

@@ -42,10 +42,14 @@ def load_defaults() -> tuple[SearchSpace, Any, Any, dict[str, int]]:
     """(space, supernet, latency table, shape args) of the README's main job."""
     from nasvit.evaluation.latency import resolve_device
     from nasvit.latency_db import LatencyStore, LatencyTable
+    from nasvit.settings import load_settings
     from nasvit.training.default_supernet import default_supernet, recipe_for
 
-    space, supernet, _ = default_supernet("efficientformer", recipe=recipe_for("efficientformer"))
-    store = LatencyStore.open()
+    settings = load_settings()  # the NASVIT_* environment, as `nasvit search` reads it
+    space, supernet, _ = default_supernet(
+        "efficientformer", home=settings.home, recipe=recipe_for("efficientformer")
+    )
+    store = LatencyStore.open(settings.resolved_database_url)
     device, _profiler = resolve_device(store, None)
     table = LatencyTable.load(store, device.id, space.identity)
     shape = {"num_classes": supernet.num_classes, "in_channels": supernet.in_channels}

@@ -86,7 +86,7 @@ def recipe_epoch() -> None:
 
     from nasvit.data import load_dataset
     from nasvit.training.default_supernet import recipe_for
-    from nasvit.training.loop import train_supernet
+    from nasvit.training import train_supernet
 
     print("\n## default digits recipe: first epoch on 1 thread (CPU time)")
     print("| space | epochs | CPU s, epoch 1 | x epochs (1 core) | val largest | val smallest |")

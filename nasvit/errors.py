@@ -4,7 +4,8 @@ them to HTTP 4xx. Anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 
 class NasvitError(Exception):
@@ -24,3 +25,37 @@ class UnknownNameError(NasvitError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.message
+
+
+class OutputExistsError(NasvitError):
+    """An output folder that already holds a search, given to a search that does not resume.
+
+    Attributes:
+        path: the folder.
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} already holds a search; resume it or write to another folder")
+        self.path = path
+
+
+class DeviceNotLocalError(NasvitError):
+    """A named device that is not this machine (another host, runtime or setting), asked to
+    measure here.
+
+    Attributes:
+        device: the device's name.
+        differences: each differing setting, as ``name=value (here value)``.
+    """
+
+    def __init__(self, device: str, differences: Sequence[str]):
+        self.device = device
+        self.differences = list(differences)
+        super().__init__(
+            f"{self.description}; measure it where it was profiled, or leave the device unset "
+            "to measure this machine"
+        )
+
+    @property
+    def description(self) -> str:
+        return f"device '{self.device}' is not this machine: {', '.join(self.differences)}"

@@ -11,6 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
+from nasvit.cli.messages import cli_message
 from nasvit.errors import NasvitError
 
 app = typer.Typer(
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="nasvit")
     except NasvitError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        message = cli_message(exc)
+        err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -10,66 +10,69 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasvit.search.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
+from nasvit.search.request import RequestOption, request_option
 
 console = Console()
 err_console = Console(stderr=True)
 
+# The options' defaults, bounds and help come from nasvit.search.request.SearchRequest: the
+# service's request schema reads the same definitions.
+SPACE = request_option("space")
+BUDGET = request_option("budget_ms")
+DEVICE = request_option("device")
+CONTROLLER = request_option("controller")
+EVALUATIONS = request_option("evaluations")
+WORKERS = request_option("workers")
+SEED = request_option("seed")
+CHECKPOINT = request_option("checkpoint")
+DATA = request_option("data")
+OUT = request_option("out")
+RESUME = request_option("resume")
+RAY_ADDRESS = request_option("ray_address")
+VALIDATE_NETWORKS = request_option("validate_networks")
+# The service caps evaluations with its own setting (Settings.max_evaluations, the same default).
+MAX_EVALUATIONS = 100_000
+
+
+def _bounded(flag: str, option: RequestOption) -> Any:
+    return typer.Option(flag, min=option.ge, max=option.le, help=option.help)
+
 
 def search_command(
-    space: Annotated[str, typer.Option("--space", help="Search space name.")],
-    budget: Annotated[str, typer.Option("--budget", help="Latency budget: 2ms, 1500us, 0.002s.")],
-    device: Annotated[
-        str | None, typer.Option("--device", help="Latency table's device (default: this CPU).")
-    ] = None,
+    space: Annotated[str, typer.Option("--space", help=SPACE.help)],
+    budget: Annotated[str, typer.Option("--budget", help=BUDGET.help)],
+    device: Annotated[str | None, typer.Option("--device", help=DEVICE.help)] = DEVICE.default,
     controller: Annotated[
-        str,
-        typer.Option(
-            "--controller", help="nsga2 | evolution | predictor | tpe | optuna-nsga2 | random"
-        ),
-    ] = "nsga2",
+        str, typer.Option("--controller", help=CONTROLLER.help)
+    ] = CONTROLLER.default,
     evaluations: Annotated[
-        int, typer.Option("--evaluations", min=1, max=100_000, help="Candidates to evaluate.")
-    ] = DEFAULT_EVALUATIONS,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Ray workers.")] = 1,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    ckpt: Annotated[
-        Path | None, typer.Option("--ckpt", help="Supernet checkpoint (default: trained once).")
-    ] = None,
-    data: Annotated[
-        str, typer.Option("--data", help="digits, or a dataset path matching --ckpt.")
-    ] = "digits",
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("nasvit-search"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the search in --out.")] = False,
-    ray_address: Annotated[
-        str | None, typer.Option("--ray-address", help="Join an existing Ray cluster.")
-    ] = None,
-    validate_networks: Annotated[
         int,
         typer.Option(
-            "--validate-networks",
-            min=0,
-            max=1000,
-            help="Whole networks measured to validate a table never validated on this space "
-            "(0: skip).",
+            "--evaluations", min=EVALUATIONS.ge, max=MAX_EVALUATIONS, help=EVALUATIONS.help
         ),
-    ] = DEFAULT_VALIDATE_NETWORKS,
+    ] = EVALUATIONS.default,
+    workers: Annotated[int, _bounded("--workers", WORKERS)] = WORKERS.default,
+    seed: Annotated[int, _bounded("--seed", SEED)] = SEED.default,
+    ckpt: Annotated[Path | None, typer.Option("--ckpt", help=CHECKPOINT.help)] = CHECKPOINT.default,
+    data: Annotated[str, typer.Option("--data", help=DATA.help)] = DATA.default,
+    out: Annotated[Path, typer.Option("--out", help=OUT.help)] = OUT.default,
+    resume: Annotated[bool, typer.Option("--resume", help=RESUME.help)] = RESUME.default,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help=RAY_ADDRESS.help)
+    ] = RAY_ADDRESS.default,
+    validate_networks: Annotated[
+        int, _bounded("--validate-networks", VALIDATE_NETWORKS)
+    ] = VALIDATE_NETWORKS.default,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
 ) -> None:
     """Search SPACE for the most accurate architectures under BUDGET on the device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from nasvit.errors import UnknownNameError
     from nasvit.search.budget import format_ms, parse_budget
-    from nasvit.search.controllers import CONTROLLERS
     from nasvit.search.pipeline import SearchRequest, run_search
-    from nasvit.search_spaces import get_space
 
     budget_ms = parse_budget(budget)
-    get_space(space)  # fail fast on a misspelt space
-    if controller not in CONTROLLERS:
-        raise UnknownNameError("controller", controller, CONTROLLERS)
-    request = SearchRequest(
+    request = SearchRequest(  # checks the space, the controller and the bounds
         space=space,
         budget_ms=budget_ms,
         device=device,
@@ -113,18 +116,17 @@ def search_command(
         title=f"Pareto front ({len(result.trials)} evaluations)",
     )
     for point in result.front:
-        measured = point["measured_ms"]
         marker = (
             "best"
-            if point["short"] == result.best.short
-            else ("" if point["feasible"] else "over budget")
+            if point.short == result.best.short
+            else ("" if point.feasible else "over budget")
         )
         table.add_row(
-            format_ms(point["predicted_ms"]),
-            "" if measured is None else format_ms(measured),
-            f"{point['accuracy']:.3f}",
+            format_ms(point.predicted_ms),
+            "" if point.measured_ms is None else format_ms(point.measured_ms),
+            f"{point.accuracy:.3f}",
             marker,
-            point["short"],
+            point.short,
         )
     console.print(table)
     best = result.report["best"]

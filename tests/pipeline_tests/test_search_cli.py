@@ -228,10 +228,10 @@ class CountingProfiler:
 def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_path) -> None:
     from nasvit.data import load_dataset
     from nasvit.evaluation.evaluator import SubnetEvaluator
-    from nasvit.search.pipeline import (
+    from nasvit.search.request import Trial
+    from nasvit.search.stages import (
         NEAR_BUDGET_MEASUREMENTS,
         NEAR_BUDGET_SHARE,
-        Trial,
         _measure_exported,
     )
     from nasvit.training.checkpoint import load_supernet

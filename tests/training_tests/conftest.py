@@ -12,7 +12,7 @@ import torch
 from nasvit.data import Dataset, load_digits
 from nasvit.search_spaces import SearchSpace, get_space, registry
 from nasvit.search_spaces.efficientformer import EfficientFormerSpace
-from nasvit.training.loop import TrainConfig, train_supernet
+from nasvit.training import TrainConfig, train_supernet
 
 from nasvit_testing.tiny_space import TINY, TINY_CONFIG
 

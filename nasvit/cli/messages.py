@@ -1,0 +1,19 @@
+"""Library errors in the command line's words.
+
+The library names its arguments (``resume``, ``out``, ``device``); a user at the command line
+knows the flags. :func:`cli_message` rewords the errors whose fix is a flag; every other
+:class:`~nasvit.errors.NasvitError` is printed as it is.
+"""
+
+from __future__ import annotations
+
+from nasvit.errors import DeviceNotLocalError, NasvitError, OutputExistsError
+
+
+def cli_message(error: NasvitError) -> str:
+    """The one line ``nasvit`` prints for ``error``."""
+    if isinstance(error, OutputExistsError):
+        return f"{error.path} already holds a search; pass --resume or choose another --out"
+    if isinstance(error, DeviceNotLocalError):
+        return f"{error.description}; measure it where it was profiled, or omit --device"
+    return str(error)

@@ -1,0 +1,270 @@
+"""What a search is asked to do, and what it gives back.
+
+:class:`SearchRequest` is the one definition of a search's options: their names, defaults,
+bounds and help text live on its fields, and :meth:`SearchRequest.validate` holds every check
+(known space and controller, positive budget, bounds). The CLI (``nasvit search``) and the
+service's request schema build their options from :func:`request_option`, and the CLI, the
+service and the Python API all build requests through the constructor or
+:meth:`SearchRequest.from_mapping`, so a request that exists is a valid one.
+
+Import-light on purpose: the CLI reads the options before it imports anything heavy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.search.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
+
+if TYPE_CHECKING:
+    from nasvit.search_spaces import SearchSpace
+
+ProgressHook = Callable[[str, int, int], None]  # (stage, done, total)
+
+_SPEC = "nasvit.option"  # the key of a field's RequestOption in its dataclass metadata
+
+
+@dataclass(frozen=True)
+class RequestOption:
+    """One option of a search request as users see it (CLI flags, the service's JSON fields).
+
+    Attributes:
+        name: the :class:`SearchRequest` field.
+        help: one line for ``--help`` and the API schema's description.
+        default: the default value (None also for required options; see ``required``).
+        required: the option has no default.
+        ge: smallest allowed value of an integer option (None: unbounded).
+        le: largest allowed value of an integer option (None: unbounded).
+    """
+
+    name: str
+    help: str
+    default: Any = None
+    required: bool = False
+    ge: int | None = None
+    le: int | None = None
+
+
+def _option(help: str, default: Any, *, ge: int | None = None, le: int | None = None) -> Any:
+    return field(default=default, metadata={_SPEC: RequestOption("", help, default, False, ge, le)})
+
+
+def _required(help: str) -> Any:
+    return field(metadata={_SPEC: RequestOption("", help, required=True)})
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """Everything a search needs; defaults give the README's main job.
+
+    Constructing one checks it (:meth:`validate`): a bad value raises
+    :class:`~nasvit.errors.NasvitError` naming the option.
+    """
+
+    space: str = _required("Search space name.")
+    budget_ms: float = _required("Latency budget: 2ms, 1500us, 0.002s.")
+    device: str | None = _option(
+        "Name or id of a device in the latency database (default: this machine's CPU).", None
+    )
+    controller: str = _option(
+        "nsga2 | evolution | predictor | tpe | optuna-nsga2 | random", "nsga2"
+    )
+    evaluations: int = _option("Candidates to evaluate.", DEFAULT_EVALUATIONS, ge=1)
+    batch_size: int = _option("Candidates proposed and evaluated together.", 16, ge=1)
+    workers: int = _option("Ray workers for the evaluation.", 1, ge=1, le=256)
+    seed: int = _option("Seed of the controller.", 0, ge=0, le=2**31 - 1)
+    checkpoint: Path | None = _option("Supernet checkpoint (default: trained once).", None)
+    data: str = _option("digits, or a dataset path matching the checkpoint.", "digits")
+    out: Path = _option("Output folder.", Path("nasvit-search"))
+    resume: bool = _option("Continue the search in the output folder.", False)
+    ray_address: str | None = _option("Join an existing Ray cluster.", None)
+    measure_top: int = _option("Pareto points exported and measured end to end.", 6, ge=1)
+    evaluate_extremes: bool = _option(
+        "Evaluate the space's largest and smallest subnets first (fresh searches only).", True
+    )
+    validate_networks: int = _option(
+        "Whole networks measured to validate a table never validated on this space (0: skip).",
+        DEFAULT_VALIDATE_NETWORKS,
+        ge=0,
+        le=1000,
+    )
+    # Arguments of SearchSpace.restrict: search only this part of the space. None searches the
+    # checkpoint's space as it is; a mapping (even an empty one) must match a checkpoint's.
+    restrictions: Mapping[str, Any] | None = _option(
+        "Search only this part of the space (arguments of SearchSpace.restrict).", None
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option.
+
+        Raises:
+            NasvitError: unknown space or controller, restrictions the space refuses, a budget
+                that is not a positive number, or a number out of its bounds.
+        """
+        from nasvit.search.controllers import CONTROLLERS
+
+        self.search_space()  # an unknown space or bad restrictions raise here
+        if not _is_number(self.budget_ms) or not math.isfinite(self.budget_ms):
+            raise NasvitError(
+                f"latency budget must be a number of milliseconds, got {self.budget_ms!r}"
+            )
+        if self.budget_ms <= 0:
+            raise NasvitError(f"latency budget must be positive, got {self.budget_ms} ms")
+        if self.controller not in CONTROLLERS:
+            raise UnknownNameError("controller", self.controller, CONTROLLERS)
+        if self.device is not None and (not isinstance(self.device, str) or not self.device):
+            raise NasvitError(f"device must be a name or an id, got {self.device!r}")
+        for option in request_options():
+            if option.ge is not None or option.le is not None:
+                _check_bounds(option, getattr(self, option.name))
+
+    def search_space(self) -> SearchSpace:
+        """The registered space, restricted by ``restrictions`` when given."""
+        from nasvit.search_spaces import get_space
+
+        space = get_space(self.space)
+        return space if not self.restrictions else space.restrict(**self.restrictions)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> SearchRequest:
+        """A request from plain values: a job's stored JSON, keyword options of the Python API.
+
+        ``budget`` (text such as ``"2ms"``, or a number of milliseconds) may stand for
+        ``budget_ms``; ``checkpoint`` and ``out`` may be strings. ``overrides`` win over
+        ``values``.
+
+        Raises:
+            NasvitError: an unknown or missing option, or one that fails :meth:`validate`.
+        """
+        from nasvit.search.budget import parse_budget
+
+        merged = {**values, **overrides}
+        if "budget" in merged:
+            budget = merged.pop("budget")
+            if "budget_ms" not in merged:
+                merged["budget_ms"] = parse_budget(budget) if isinstance(budget, str) else budget
+        names = [f.name for f in fields(cls)]
+        for name in merged:
+            if name not in names:
+                raise UnknownNameError("search option", name, names)
+        missing = [o.name for o in request_options() if o.required and o.name not in merged]
+        if missing:
+            raise NasvitError(f"a search needs {' and '.join(missing)}")
+        for name in ("checkpoint", "out"):
+            if isinstance(merged.get(name), str):
+                merged[name] = Path(merged[name])
+        return cls(**merged)
+
+
+def request_options() -> list[RequestOption]:
+    """Every option of :class:`SearchRequest`, in field order."""
+    options = []
+    for spec in fields(SearchRequest):
+        option: RequestOption = spec.metadata[_SPEC]
+        options.append(
+            RequestOption(
+                spec.name, option.help, option.default, option.required, option.ge, option.le
+            )
+        )
+    return options
+
+
+def request_option(name: str) -> RequestOption:
+    """The option called ``name`` (a :class:`SearchRequest` field)."""
+    by_name = {option.name: option for option in request_options()}
+    if name not in by_name:
+        raise UnknownNameError("search option", name, by_name)
+    return by_name[name]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_bounds(option: RequestOption, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise NasvitError(f"{option.name} must be an integer, got {value!r}")
+    if option.ge is not None and value < option.ge:
+        raise NasvitError(f"{option.name} must be at least {option.ge}, got {value}")
+    if option.le is not None and value > option.le:
+        raise NasvitError(f"{option.name} must be at most {option.le}, got {value}")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated candidate, as stored in the database and in ``trials.jsonl``."""
+
+    index: int
+    arch: dict[str, Any]
+    short: str
+    accuracy: float
+    loss: float
+    score: float  # what is ranked: accuracy with the loss as a tie-break
+    latency_ms: float  # predicted by the latency table
+    feasible: bool  # latency_ms within the budget
+
+
+@dataclass(frozen=True)
+class FrontPoint:
+    """One point of the Pareto front (ranking score up, predicted latency down).
+
+    Attributes:
+        index: the trial's index.
+        short: the architecture's short string.
+        accuracy: validation accuracy.
+        loss: validation loss.
+        predicted_ms: the latency table's prediction.
+        measured_ms: whole-network latency measured end to end, or None if it was not exported.
+        feasible: ``predicted_ms`` is within the budget.
+        arch: the architecture, as a dict of dimension values.
+    """
+
+    index: int
+    short: str
+    accuracy: float
+    loss: float
+    predicted_ms: float
+    measured_ms: float | None
+    feasible: bool
+    arch: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The point as ``report.json`` and ``pareto.csv`` hold it (the short string stands
+        for the architecture there)."""
+        return {
+            "index": self.index,
+            "short": self.short,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms,
+            "feasible": self.feasible,
+        }
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search gives back (its artifacts are in the request's output folder).
+
+    Attributes:
+        best: the most accurate trial within the budget (confirmed by measurement when one of
+            the top candidates measured within it).
+        best_measured_ms: the best's whole-network latency, measured end to end.
+        front: the Pareto front of all trials, by predicted latency.
+        trials: every trial, in evaluation order.
+        report: the content of ``report.json``.
+    """
+
+    best: Trial
+    best_measured_ms: float
+    front: list[FrontPoint]
+    trials: list[Trial]
+    report: dict[str, Any] = field(default_factory=dict)
