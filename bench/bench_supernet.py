@@ -20,13 +20,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from nasvit.search_spaces import get_space
 
 
-def _time_once(run, x) -> float:  # noqa: ANN001
+def _time_once(run, x) -> float:
     start = time.perf_counter()
     run(x)
     return time.perf_counter() - start
 
 
-def forward_ratio(space, supernet, arch, repeats: int) -> tuple[float, float]:  # noqa: ANN001
+def forward_ratio(space, supernet, arch, repeats: int) -> tuple[float, float]:
     subnet = supernet.extract(arch).eval()
     x = torch.randn(space.input_shape(arch))
     with torch.inference_mode():
@@ -40,7 +40,7 @@ def forward_ratio(space, supernet, arch, repeats: int) -> tuple[float, float]:  
     return statistics.median(super_times) * 1e3, statistics.median(sub_times) * 1e3
 
 
-def macs(module, shape) -> int:  # noqa: ANN001
+def macs(module, shape) -> int:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         module(torch.randn(shape))

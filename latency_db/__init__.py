@@ -28,7 +28,7 @@ from nasvit.latency_db.records import (
     NewEntry,
     ValidationRecord,
 )
-from nasvit.latency_db.store import LatencyStore, default_url, nasvit_home
+from nasvit.latency_db.store import LatencyStore
 from nasvit.latency_db.table import (
     Calibration,
     LatencyTable,
@@ -65,11 +65,9 @@ __all__ = [
     "TorchProfiler",
     "ValidationRecord",
     "build_table",
-    "default_url",
     "error_stats",
     "noise_ceiling",
     "last_level_cache_bytes",
     "make_profiler",
-    "nasvit_home",
     "with_protocol",
 ]

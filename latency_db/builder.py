@@ -27,7 +27,7 @@ import numpy as np
 
 from nasvit.latency_db.measurement import Measurement
 from nasvit.latency_db.profilers import Profiler
-from nasvit.latency_db.records import DeviceRecord, NewEntry
+from nasvit.latency_db.records import DeviceRecord, NewEntry, timing_values
 from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
@@ -107,7 +107,10 @@ def _measure(
         and weight_bytes is not None
         and weight_bytes > cold_min_bytes
     ):
-        return measure_both(item, call_overhead_ms=overhead_ms)
+        warm_and_cold: tuple[Measurement, Measurement | None] = measure_both(
+            item, call_overhead_ms=overhead_ms
+        )
+        return warm_and_cold
     return profiler.measure(item), None
 
 
@@ -147,7 +150,7 @@ def build_table(
         store, profiler, device.id, [b.key for b in unique], cold_min_bytes
     )
     todo = [b for b in unique if b.key in missing or b.key in stale]
-    np.random.default_rng(seed).shuffle(todo)  # type: ignore[arg-type]
+    np.random.default_rng(seed).shuffle(todo)
 
     overhead = device.overhead_ms
     if overhead is None:
@@ -193,16 +196,11 @@ def build_table(
                     key=b.key,
                     key_schema=BLOCK_KEY_SCHEMA,
                     kind=b.kind,
-                    median_ms=warm.median_ms,
-                    iqr_ms=warm.iqr_ms,
-                    n=warm.n,
                     profiler=profiler.name,
                     runtime_version=profiler.settings.version,
                     weight_bytes=getattr(item, "weight_bytes", None),
-                    cold_median_ms=None if cold is None else cold.median_ms,
-                    cold_iqr_ms=None if cold is None else cold.iqr_ms,
-                    cold_n=None if cold is None else cold.n,
                     cold_protocol=None if cold is None else COLD_PROTOCOL,
+                    **timing_values(warm, cold),
                 )
                 for b, item, (warm, cold) in zip(batch, prepared, results, strict=True)
             ]

@@ -14,6 +14,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from nasvit.latency_db.cache import last_level_cache_bytes
 from nasvit.latency_db.profilers import RuntimeSettings
@@ -96,7 +97,7 @@ class DeviceFingerprint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> DeviceFingerprint:
+    def from_dict(cls, data: dict[str, Any]) -> DeviceFingerprint:
         """Inverse of :meth:`to_dict`; unknown fields raise ``TypeError``."""
         return cls(**data)
 

@@ -137,7 +137,9 @@ class MeasurementProtocol:
                 break
         return timed
 
-    def time_flushed_runs(self, run: Callable[[], None], flush: Callable[[], None]) -> list[float]:
+    def time_flushed_runs(
+        self, run: Callable[[], None], flush: Callable[[], object]
+    ) -> list[float]:
         """Two untimed calls of ``run``, then ``cold_repeats`` times: ``flush()`` the caches and
         time one call. Used for streamed timings (:mod:`nasvit.latency_db.replicate`), whose
         one call runs many copies of a block, so a single timed call is long enough."""

@@ -1,27 +1,34 @@
 """SQLAlchemy ORM models of the latency database (schema changes go through Alembic migrations
-in ``migrations/``; keep both in step — a test compares them)."""
+in ``migrations/``; keep both in step — a test compares them).
+
+The entry table's value columns come from the entry's one declaration,
+:data:`nasvit.latency_db.records.ENTRY_VALUES` (migrations 0001-0003 created the same columns).
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import MISSING
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
 
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from nasvit.latency_db.records import ENTRY_VALUES, EntryValue
+from nasvit.sql import utcnow
 
 
 class Base(DeclarativeBase):
@@ -43,34 +50,48 @@ class Device(Base):
     overhead_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
-class LatencyEntry(Base):
-    """One block's latency on one device; at most one row per (device, key)."""
-
-    __tablename__ = "latency_entries"
-    __table_args__ = (UniqueConstraint("device_id", "key", name="uq_latency_entries_device_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    device_id: Mapped[str] = mapped_column(
-        String(32), ForeignKey("latency_devices.id", ondelete="CASCADE"), index=True
+def _entry_column(value: EntryValue) -> Column[Any]:
+    """The ``latency_entries`` column of an entry value."""
+    sql_type: TypeEngine[Any]
+    if value.type is str:
+        sql_type = Text() if value.spec.length is None else String(value.spec.length)
+    elif value.type is int:
+        sql_type = BigInteger() if value.spec.big else Integer()
+    elif value.type is float:
+        sql_type = Float()
+    elif value.type is datetime:
+        sql_type = DateTime(timezone=True)
+    else:  # pragma: no cover - a new kind of value needs its column type here
+        raise TypeError(f"entry value {value.name}: no column type for {value.type}")
+    # Python-side defaults, as NewEntry's: a time left unset is now (the store's rule too).
+    default = utcnow if value.type is datetime else value.default
+    return Column(
+        value.name,
+        sql_type,
+        nullable=not value.required,
+        default=None if default is MISSING else default,
     )
-    key: Mapped[str] = mapped_column(Text)
-    key_schema: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(200))
-    median_ms: Mapped[float] = mapped_column(Float)
-    iqr_ms: Mapped[float] = mapped_column(Float)
-    n: Mapped[int] = mapped_column(Integer)
-    profiler: Mapped[str] = mapped_column(String(64))
-    runtime_version: Mapped[str] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(32), default="measured")  # or "imported"
-    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # Migration 0002: the block's weight bytes and its cold-cache timing (see cache.py); None
-    # for entries measured before, or blocks too small to need a cold timing.
-    weight_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    cold_median_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    cold_iqr_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    cold_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # Migration 0003: which cold protocol measured the cold timing (replicate.COLD_PROTOCOL).
-    cold_protocol: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class LatencyEntry(Base):
+    """One block's latency on one device; at most one row per (device, key). Its value columns
+    are derived from the entry's one declaration (:data:`~nasvit.latency_db.records.ENTRY_VALUES`):
+    query them through ``LatencyEntry.__table__.c``."""
+
+    __table__ = Table(
+        "latency_entries",
+        Base.metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column(
+            "device_id",
+            String(32),
+            ForeignKey("latency_devices.id", ondelete="CASCADE"),
+            index=True,
+            nullable=False,
+        ),
+        *(_entry_column(value) for value in ENTRY_VALUES),
+        UniqueConstraint("device_id", "key", name="uq_latency_entries_device_key"),
+    )
 
 
 class ValidationRun(Base):

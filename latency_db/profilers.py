@@ -19,6 +19,7 @@ import copy
 import io
 import warnings
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -161,7 +162,7 @@ def export_onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
         torch.onnx.export(
             module,
             (torch.randn(input_shape),),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to file objects
             input_names=["input"],
             output_names=["output"],
             opset_version=ONNX_OPSET,
@@ -317,7 +318,7 @@ class OnnxRuntimeProfiler:
         for _ in range(self.protocol.sessions):
             session = self._session(prepared.model)
             feed = {session.get_inputs()[0].name: feed_value}
-            runs.append(self.protocol.time_session(lambda s=session, f=feed: s.run(None, f)))
+            runs.append(self.protocol.time_session(partial(session.run, None, feed)))
         return Measurement.from_sessions(runs)
 
     def measure_overhead(self, input_shape: tuple[int, ...] = (1, 8, 8, 8)) -> Measurement:
@@ -447,8 +448,8 @@ class CudaProfiler(TorchProfiler):
 
     def _timer(self, run: Any) -> Any:
         def timed() -> float:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             start.record()
             run()
             end.record()

@@ -1,13 +1,23 @@
 """Plain records the store reads and writes (kept apart from the ORM models, so callers never
-hold a row bound to a closed session)."""
+hold a row bound to a closed session).
+
+The values of a latency entry are declared once, as the fields of :class:`NewEntry` (with
+:class:`EntrySpec` metadata); :data:`ENTRY_VALUES` lists them with everything the other layers
+need, and the ORM columns (:mod:`~nasvit.latency_db.models`), the table files
+(:mod:`~nasvit.latency_db.transfer`) and the service's API schemas derive from it. A new value is
+one field here plus an Alembic migration.
+"""
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.latency_db.measurement import Measurement
 from nasvit.sql import aware
 
 
@@ -24,25 +34,76 @@ class DeviceRecord:
     overhead_n: int | None = None
 
 
+class Transfer(Enum):
+    """How an entry value travels in table files (``nasvit latency export|import``) and in the
+    service's measurement uploads."""
+
+    REQUIRED = "required"  # every imported row has it
+    OPTIONAL = "optional"  # read when present; else the importer's default (often None)
+    EXPORTED = "exported"  # written for information; an import stamps its own
+    LOCAL = "local"  # never written: it describes this database, not the measurement
+
+
+@dataclass(frozen=True)
+class EntrySpec:
+    """What the layers need to know about an entry value beyond its Python type.
+
+    Attributes:
+        doc: what the value is (the API schema's description).
+        transfer: how it travels between machines.
+        length: strings: the column's length, and the longest value accepted; None is
+            unbounded text.
+        big: integers: a 64-bit column.
+    """
+
+    doc: str
+    transfer: Transfer = Transfer.OPTIONAL
+    length: int | None = None
+    big: bool = False
+
+
+def _spec(doc: str, transfer: Transfer = Transfer.OPTIONAL, **column: Any) -> dict[str, EntrySpec]:
+    """Dataclass field metadata of an entry value."""
+    return {"entry": EntrySpec(doc, transfer, **column)}
+
+
+_MEASURED_AT = _spec("When the entry was stored (UTC).", Transfer.EXPORTED)
+
+
 @dataclass(frozen=True)
 class NewEntry:
-    """A block latency to insert. ``measured_at`` None means now."""
+    """A block latency to insert. ``measured_at`` None means now.
 
-    key: str
-    key_schema: str
-    kind: str
-    median_ms: float
-    iqr_ms: float
-    n: int
-    profiler: str
-    runtime_version: str
-    source: str = "measured"
-    measured_at: datetime | None = None
-    weight_bytes: int | None = None
-    cold_median_ms: float | None = None
-    cold_iqr_ms: float | None = None
-    cold_n: int | None = None
-    cold_protocol: str | None = None
+    These fields are the one declaration of a latency entry's values (see the module
+    docstring): each carries its description and column facts as :class:`EntrySpec` metadata.
+    """
+
+    key: str = field(metadata=_spec("Block key: key schema|kind|shape.", Transfer.REQUIRED))
+    key_schema: str = field(metadata=_spec("Version of the block key format.", length=64))
+    kind: str = field(metadata=_spec("Block kind (the key's second part).", length=200))
+    median_ms: float = field(
+        metadata=_spec("Warm latency, ms: median of per-session medians.", Transfer.REQUIRED)
+    )
+    iqr_ms: float = field(metadata=_spec("IQR of the warm runs, ms.", Transfer.REQUIRED))
+    n: int = field(metadata=_spec("Warm runs timed.", Transfer.REQUIRED))
+    profiler: str = field(metadata=_spec("The profiler that measured it.", length=64))
+    runtime_version: str = field(metadata=_spec("Version of the runtime it ran on.", length=64))
+    source: str = field(
+        default="measured",
+        metadata=_spec("'measured' here, or 'imported'.", Transfer.LOCAL, length=32),
+    )
+    measured_at: datetime | None = field(default=None, metadata=_MEASURED_AT)
+    weight_bytes: int | None = field(
+        default=None, metadata=_spec("The block's parameter and buffer bytes.", big=True)
+    )
+    cold_median_ms: float | None = field(
+        default=None, metadata=_spec("Latency with the block's weights evicted from the cache, ms.")
+    )
+    cold_iqr_ms: float | None = field(default=None, metadata=_spec("IQR of the cold runs, ms."))
+    cold_n: int | None = field(default=None, metadata=_spec("Cold runs timed."))
+    cold_protocol: str | None = field(
+        default=None, metadata=_spec("The protocol of the cold timing.", length=32)
+    )
 
     def columns(self) -> dict[str, Any]:
         """Column values, without ``measured_at`` (the store fills the default)."""
@@ -50,26 +111,67 @@ class NewEntry:
 
 
 @dataclass(frozen=True)
-class EntryRecord:
-    """A stored block latency. ``median_ms`` is the warm timing; ``cold_median_ms`` (when
-    measured) the timing with the block's weights evicted from the cache; ``weight_bytes`` the
-    block's parameter and buffer bytes (see :mod:`nasvit.latency_db.cache`)."""
+class EntryRecord(NewEntry):
+    """A stored block latency: a :class:`NewEntry` whose ``measured_at`` is set. ``median_ms``
+    is the warm timing; ``cold_median_ms`` (when measured, with ``cold_protocol``:
+    :data:`~nasvit.latency_db.replicate.COLD_PROTOCOL`) the timing with the block's weights
+    evicted from the cache; ``weight_bytes`` the block's parameter and buffer bytes (see
+    :mod:`nasvit.latency_db.cache`)."""
 
-    key: str
-    key_schema: str
-    kind: str
-    median_ms: float
-    iqr_ms: float
-    n: int
-    profiler: str
-    runtime_version: str
-    source: str
-    measured_at: datetime
-    weight_bytes: int | None = None
-    cold_median_ms: float | None = None
-    cold_iqr_ms: float | None = None
-    cold_n: int | None = None
-    cold_protocol: str | None = None
+    measured_at: datetime = field(kw_only=True, metadata=_MEASURED_AT)
+
+
+@dataclass(frozen=True)
+class EntryValue:
+    """One value of a stored latency entry, as the ORM, the table files and the API see it.
+
+    Attributes:
+        name: the field, column, file column and API field name.
+        type: ``str``, ``int``, ``float`` or ``datetime``.
+        required: never None in a stored entry (a NOT NULL column).
+        default: :class:`NewEntry`'s default; ``dataclasses.MISSING`` when it has none.
+        spec: the rest of the declaration.
+    """
+
+    name: str
+    type: type
+    required: bool
+    default: Any
+    spec: EntrySpec
+
+
+def _entry_values() -> tuple[EntryValue, ...]:
+    stored = get_type_hints(EntryRecord)  # a stored entry's types: its measured_at is set
+    values = []
+    for declared in fields(NewEntry):
+        hint = stored[declared.name]
+        optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+        (kind,) = [a for a in get_args(hint) if a is not type(None)] if optional else [hint]
+        values.append(
+            EntryValue(
+                declared.name, kind, not optional, declared.default, declared.metadata["entry"]
+            )
+        )
+    return tuple(values)
+
+
+#: Every value of a latency entry, in declaration order (derived from :class:`NewEntry`).
+ENTRY_VALUES: tuple[EntryValue, ...] = _entry_values()
+#: The values a table file or an upload supplies (the required ones on every row).
+IMPORTED_VALUES = tuple(
+    v for v in ENTRY_VALUES if v.spec.transfer in (Transfer.REQUIRED, Transfer.OPTIONAL)
+)
+
+#: The statistics of a :class:`Measurement` an entry keeps: warm as named, cold as ``cold_*``.
+TIMING_STATS = ("median_ms", "iqr_ms", "n")
+
+
+def timing_values(warm: Measurement, cold: Measurement | None) -> dict[str, Any]:
+    """An entry's timing values from its warm and (when taken) cold measurement."""
+    values = {name: getattr(warm, name) for name in TIMING_STATS}
+    for name in TIMING_STATS:
+        values[f"cold_{name}"] = None if cold is None else getattr(cold, name)
+    return values
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,8 @@ def replicate_onnx(model: bytes, copies: int) -> bytes:
     )
     result = onnx.helper.make_model(replicated, opset_imports=source.opset_import)
     result.ir_version = source.ir_version
-    return result.SerializeToString()
+    serialized: bytes = result.SerializeToString()
+    return serialized
 
 
 def stream_copies(warm_ms: float, max_copies: int, min_run_ms: float) -> int:

@@ -4,7 +4,7 @@ service).
 Contract:
     - :meth:`LatencyStore.open` applies the packaged Alembic migrations (``upgrade head``); two
       processes opening a fresh database at once are serialised (BEGIN IMMEDIATE on SQLite, an
-      advisory lock on PostgreSQL).
+      advisory lock on PostgreSQL; see :mod:`nasvit.sql`).
     - Every write happens in one :meth:`LatencyStore.transaction`: all or nothing.
     - There is at most one entry per (device, key); adding an entry that exists is a no-op, so
       concurrent table builders never duplicate rows, and the first measurement wins.
@@ -14,80 +14,32 @@ Contract:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select
+from sqlalchemy import Engine, RowMapping, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nasvit.errors import NasvitError, UnknownNameError
 from nasvit.latency_db.device import DeviceFingerprint
-from nasvit.latency_db.models import Device, LatencyEntry, ValidationRun, utcnow
-from nasvit.latency_db.records import DeviceRecord, EntryRecord, NewEntry, ValidationRecord
-from nasvit.sql import aware
+from nasvit.latency_db.models import Device, LatencyEntry, ValidationRun
+from nasvit.latency_db.records import (
+    ENTRY_VALUES,
+    DeviceRecord,
+    EntryRecord,
+    NewEntry,
+    ValidationRecord,
+)
+from nasvit.settings import load_settings
+from nasvit.sql import aware, make_engine, upgrade, utcnow
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _CHUNK = 500  # rows per INSERT / IN (...) statement; far below every backend's parameter limit
-
-
-def nasvit_home() -> Path:
-    """``$NASVIT_HOME``, default ``~/.nasvit``."""
-    return Path(os.environ.get("NASVIT_HOME") or Path.home() / ".nasvit")
-
-
-def default_url() -> str:
-    """``$NASVIT_DATABASE_URL`` if set, else SQLite at ``$NASVIT_HOME/nasvit.db``."""
-    url = os.environ.get("NASVIT_DATABASE_URL")
-    if url:
-        return url
-    home = nasvit_home()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'nasvit.db'}"
-
-
-def _make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"timeout": 60})
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        # Take over transaction control from pysqlite so that BEGIN IMMEDIATE below is ours.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        # A deferred transaction that reads then writes fails at once with SQLITE_BUSY when
-        # another process wrote in between; taking the write lock up front waits instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
-
-
-def upgrade(engine: Engine) -> None:
-    """Apply the packaged migrations up to head."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # One transaction around the whole upgrade, begun before Alembic sees the connection: on
-    # SQLite, whose DDL Alembic treats as non-transactional, it otherwise commits after each
-    # migration, so a second process opening a fresh database could apply a migration between
-    # two of ours that we had already planned ("duplicate column name"). Begun here, the write
-    # lock (BEGIN IMMEDIATE; the advisory lock on PostgreSQL) is held from reading the version
-    # to the last migration.
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+#: The entry table's columns (derived from the records' declaration, so not typed attributes).
+_entries = LatencyEntry.__table__.c
 
 
 def _device_record(row: Device) -> DeviceRecord:
@@ -102,23 +54,9 @@ def _device_record(row: Device) -> DeviceRecord:
     )
 
 
-def _entry_record(row: LatencyEntry) -> EntryRecord:
+def _entry_record(row: RowMapping) -> EntryRecord:
     return EntryRecord(
-        key=row.key,
-        key_schema=row.key_schema,
-        kind=row.kind,
-        median_ms=row.median_ms,
-        iqr_ms=row.iqr_ms,
-        n=row.n,
-        profiler=row.profiler,
-        runtime_version=row.runtime_version,
-        source=row.source,
-        measured_at=aware(row.measured_at),
-        weight_bytes=row.weight_bytes,
-        cold_median_ms=row.cold_median_ms,
-        cold_iqr_ms=row.cold_iqr_ms,
-        cold_n=row.cold_n,
-        cold_protocol=row.cold_protocol,
+        **{v.name: aware(row[v.name]) if v.type is datetime else row[v.name] for v in ENTRY_VALUES}
     )
 
 
@@ -131,9 +69,10 @@ class LatencyStore:
 
     @classmethod
     def open(cls, url: str | None = None) -> LatencyStore:
-        """Connect to ``url`` (default: :func:`default_url`) and migrate to head."""
-        engine = _make_engine(url or default_url())
-        upgrade(engine)
+        """Connect to ``url`` and migrate to head; the default is the database of the
+        environment's settings (:attr:`nasvit.settings.Settings.resolved_database_url`)."""
+        engine = make_engine(url or load_settings().resolved_database_url)
+        upgrade(engine, MIGRATIONS_DIR)
         return cls(engine)
 
     def close(self) -> None:
@@ -205,9 +144,9 @@ class LatencyStore:
         found: set[str] = set()
         with self.transaction() as session:
             for start in range(0, len(wanted), _CHUNK):
-                query = select(LatencyEntry.key).where(
-                    LatencyEntry.device_id == device_id,
-                    LatencyEntry.key.in_(wanted[start : start + _CHUNK]),
+                query = select(_entries.key).where(
+                    _entries.device_id == device_id,
+                    _entries.key.in_(wanted[start : start + _CHUNK]),
                     *conditions,
                 )
                 found.update(session.scalars(query))
@@ -230,9 +169,9 @@ class LatencyStore:
         stale = self._keys_where(
             device_id,
             wanted,
-            LatencyEntry.source == "measured",
-            LatencyEntry.weight_bytes > min_weight_bytes,
-            or_(LatencyEntry.cold_protocol.is_(None), LatencyEntry.cold_protocol != protocol),
+            _entries.source == "measured",
+            _entries.weight_bytes > min_weight_bytes,
+            or_(_entries.cold_protocol.is_(None), _entries.cold_protocol != protocol),
         )
         return [key for key in wanted if key in stale]
 
@@ -280,7 +219,7 @@ class LatencyStore:
 
     @staticmethod
     def _count(session: Session, device_id: str) -> int:
-        query = select(func.count()).where(LatencyEntry.device_id == device_id)
+        query = select(func.count()).where(_entries.device_id == device_id)
         return int(session.scalar(query) or 0)
 
     def entry_count(self, device_id: str) -> int:
@@ -290,8 +229,9 @@ class LatencyStore:
     def entries(self, device_id: str) -> dict[str, EntryRecord]:
         """Every entry of a device, by key."""
         with self.transaction() as session:
-            query = select(LatencyEntry).where(LatencyEntry.device_id == device_id)
-            return {row.key: _entry_record(row) for row in session.scalars(query)}
+            query = select(LatencyEntry.__table__).where(_entries.device_id == device_id)
+            rows = session.execute(query).mappings()
+            return {row["key"]: _entry_record(row) for row in rows}
 
     # ------------------------------------------------------------------ validation
     def add_validation(self, device_id: str, record: ValidationRecord) -> int:

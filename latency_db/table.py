@@ -290,7 +290,7 @@ class LatencyTable:
             return np.asarray((warm + share * gap).sum(axis=1) - correction)
         raw = warm.sum(axis=1) - (count - 1) * self.overhead_ms
         if self.calibration is not None:
-            return self.calibration.slope * raw + self.calibration.intercept
+            return np.asarray(self.calibration.slope * raw + self.calibration.intercept)
         return np.asarray(raw)
 
     def _columns(self) -> dict[str, np.ndarray]:

@@ -1,6 +1,7 @@
 """Move latency tables between machines as CSV or JSON (pandas).
 
-Format: one row per entry with the columns in :data:`ENTRY_COLUMNS`; the device travels with
+Format: one row per entry with the columns in :data:`ENTRY_COLUMNS` (every entry value but the
+store's own bookkeeping, see :class:`~nasvit.latency_db.records.Transfer`); the device travels with
 it (JSON: a ``device`` object; CSV: ``device_name``, ``device_id``, ``overhead_ms`` and
 ``fingerprint`` columns repeated on every row). Imports are validated completely before
 anything is written and then written in one transaction.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +20,26 @@ import pandas as pd
 from nasvit.errors import NasvitError
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.models import Device
-from nasvit.latency_db.records import NewEntry
+from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, NewEntry, Transfer
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
 
 FORMAT = "nasvit-latency-table/1"
-REQUIRED_COLUMNS = ("key", "median_ms", "iqr_ms", "n")
-ENTRY_COLUMNS = (
-    "key",
-    "key_schema",
-    "kind",
-    "median_ms",
-    "iqr_ms",
-    "n",
-    "profiler",
-    "runtime_version",
-    "weight_bytes",
-    "cold_median_ms",
-    "cold_iqr_ms",
-    "cold_n",
-    "cold_protocol",
-    "measured_at",
+#: Entry columns of a table file, in the declaration's order (derived from ENTRY_VALUES).
+ENTRY_COLUMNS = tuple(v.name for v in ENTRY_VALUES if v.spec.transfer is not Transfer.LOCAL)
+REQUIRED_COLUMNS = tuple(v.name for v in IMPORTED_VALUES if v.spec.transfer is Transfer.REQUIRED)
+#: Numbers that must be present and non-negative on every row.
+REQUIRED_NUMERIC = tuple(
+    v.name
+    for v in IMPORTED_VALUES
+    if v.spec.transfer is Transfer.REQUIRED and v.type in (int, float)
 )
-#: Optional (cache-state) columns: empty for blocks without a cold timing.
-OPTIONAL_NUMERIC = ("weight_bytes", "cold_median_ms", "cold_iqr_ms", "cold_n")
+#: Optional numbers (e.g. the cache-state columns): empty, or non-negative.
+OPTIONAL_NUMERIC = tuple(
+    v.name
+    for v in IMPORTED_VALUES
+    if v.spec.transfer is Transfer.OPTIONAL and v.type in (int, float)
+)
 
 
 class TableImportError(NasvitError):
@@ -62,13 +60,12 @@ def export_table(store: LatencyStore, device: str, path: str | Path) -> int:
     record = store.device(device)
     entries = store.entries(record.id)
     frame = pd.DataFrame(
-        [
-            {c: getattr(e, c) for c in ENTRY_COLUMNS[:-1]} | {"measured_at": e.measured_at}
-            for e in entries.values()
-        ],
+        [{c: getattr(e, c) for c in ENTRY_COLUMNS} for e in entries.values()],
         columns=list(ENTRY_COLUMNS),
     ).sort_values("key")
-    frame["measured_at"] = frame["measured_at"].astype(str)
+    for value in ENTRY_VALUES:
+        if value.type is datetime and value.name in ENTRY_COLUMNS:
+            frame[value.name] = frame[value.name].astype(str)
     device_info = {
         "name": record.name,
         "id": record.id,
@@ -120,7 +117,7 @@ def _check(frame: pd.DataFrame, name: str) -> None:
         raise TableImportError(f"{name}: missing column(s) {', '.join(missing)}")
     if frame.empty:
         raise TableImportError(f"{name}: no entries")
-    for column in ("median_ms", "iqr_ms", "n"):
+    for column in REQUIRED_NUMERIC:
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = frame.index[values.isna() | (values < 0)]
         if len(bad):
@@ -186,33 +183,24 @@ def import_table(
     overhead = device.get("overhead_ms")
     overhead = None if overhead is None or pd.isna(overhead) else float(overhead)
 
-    def text(row: Any, column: str, default: str) -> str:
-        value = row.get(column)
-        return default if value is None or pd.isna(value) else str(value)
+    def read(row: dict[str, Any]) -> NewEntry:
+        # What a row may leave out: its kind is in the key, its runtime in the device; other
+        # optional values are None.
+        fallback = {
+            "kind": str(row["key"]).split("|")[1],
+            "profiler": "unknown",
+            "runtime_version": fingerprint.runtime_version,
+        }
+        values: dict[str, Any] = {}
+        for value in IMPORTED_VALUES:
+            given = row.get(value.name)
+            missing = given is None or pd.isna(given)
+            values[value.name] = fallback.get(value.name) if missing else value.type(given)
+        # _check refused any key schema but this version's, which every row is stored with.
+        values["key_schema"] = BLOCK_KEY_SCHEMA
+        return NewEntry(**values, source="imported")
 
-    def optional(row: Any, column: str, kind: type) -> Any:
-        value = row.get(column)
-        return None if value is None or pd.isna(value) else kind(value)
-
-    entries = [
-        NewEntry(
-            key=str(row["key"]),
-            key_schema=BLOCK_KEY_SCHEMA,
-            kind=text(row, "kind", str(row["key"]).split("|")[1]),
-            median_ms=float(row["median_ms"]),
-            iqr_ms=float(row["iqr_ms"]),
-            n=int(row["n"]),
-            profiler=text(row, "profiler", "unknown"),
-            runtime_version=text(row, "runtime_version", fingerprint.runtime_version),
-            source="imported",
-            weight_bytes=optional(row, "weight_bytes", int),
-            cold_median_ms=optional(row, "cold_median_ms", float),
-            cold_iqr_ms=optional(row, "cold_iqr_ms", float),
-            cold_n=optional(row, "cold_n", int),
-            cold_protocol=optional(row, "cold_protocol", str),
-        )
-        for row in frame.to_dict(orient="records")
-    ]
+    entries = [read(row) for row in frame.to_dict(orient="records")]
     with store.transaction() as session:
         row = session.get(Device, fingerprint.device_id)
         if row is None:

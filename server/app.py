@@ -40,7 +40,7 @@ from nasvit.server.jobs import (
     TokenStore,
 )
 from nasvit.server.results import ResultReader, pareto_summary, points
-from nasvit.server.settings import Settings
+from nasvit.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
 #: Files of a job folder the API hands out (anything else there is internal).
@@ -177,15 +177,11 @@ router = APIRouter(prefix=API_PREFIX, responses=_ERRORS)
 @router.post("/searches", status_code=202, tags=["searches"], dependencies=[Writer])
 def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.Job:
     """Queue a search; a worker runs it. Returns the job (status ``queued``)."""
-    from nasvit.search.budget import parse_budget
-    from nasvit.search.controllers import CONTROLLERS
-    from nasvit.search_spaces import get_space
+    from nasvit.search.request import SearchRequest
 
     try:
-        budget_ms = parse_budget(body.budget)
-        get_space(body.space)
-        if body.controller not in CONTROLLERS:
-            raise UnknownNameError("controller", body.controller, CONTROLLERS)
+        # The search request's own checks: the budget's text, a known space and controller.
+        budget_ms = SearchRequest.from_mapping(body.model_dump()).budget_ms
         if body.evaluations > services.settings.max_evaluations:
             raise NasvitError(
                 f"evaluations must be at most {services.settings.max_evaluations} on this "
@@ -513,8 +509,10 @@ class BodySizeLimit:
 
 # ---------------------------------------------------------------------- factory
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API (and dashboard) over the database ``settings`` names, migrated to head."""
-    settings = settings or Settings()
+    """The API (and dashboard) over the database ``settings`` names, migrated to head
+    (default: the ``NASVIT_*`` environment's settings). Everything the app opens (the job
+    tables, the latency store) is opened with these settings."""
+    settings = load_settings(settings)
     database = Database.open(settings.resolved_database_url)
     services = Services(settings, database, JobStore(database), TokenStore(database))
 
@@ -554,4 +552,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """``create_app`` with settings from ``NASVIT_*`` (uvicorn's factory for several processes)."""
-    return create_app(Settings())
+    return create_app(load_settings())

@@ -6,44 +6,26 @@ move on without the other.
 
 SQLite: readers use plain deferred transactions (WAL lets them run beside a writer); writers
 take the write lock up front (``BEGIN IMMEDIATE``), so a read-then-write claim is atomic and
-waits instead of failing with SQLITE_BUSY. PostgreSQL needs neither trick.
+waits instead of failing with SQLITE_BUSY (see :mod:`nasvit.sql`). PostgreSQL needs neither.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Boolean,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    String,
-    Text,
-    create_engine,
-    event,
-)
+from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from nasvit.sql import is_sqlite, make_engine, upgrade
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 VERSION_TABLE = "nasvit_server_alembic_version"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every stored time is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=timezone.utc)
+#: Connections per engine: handlers run in FastAPI's thread pool, each with its own session.
+POOL_SIZE = 20
 
 
 class Base(DeclarativeBase):
@@ -85,38 +67,19 @@ class TokenRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
-def _sqlite_engine(url: str, immediate: bool) -> Engine:
-    engine = create_engine(
-        url, connect_args={"timeout": 60, "check_same_thread": False}, pool_size=20
-    )
-
-    @event.listens_for(engine, "connect")
-    def _configure(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 class Database:
     """Engines and sessions for the service tables; :meth:`open` migrates to head."""
 
     def __init__(self, url: str):
         self.url = url
-        if url.startswith("sqlite"):
-            self.read_engine = _sqlite_engine(url, immediate=False)
-            self.write_engine = _sqlite_engine(url, immediate=True)
-        else:
-            self.read_engine = self.write_engine = create_engine(
-                url, pool_pre_ping=True, pool_size=20, max_overflow=20
-            )
+        self.write_engine = make_engine(url, immediate=True, pool_size=POOL_SIZE)
+        # SQLite readers need an engine of their own (deferred transactions); elsewhere one is
+        # enough.
+        self.read_engine = (
+            make_engine(url, immediate=False, pool_size=POOL_SIZE)
+            if is_sqlite(url)
+            else self.write_engine
+        )
         self._reads = sessionmaker(self.read_engine, expire_on_commit=False)
         self._writes = sessionmaker(self.write_engine, expire_on_commit=False)
 
@@ -132,17 +95,7 @@ class Database:
 
     def upgrade(self) -> None:
         """Apply the service's packaged migrations up to head."""
-        from alembic import command
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        # One transaction, begun before Alembic sees the connection, so the write lock is held
-        # from reading the version to the last migration (see latency_db.store.upgrade: on
-        # SQLite Alembic otherwise commits after each migration).
-        with self.write_engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        upgrade(self.write_engine, MIGRATIONS_DIR)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

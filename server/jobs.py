@@ -22,14 +22,15 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, func, or_, select, true, update
+from sqlalchemy import CursorResult, Result, and_, bindparam, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nasvit.errors import NasvitError, UnknownNameError
-from nasvit.server.db import Database, JobRow, TokenRow, aware, utcnow
+from nasvit.server.db import Database, JobRow, TokenRow
+from nasvit.sql import aware, utcnow
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
@@ -40,6 +41,11 @@ _TOKENS = TokenRow.__table__
 _SELECT_TOKEN = select(_TOKENS.c.name, _TOKENS.c.revoked_at).where(
     _TOKENS.c.sha256 == bindparam("sha256")
 )
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE matched (``Session.execute`` types every result as a plain Result)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class JobNotFoundError(NasvitError):
@@ -81,7 +87,7 @@ class JobRecord:
             attempt=row.attempt,
             lease_expires_at=aware(row.lease_expires_at),
             cancel_requested=bool(row.cancel_requested),
-            created_at=aware(row.created_at),  # type: ignore[arg-type]
+            created_at=aware(row.created_at),
             started_at=aware(row.started_at),
             finished_at=aware(row.finished_at),
         )
@@ -202,7 +208,7 @@ class JobStore:
                 )
                 .execution_options(synchronize_session=False)
             )
-            if won.rowcount != 1:
+            if _rowcount(won) != 1:
                 return None
             row = session.get(JobRow, job_id, populate_existing=True)
             assert row is not None  # just updated
@@ -251,7 +257,7 @@ class JobStore:
             cancel = session.scalar(
                 select(JobRow.cancel_requested).where(JobRow.id == claim.job.id)
             )
-            return renewed.rowcount == 1, bool(cancel)
+            return _rowcount(renewed) == 1, bool(cancel)
 
     def set_progress(self, claim: Claim, stage: str, done: int, total: int) -> bool:
         """Record progress; False if the job is no longer this claim's."""
@@ -293,7 +299,7 @@ class JobStore:
             .values(updated_at=utcnow(), **values)
             .execution_options(synchronize_session=False)
         )
-        return result.rowcount == 1
+        return _rowcount(result) == 1
 
 
 # ---------------------------------------------------------------------- tokens
@@ -331,10 +337,7 @@ class TokenStore:
     def list(self) -> list[TokenRecord]:
         with self.db.read() as session:
             rows = session.scalars(select(TokenRow).order_by(TokenRow.created_at, TokenRow.id))
-            return [
-                TokenRecord(r.name, aware(r.created_at), aware(r.revoked_at))  # type: ignore[arg-type]
-                for r in rows
-            ]
+            return [TokenRecord(r.name, aware(r.created_at), aware(r.revoked_at)) for r in rows]
 
     def revoke(self, name: str) -> None:
         with self.db.write() as session:

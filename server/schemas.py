@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from nasvit.search.defaults import DEFAULT_EVALUATIONS
+from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, EntryValue, Transfer
+from nasvit.search.request import request_option
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -16,28 +18,39 @@ class Problem(BaseModel):
     detail: str = Field(description="What was wrong with the request, in words.")
 
 
+def _from_request(name: str, **limits: Any) -> Any:
+    """A field with the default, bounds and description of the search request's option
+    ``name`` (:class:`nasvit.search.request.SearchRequest`), plus HTTP-only ``limits``."""
+    option = request_option(name)
+    return Field(
+        ... if option.required else option.default,
+        ge=option.ge,
+        le=option.le,
+        description=option.help,
+        **limits,
+    )
+
+
 class SearchCreate(BaseModel):
-    """A search to queue. Unknown fields are refused (a misspelt option is never ignored)."""
+    """A search to queue. Unknown fields are refused (a misspelt option is never ignored).
+
+    Fields, defaults and bounds are the search request's own (``budget`` is its text form);
+    string lengths are limited here. The service caps ``evaluations`` with its
+    ``max_evaluations`` setting; the names (space, controller, device) are checked when the
+    job is created."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"space": "efficientformer", "budget": "2ms"}]},
     )
 
-    space: str = Field(min_length=1, max_length=100, description="Search space name.")
-    budget: str = Field(
-        min_length=1, max_length=50, description="Latency budget: 2ms, 1500us, 0.002s."
-    )
-    device: str | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        description="Name or id of a device in the latency database (default: the worker's CPU).",
-    )
-    controller: str = Field("nsga2", max_length=50)
-    evaluations: int = Field(DEFAULT_EVALUATIONS, ge=1, description="Candidates to evaluate.")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    workers: int = Field(1, ge=1, le=256, description="Ray workers for the evaluation.")
+    space: str = _from_request("space", min_length=1, max_length=100)
+    budget: str = _from_request("budget_ms", min_length=1, max_length=50)
+    device: str | None = _from_request("device", min_length=1, max_length=200)
+    controller: str = _from_request("controller", max_length=50)
+    evaluations: int = _from_request("evaluations")
+    seed: int = _from_request("seed")
+    workers: int = _from_request("workers")
 
 
 class Progress(BaseModel):
@@ -165,18 +178,50 @@ class Device(BaseModel):
     latest_validation: ValidationSummary | None
 
 
-class Entry(BaseModel):
-    key: str
-    kind: str
-    median_ms: float
-    iqr_ms: float
-    n: int
-    profiler: str
-    runtime_version: str
-    source: str
-    measured_at: datetime
-    weight_bytes: int | None = None
-    cold_median_ms: float | None = None
+#: The longest unbounded text (a block key) an upload may carry.
+_LONGEST_TEXT = 2000
+
+
+def _entry_model(
+    name: str, doc: str, values: Iterable[EntryValue], *, upload: bool
+) -> type[BaseModel]:
+    """A schema with one field per entry value, from the entry's one declaration
+    (:data:`nasvit.latency_db.records.ENTRY_VALUES`). A response requires what the store
+    always has; an upload requires what an import does, and its strings are bounded by their
+    columns."""
+    fields: dict[str, Any] = {}
+    for value in values:
+        required = value.spec.transfer is Transfer.REQUIRED if upload else value.required
+        limits: dict[str, Any] = {}
+        if upload and value.type is str:
+            limits["max_length"] = value.spec.length or _LONGEST_TEXT
+            limits["min_length"] = 1 if required else None
+        annotation = value.type if required else value.type | None
+        default = ... if required else None
+        fields[value.name] = (annotation, Field(default, description=value.spec.doc, **limits))
+    # An upload: NaN and infinity are refused (JSON parsers accept them, latencies cannot be
+    # them), and columns of an export that an import does not read are ignored.
+    config = ConfigDict(extra="ignore", allow_inf_nan=False) if upload else ConfigDict()
+    return create_model(name, __config__=config, __doc__=doc, **fields)
+
+
+if TYPE_CHECKING:  # to a type checker, plain schemas; their fields are built at run time
+
+    class Entry(BaseModel): ...
+
+    class UploadEntry(BaseModel): ...
+
+else:
+    Entry = _entry_model(
+        "Entry", "A stored block latency: every value of the entry.", ENTRY_VALUES, upload=False
+    )
+    UploadEntry = _entry_model(
+        "UploadEntry",
+        "One measured block latency: a row of ``nasvit latency export`` (the values an import "
+        "reads).",
+        IMPORTED_VALUES,
+        upload=True,
+    )
 
 
 class EntryPage(BaseModel):
@@ -185,25 +230,6 @@ class EntryPage(BaseModel):
     total: int
     offset: int
     limit: int
-
-
-class UploadEntry(BaseModel):
-    """One measured block latency (columns of ``nasvit latency export``)."""
-
-    # NaN and infinity are refused here: JSON parsers accept them, latencies cannot be them.
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-    key: str = Field(min_length=1, max_length=2000)
-    median_ms: float
-    iqr_ms: float
-    n: int
-    kind: str | None = Field(None, max_length=100)
-    profiler: str | None = Field(None, max_length=200)
-    runtime_version: str | None = Field(None, max_length=100)
-    weight_bytes: int | None = None
-    cold_median_ms: float | None = None
-    cold_iqr_ms: float | None = None
-    cold_n: int | None = None
 
 
 class MeasurementUpload(BaseModel):

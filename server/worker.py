@@ -25,10 +25,11 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from nasvit.errors import NasvitError
+from nasvit.errors import DeviceNotLocalError, NasvitError
+from nasvit.search.request import SearchRequest
 from nasvit.server.db import Database
 from nasvit.server.jobs import Claim, JobStore
-from nasvit.server.settings import Settings
+from nasvit.settings import Settings
 
 log = logging.getLogger("nasvit.server.worker")
 PROGRESS_WRITE_INTERVAL_S = 0.5  # block profiling reports thousands of steps
@@ -41,6 +42,16 @@ class _Stop(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason  # "cancelled" | "lease lost" | "shutdown"
+
+
+def _job_error(error: NasvitError) -> str:
+    """The job's recorded error; reworded where the library's fix names a Python argument."""
+    if isinstance(error, DeviceNotLocalError):
+        return (
+            f"{error.description}; measure it on a worker on that machine, or submit the search "
+            "without a device"
+        )
+    return str(error)
 
 
 def default_worker_name() -> str:
@@ -105,8 +116,6 @@ class Worker:
         self.database = Database.open(settings.resolved_database_url)
         self.jobs = JobStore(self.database)
         self.shutdown = threading.Event()
-        # run_search opens the latency store and default supernets from the environment.
-        settings.export_to_environment()
 
     def stop(self) -> None:
         self.shutdown.set()
@@ -157,28 +166,13 @@ class Worker:
             lock.release()
 
     def _run_locked(self, claim: Claim, folder: Path) -> str:
-        from nasvit.search.pipeline import TRIALS_FILE, SearchRequest, run_search
+        from nasvit.search.pipeline import TRIALS_FILE, run_search
 
         job = claim.job
         log.info("running job %s (attempt %d)", job.id, claim.attempt)
         drop_torn_tail(folder / TRIALS_FILE)
-        spec = job.request
-        checkpoint = self.settings.checkpoints.get(spec["space"])
-        request = SearchRequest(
-            space=spec["space"],
-            budget_ms=float(spec["budget_ms"]),
-            device=spec.get("device"),
-            controller=spec["controller"],
-            evaluations=int(spec["evaluations"]),
-            workers=int(spec.get("workers", 1)),
-            ray_address=self.ray_address,
-            seed=int(spec["seed"]),
-            checkpoint=None if checkpoint is None else Path(checkpoint),
-            out=folder,
-            resume=True,
-        )
         heartbeat = _Heartbeat(self.jobs, claim, self.settings, self.shutdown)
-        last_write = {"stage": "", "at": 0.0}
+        last_write: dict[str, Any] = {"stage": "", "at": 0.0}
 
         def progress(stage: str, done: int, total: int) -> None:
             if heartbeat.stop_reason is not None:
@@ -192,11 +186,15 @@ class Worker:
 
         heartbeat.start()
         try:
-            result = run_search(request, progress)
+            # The search opens the latency store, trial store and default supernets that these
+            # settings name (the same database as the jobs').
+            result = run_search(
+                self._search_request(job.request, folder), progress, settings=self.settings
+            )
         except _Stop as stop:
             return self._stopped(claim, stop.reason)
         except NasvitError as exc:
-            return self._finish(claim, "failed", error=str(exc))
+            return self._finish(claim, "failed", error=_job_error(exc))
         except KeyboardInterrupt:
             self.jobs.release(claim)  # the trials so far stay; the next claim resumes
             raise
@@ -208,14 +206,25 @@ class Worker:
         finally:
             heartbeat.finished.set()
             heartbeat.join()
-        best = result.report["best"]
         summary: dict[str, Any] = {
-            "short": best["short"],
-            "accuracy": best["accuracy"],
-            "predicted_ms": best["predicted_ms"],
-            "measured_ms": best["measured_ms"],
+            "short": result.best.short,
+            "accuracy": result.best.accuracy,
+            "predicted_ms": result.best.latency_ms,
+            "measured_ms": result.best_measured_ms,
         }
         return self._finish(claim, "succeeded", best=summary)
+
+    def _search_request(self, stored: dict[str, Any], folder: Path) -> SearchRequest:
+        """The job's stored request (validated when the job was created) as the pipeline's,
+        resumed in the job's folder on this worker's Ray cluster and checkpoint."""
+        checkpoint = self.settings.checkpoints.get(stored["space"])
+        return SearchRequest.from_mapping(
+            stored,
+            checkpoint=None if checkpoint is None else Path(checkpoint),
+            out=folder,
+            resume=True,
+            ray_address=self.ray_address,
+        )
 
     def _stopped(self, claim: Claim, reason: str) -> str:
         if reason == "cancelled":

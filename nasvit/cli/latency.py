@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,9 +25,10 @@ from rich.progress import (
 from rich.table import Table
 
 from nasvit.errors import NasvitError
+from nasvit.settings import load_settings
 
 if TYPE_CHECKING:
-    from nasvit.latency_db import ProgressCallback
+    from nasvit.latency_db import LatencyStore, ProgressCallback
 
 # The latency database (torch, scipy, SQLAlchemy; pandas for export/import) is imported by the
 # commands that use it: this module is imported by every `nasvit` command at start-up.
@@ -44,6 +45,13 @@ UrlOption = Annotated[
     str | None,
     typer.Option("--database-url", help="SQLAlchemy URL (default: $NASVIT_DATABASE_URL or SQLite)"),
 ]
+
+
+def open_store(database_url: str | None) -> LatencyStore:
+    """The latency store at ``--database-url``, else the settings' database (``NASVIT_*``)."""
+    from nasvit.latency_db import LatencyStore
+
+    return LatencyStore.open(database_url or load_settings().resolved_database_url)
 
 
 def parse_resolutions(text: str | None) -> list[int] | None:
@@ -100,16 +108,21 @@ def profile_command(
     database_url: UrlOption = None,
 ) -> None:
     """Measure every block of a space that the device's latency table lacks (resumable)."""
-    from nasvit.evaluation.latency import build_space_table, resolve_device
-    from nasvit.latency_db import LatencyStore
-    from nasvit.search_spaces import get_space
+    from nasvit.api import profile
+    from nasvit.settings import Settings
 
-    search_space = get_space(space)
-    store = LatencyStore.open(database_url)
-    record, profiler = resolve_device(store, device, runtime, threads, optimization)
-    with _Bar(f"profiling {space} on {record.name}") as progress:
-        report = build_space_table(
-            search_space, store, profiler, record, parse_resolutions(resolutions), progress=progress
+    chosen = parse_resolutions(resolutions)
+    settings = None if database_url is None else Settings(database_url=database_url)
+    with _Bar(f"profiling {space}") as update:
+        report = profile(
+            space,
+            device=device,
+            settings=settings,
+            progress=lambda stage, done, total: update(done, total),
+            threads=threads,
+            resolutions=chosen,
+            runtime=runtime,
+            optimization=optimization,
         )
     console.print(
         f"{report.device}: {report.measured} block(s) measured, {report.already_present} already "
@@ -122,7 +135,7 @@ def profile_command(
 @latency_app.command("validate")
 def validate_command(
     space: Annotated[str, typer.Option("--space", help="search space name")],
-    n: Annotated[int, typer.Option("--n", help="networks to sample and measure")] = 20,
+    n: Annotated[int, typer.Option("--n", min=1, help="networks to sample and measure")] = 20,
     device: DeviceOption = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resolutions: Annotated[
@@ -142,11 +155,10 @@ def validate_command(
 ) -> None:
     """Measure sampled whole networks and compare them with the table's predictions."""
     from nasvit.evaluation.latency import resolve_device, validate_table
-    from nasvit.latency_db import LatencyStore
     from nasvit.search_spaces import get_space
 
     search_space = get_space(space)
-    store = LatencyStore.open(database_url)
+    store = open_store(database_url)
     record, profiler = resolve_device(store, device)
     with _Bar(f"validating on {record.name}") as progress:
         result = validate_table(
@@ -204,10 +216,9 @@ def show_command(
     database_url: UrlOption = None,
 ) -> None:
     """List devices, their entry counts, per-call overhead and latest validation."""
-    from nasvit.latency_db import LatencyStore
 
-    store = LatencyStore.open(database_url)
-    rows = []
+    store = open_store(database_url)
+    rows: list[dict[str, Any]] = []
     checks: dict[str, str] = {}
     for device in store.devices():
         validation = store.latest_validation(device.id)
@@ -248,10 +259,9 @@ def export_command(
     database_url: UrlOption = None,
 ) -> None:
     """Write a device's table to CSV or JSON."""
-    from nasvit.latency_db import LatencyStore
     from nasvit.latency_db.transfer import export_table
 
-    store = LatencyStore.open(database_url)
+    store = open_store(database_url)
     count = export_table(store, device, out)
     console.print(f"wrote {count} entries to {out}")
 
@@ -265,10 +275,9 @@ def import_command(
     database_url: UrlOption = None,
 ) -> None:
     """Import a table measured elsewhere (validated first; all or nothing)."""
-    from nasvit.latency_db import LatencyStore
     from nasvit.latency_db.transfer import import_table
 
-    store = LatencyStore.open(database_url)
+    store = open_store(database_url)
     result = import_table(store, file, device_name)
     console.print(
         f"{result.device}: {result.inserted} entries imported, {result.skipped} already present"

@@ -1,8 +1,9 @@
 """CLI for the job service: ``nasvit serve``, ``nasvit worker`` and ``nasvit token
 create|list|revoke``.
 
-Settings come from ``NASVIT_*`` environment variables (:class:`nasvit.server.settings.Settings`);
-an unusable value is a one-line error (exit code 2), like every other bad input.
+Settings come from ``NASVIT_*`` environment variables (:class:`nasvit.settings.Settings`), read
+once per command and passed on; an unusable value is a one-line error (exit code 2), like every
+other bad input.
 """
 
 from __future__ import annotations
@@ -15,28 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasvit.errors import NasvitError
+from nasvit.settings import load_settings
 
 token_app = typer.Typer(
     name="token", help="API tokens for the job service's write endpoints.", no_args_is_help=True
 )
 console = Console()
-
-
-def load_settings() -> Any:
-    """The service settings from the environment; bad values are a NasvitError."""
-    from pydantic import ValidationError
-
-    from nasvit.server.settings import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"NASVIT_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
-            for e in exc.errors()
-        )
-        raise NasvitError(f"bad service settings: {problems}") from None
 
 
 def serve_command(

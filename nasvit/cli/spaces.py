@@ -41,7 +41,7 @@ def spaces_command(
 
     space = get_space(name)
     summary = space.describe()
-    references = []
+    references: list[dict[str, Any]] = []
     for ref_name, arch in space.reference_archs().items():
         subnet = space.build_subnet(arch)
         references.append(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from nasvit.errors import NasvitError
+from nasvit.errors import DeviceNotLocalError, NasvitError
 from nasvit.latency_db import (
     BuildReport,
     CacheModel,
@@ -63,7 +63,8 @@ def resolve_device(
     names the local device for the given settings.
 
     Raises:
-        NasvitError: the named device was measured on another machine or runtime version.
+        DeviceNotLocalError: the named device was measured on another machine or runtime
+            version.
     """
     if device is not None:
         known = {d.name: d for d in store.devices()} | {d.id: d for d in store.devices()}
@@ -78,10 +79,7 @@ def resolve_device(
                     for name, value in fp.to_dict().items()
                     if local.to_dict()[name] != value
                 ]
-                raise NasvitError(
-                    f"device '{record.name}' is not this machine: {', '.join(differs)}; "
-                    "measure it where it was profiled, or omit --device"
-                )
+                raise DeviceNotLocalError(record.name, differs)
             return record, profiler
     profiler = make_profiler(runtime, threads, optimization, protocol)
     fingerprint = DeviceFingerprint.local(profiler.settings, batch)
@@ -98,9 +96,19 @@ def build_space_table(
     batch_size: int = 32,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    num_classes: int = 1000,
+    in_channels: int = 3,
 ) -> BuildReport:
-    """Measure every block reachable in ``space`` (at ``resolutions``) that ``device`` lacks."""
-    blocks = space.enumerate_blocks(resolutions, batch=device.fingerprint.batch)
+    """Measure every block reachable in ``space`` (at ``resolutions``) that ``device`` lacks.
+
+    ``num_classes`` and ``in_channels`` size the networks' head and input (a search profiles
+    its supernet's: e.g. 10 classes and 1 channel for digits)."""
+    blocks = space.enumerate_blocks(
+        resolutions,
+        batch=device.fingerprint.batch,
+        num_classes=num_classes,
+        in_channels=in_channels,
+    )
     return build_table(
         store, profiler, device, blocks, batch_size=batch_size, seed=seed, progress=progress
     )
@@ -157,13 +165,14 @@ def validate_table(
             would score against one reading, :func:`~nasvit.latency_db.table.noise_ceiling`).
             Interleaved, so both readings see the same hour of a machine whose noise changes
             by the hour. The first reading is the one validated against.
-        num_classes, in_channels: the networks' head and input (a search validates the
-            networks it searches: e.g. 10 classes and 1 channel for digits).
+        num_classes: classes of the networks' head (a search validates the networks it
+            searches: e.g. 10 for digits).
+        in_channels: channels of the networks' input (e.g. 1 for digits).
     """
     if isinstance(space, str):
         space = get_space(space)
     if n < 1:
-        raise NasvitError(f"--n must be at least 1, got {n}")
+        raise NasvitError(f"n must be at least 1, got {n}")
     archs = sample_archs(space, n, seed, resolutions)
     batch = device.fingerprint.batch
     shape_args = {"num_classes": num_classes, "in_channels": in_channels}
@@ -237,7 +246,7 @@ def _summarise(
         cache_model = model.to_dict()
         cache_pred = [model.network_ms(*inputs) for inputs in cache]
         cache_test = error_stats(cache_pred[n_fit:], measured[n_fit:])
-    details = {
+    details: dict[str, Any] = {
         "networks": [
             {"arch": space.short_string(a), "predicted_ms": p, "measured_ms": m}
             for a, p, m in zip(archs, predicted, measured, strict=True)

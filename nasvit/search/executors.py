@@ -149,6 +149,7 @@ class RayExecutor:
         import ray
 
         for actor in self._actors:
-            ray.kill(actor)
+            # ray.remote's overloads type the created actors as possibly the class itself.
+            ray.kill(actor)  # type: ignore[arg-type]
         if self._started_ray:
             ray.shutdown()

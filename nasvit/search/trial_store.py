@@ -14,14 +14,15 @@ a finished candidate. ``trials.jsonl`` in the output folder is a plain-text copy
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nasvit.search.adapters import optuna_distributions, parameters_from_arch
 from nasvit.search_spaces import SearchSpace
+from nasvit.settings import load_settings
+from nasvit.sql import DatabaseLock, lock_across_processes
 
 _RECORD = "nasvit_trial"
 
@@ -31,47 +32,14 @@ def study_name_for(out: Path) -> str:
     return f"nasvit-search:{Path(out).resolve()}"
 
 
-# Any fixed 64-bit number; it names the lock among the database's advisory locks.
-_PG_SCHEMA_LOCK = 7291002
-
-
-@contextlib.contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    """Serialise the creation of Optuna's tables: two workers starting on a fresh PostgreSQL
-    database both created Optuna's version table and one failed (a unique violation)."""
-    if url.startswith("sqlite"):
-        from filelock import FileLock
-
-        database = url.split("///", 1)[-1]
-        in_memory = database in ("", ":memory:")
-        with contextlib.nullcontext() if in_memory else FileLock(f"{database}.optuna.lock"):
-            yield
-        return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_SCHEMA_LOCK})
-            try:
-                yield
-            finally:
-                connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_SCHEMA_LOCK}
-                )
-    finally:
-        engine.dispose()
-
-
 class TrialStore:
     """Trials of one search in an Optuna study.
 
     Args:
         space: the searched space (gives the parameter distributions).
         name: the study name (see :func:`study_name_for`).
-        url: database URL; default the nasvit database (``$NASVIT_DATABASE_URL`` or SQLite
-            under ``$NASVIT_HOME``).
+        url: database URL; default the nasvit database of the environment's settings
+            (:attr:`nasvit.settings.Settings.resolved_database_url`).
         fresh: drop trials left by an earlier search of the same name (a new search in a
             folder whose files were deleted) instead of continuing them.
     """
@@ -79,14 +47,14 @@ class TrialStore:
     def __init__(self, space: SearchSpace, name: str, url: str | None = None, fresh: bool = False):
         import optuna
 
-        from nasvit.latency_db.store import default_url
-
         # Optuna logs every trial at INFO; the pipeline reports progress its own way.
         optuna.logging.set_verbosity(logging.WARNING)
         self.space = space
         self.name = name
-        url = url or default_url()
-        with _schema_lock(url):
+        url = url or load_settings().resolved_database_url
+        # Serialise the creation of Optuna's tables: two workers starting on a fresh PostgreSQL
+        # database both created Optuna's version table and one failed (a unique violation).
+        with lock_across_processes(url, DatabaseLock.TRIAL_SCHEMA):
             self.storage = optuna.storages.RDBStorage(url)
             if fresh:
                 try:

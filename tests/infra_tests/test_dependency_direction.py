@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from ._layout import REPO_ROOT, source_files
+from nasvit_testing.layout import REPO_ROOT, source_files
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ._layout import REPO_ROOT
+from nasvit_testing.layout import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
 DOCS = REPO_ROOT / "docs"

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from ._layout import REPO_ROOT, listed_packages, module_name, source_files
+from nasvit_testing.layout import REPO_ROOT, listed_packages, module_name, source_files
 
 pytestmark = pytest.mark.slow
 

@@ -36,7 +36,7 @@ def _sane(m: Measurement, protocol: MeasurementProtocol = QUICK) -> None:
     [lambda: OnnxRuntimeProfiler(protocol=QUICK), lambda: TorchProfiler(protocol=QUICK)],
     ids=["ort", "torch"],
 )
-def test_every_profiler_measures_blocks_and_overhead(make, small_blocks) -> None:  # noqa: ANN001
+def test_every_profiler_measures_blocks_and_overhead(make, small_blocks) -> None:
     profiler = make()
     assert isinstance(profiler, Profiler)
     for block in small_blocks[:3]:
@@ -48,7 +48,7 @@ def test_every_profiler_measures_blocks_and_overhead(make, small_blocks) -> None
     assert settings.threads == 1 and settings.version
 
 
-def test_onnxruntime_measures_bytes_and_files(tmp_path: Path, small_blocks) -> None:  # noqa: ANN001
+def test_onnxruntime_measures_bytes_and_files(tmp_path: Path, small_blocks) -> None:
     block = small_blocks[0]
     model = export_onnx_bytes(block.build(), block.input_shape)
     path = tmp_path / "block.onnx"
@@ -80,7 +80,7 @@ def test_median_of_session_medians_and_pooled_iqr() -> None:
         Measurement.from_sessions([[1.0], []])
 
 
-def test_torch_profiler_rejects_onnx_and_restores_threads(small_blocks) -> None:  # noqa: ANN001
+def test_torch_profiler_rejects_onnx_and_restores_threads(small_blocks) -> None:
     before = torch.get_num_threads()
     TorchProfiler(threads=1, protocol=QUICK).measure(small_blocks[0])
     assert torch.get_num_threads() == before
@@ -97,7 +97,7 @@ def test_cuda_profilers_say_clearly_that_there_is_no_gpu() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_profiler_measures_on_the_gpu(small_blocks) -> None:  # noqa: ANN001
+def test_cuda_profiler_measures_on_the_gpu(small_blocks) -> None:
     profiler = CudaProfiler(protocol=QUICK)
     _sane(profiler.measure(small_blocks[0]))
     assert profiler.settings.accelerator

@@ -25,35 +25,35 @@ from nasvit.nn.blocks import BlockSpec
 class CountingProfiler:
     """Wraps a real profiler; counts measurements and can fail after ``fail_after`` of them."""
 
-    def __init__(self, inner, fail_after: int | None = None):  # noqa: ANN001
+    def __init__(self, inner, fail_after: int | None = None):
         self.inner, self.fail_after, self.measured = inner, fail_after, 0
         self.protocol, self.name = inner.protocol, inner.name
 
     @property
-    def settings(self):  # noqa: ANN201
+    def settings(self):
         return self.inner.settings
 
-    def prepare(self, model, input_shape=None):  # noqa: ANN001, ANN201
+    def prepare(self, model, input_shape=None):
         return self.inner.prepare(model, input_shape)
 
-    def measure(self, model, input_shape=None) -> Measurement:  # noqa: ANN001
+    def measure(self, model, input_shape=None) -> Measurement:
         if self.fail_after is not None and self.measured >= self.fail_after:
             raise KeyboardInterrupt
         self.measured += 1
         return self.inner.measure(model, input_shape)
 
-    def measure_overhead(self, input_shape=(1, 8, 8, 8)) -> Measurement:  # noqa: ANN001
+    def measure_overhead(self, input_shape=(1, 8, 8, 8)) -> Measurement:
         return self.inner.measure_overhead(input_shape)
 
 
-def _device(store: LatencyStore, profiler):  # noqa: ANN001, ANN202
+def _device(store: LatencyStore, profiler):
     return store.ensure_device(DeviceFingerprint.local(profiler.settings))
 
 
 def test_interrupted_build_resumes_with_only_missing_keys(
     sqlite_store: LatencyStore,
     quick_profiler,
-    small_blocks,  # noqa: ANN001
+    small_blocks,
 ) -> None:
     device = _device(sqlite_store, quick_profiler)
     # 1 reference timing + 4 blocks + 1 reference re-timing commit the first batch of 4.
@@ -77,18 +77,18 @@ def test_interrupted_build_resumes_with_only_missing_keys(
 class DriftingProfiler(CountingProfiler):
     """The reference block times 1.0 ms first, then 1.5 ms (a 50% drift) forever."""
 
-    def __init__(self, inner, reference_key: str):  # noqa: ANN001
+    def __init__(self, inner, reference_key: str):
         super().__init__(inner)
         self.reference_key, self.reference_timings = reference_key, 0
 
-    def measure(self, model, input_shape=None) -> Measurement:  # noqa: ANN001
+    def measure(self, model, input_shape=None) -> Measurement:
         m = super().measure(model, input_shape)
         if getattr(model, "model", None) is self.reference_model:
             self.reference_timings += 1
             return Measurement(1.0 if self.reference_timings == 1 else 1.5, 0.0, m.n, m.sessions)
         return m
 
-    def prepare(self, model, input_shape=None):  # noqa: ANN001, ANN201
+    def prepare(self, model, input_shape=None):
         prepared = super().prepare(model, input_shape)
         first = self.reference_model is None  # the builder prepares the reference first
         if first and isinstance(model, BlockSpec) and model.key == self.reference_key:
@@ -101,7 +101,7 @@ class DriftingProfiler(CountingProfiler):
 def test_drift_of_the_reference_block_triggers_remeasurement(
     sqlite_store: LatencyStore,
     quick_profiler,
-    small_blocks,  # noqa: ANN001
+    small_blocks,
 ) -> None:
     from nasvit.latency_db.builder import _pick_reference
 

@@ -16,7 +16,7 @@ from nasvit.latency_db.transfer import TableImportError, export_table, import_ta
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, quick_profiler, space):  # noqa: ANN001, ANN201
+def built(tmp_path_factory, quick_profiler, space):
     """One validated table for the module (validation measures real networks: not cheap)."""
     from nasvit.evaluation.latency import resolve_device, validate_table
 
@@ -29,7 +29,7 @@ def built(tmp_path_factory, quick_profiler, space):  # noqa: ANN001, ANN201
     return store, device, record
 
 
-def test_validation_measures_networks_and_stores_the_run(built, space) -> None:  # noqa: ANN001
+def test_validation_measures_networks_and_stores_the_run(built, space) -> None:
     store, device, record = built
     assert record.raw.n == 4 and record.n_fit == 2 and record.calibrated_test is not None
     assert 0 <= record.raw.within_10 <= record.raw.within_10 <= 1
@@ -49,7 +49,7 @@ def test_validation_measures_networks_and_stores_the_run(built, space) -> None: 
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
-def test_export_import_round_trip(built, tmp_path: Path, suffix: str) -> None:  # noqa: ANN001
+def test_export_import_round_trip(built, tmp_path: Path, suffix: str) -> None:
     store, device, _ = built
     path = tmp_path / f"table{suffix}"
     count = export_table(store, device.name, path)
@@ -95,7 +95,7 @@ def test_corrupt_imports_are_rejected_and_write_nothing(
     built,
     tmp_path: Path,
     how: str,
-    message: str,  # noqa: ANN001
+    message: str,
 ) -> None:
     store, device, _ = built
     good = tmp_path / "good.csv"
@@ -124,7 +124,7 @@ def _cli() -> typer.Typer:
 def test_cli_profile_show_export_and_errors(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    space,  # noqa: ANN001
+    space,
 ) -> None:
     from nasvit.search_spaces.efficientformer import EfficientFormerSpace
 
@@ -159,7 +159,7 @@ def test_cli_profile_show_export_and_errors(
         assert isinstance(failed.exception, NasvitError), args
 
 
-def test_show_reports_the_error_predictions_carry(built) -> None:  # noqa: ANN001
+def test_show_reports_the_error_predictions_carry(built) -> None:
     store, _, record = built
     url = store.engine.url.render_as_string(hide_password=False)
     shown = CliRunner().invoke(
@@ -171,7 +171,7 @@ def test_show_reports_the_error_predictions_carry(built) -> None:  # noqa: ANN00
     assert expected in shown.output
 
 
-def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path) -> None:  # noqa: ANN001
+def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path) -> None:
     """The cache model is fitted on one space's network sizes: a table loaded for a restricted
     space takes that space's validation, not the family's (both recorded on one device)."""
     import dataclasses
@@ -193,7 +193,7 @@ def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path
 
 
 @pytest.mark.parametrize("repeat", [0, 2])
-def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, repeat: int) -> None:  # noqa: ANN001
+def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, repeat: int) -> None:
     """A drift of the machine over the run must not line up with the fit / held-out split:
     networks are measured in a seeded random order and reported in sample order. With
     ``repeat``, that many networks are measured a second time, shuffled in among the others,
@@ -210,7 +210,7 @@ def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, r
     class Recording(OnnxRuntimeProfiler):
         measured: list[tuple[int, float]] = []  # shared by with_protocol's copies
 
-        def measure(self, model, input_shape=None):  # noqa: ANN001, ANN201
+        def measure(self, model, input_shape=None):
             result = super().measure(model, input_shape)
             weights = module_weight_bytes(model) if isinstance(model, nn.Module) else 0
             if weights:  # a whole network, not a block or the empty overhead model

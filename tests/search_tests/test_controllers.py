@@ -3,8 +3,6 @@ problem whose accuracy and latency both grow with model capacity (deterministic 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -18,30 +16,9 @@ from nasvit.search.controllers import CONTROLLERS, Controller, Observation, make
 from nasvit.search.controllers.evolution import EvolutionController
 from nasvit.search.controllers.predictor_assisted import PredictorAssistedController
 from nasvit.search.pareto import hypervolume
-from nasvit.search_spaces import Architecture, get_space
+from nasvit.search_spaces import Architecture
 
-SPACE = get_space("efficientformer").restrict(resolution=[32, 64, 96])
-BUDGET_MS = 2.0
-
-
-def synthetic_objectives(arch: Architecture) -> tuple[float, float]:
-    """Latency ~ MACs-like cost; accuracy saturates with capacity, with diminishing returns,
-    and rewards attention blocks a little (so the front is not a single line)."""
-    widths, depths, ratios = arch["widths"], arch["depths"], arch["mlp_ratio"]
-    side = arch["resolution"] / 4
-    cost, layer = 0.0, 0
-    for stage in range(4):
-        area = (side / 2**stage) ** 2
-        for _ in range(depths[stage]):
-            cost += area * widths[stage] ** 2 * ratios[layer] * 2
-            layer += 1
-    latency = 0.05 + cost / 2.5e8
-    capacity = math.log1p(cost / 1e6) + 0.05 * arch["vit_num"]
-    return 1 - math.exp(-capacity / 2.0), latency
-
-
-def synthetic_latency(arch: Architecture) -> float:
-    return synthetic_objectives(arch)[1]
+from nasvit_testing.synthetic import BUDGET_MS, SPACE, synthetic_latency, synthetic_objectives
 
 
 def run_search(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasvit.search.controllers import EvolutionController, Observation
+from nasvit.search.controllers import Observation
+from nasvit.search.controllers.evolution import EvolutionController
 from nasvit.search.controllers.predictor_assisted import (
     PredictorAssistedController,
     hypervolume_gains,

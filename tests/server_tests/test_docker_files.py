@@ -226,7 +226,7 @@ def test_compose_services_and_wiring(compose) -> None:
 
 
 def test_environment_is_read_by_the_service_settings(compose, dockerfile, monkeypatch) -> None:
-    from nasvit.server.settings import Settings
+    from nasvit.settings import Settings
 
     fields = set(Settings.model_fields)
     for key in list(os.environ):
@@ -299,7 +299,7 @@ def test_ports_agree(compose, dockerfile) -> None:
 
 def test_health_route_of_the_healthcheck_exists(compose, tmp_path, monkeypatch) -> None:
     from nasvit.server.app import create_app
-    from nasvit.server.settings import Settings
+    from nasvit.settings import Settings
 
     for key in list(os.environ):
         if key.startswith("NASVIT_"):

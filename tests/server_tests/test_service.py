@@ -25,7 +25,8 @@ import pytest
 from nasvit.search.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
 from nasvit.server.results import pareto_summary
 
-from .conftest import NASVIT, Deployment, fresh_postgres_db
+from nasvit_testing.postgres import fresh_postgres_db
+from nasvit_testing.service import NASVIT, Deployment
 
 BUDGET = "300us"
 BUDGET_MS = 0.3

@@ -8,6 +8,8 @@ Create Date: 2026-11-22
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,13 +18,13 @@ down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-_ENTRY_COLUMNS = (
+_ENTRY_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
     ("weight_bytes", sa.BigInteger()),
     ("cold_median_ms", sa.Float()),
     ("cold_iqr_ms", sa.Float()),
     ("cold_n", sa.Integer()),
 )
-_RUN_COLUMNS = (
+_RUN_COLUMNS: tuple[tuple[str, sa.types.TypeEngine[Any]], ...] = (
     ("cache_model", sa.JSON()),
     ("cache_test_mape", sa.Float()),
     ("cache_test_within_5", sa.Float()),

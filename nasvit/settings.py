@@ -1,17 +1,25 @@
-"""Service settings, read from ``NASVIT_*`` environment variables (pydantic-settings).
+"""nasvit's settings: one object, read from ``NASVIT_*`` environment variables (pydantic-settings)
+or built in code, and passed explicitly to the library, the server and the worker.
 
-The server and every worker must see the same database and artifact root: the server reads the
-trials a worker appends under ``<artifact_root>/<job id>/``.
+Nothing in nasvit writes the environment: a service given settings in code hands the same object
+to everything it starts, and a worker process reads its own from its environment.
+
+Example:
+    >>> from nasvit.settings import Settings
+    >>> settings = Settings(home="/tmp/nasvit-home")
+    >>> settings.resolved_database_url
+    'sqlite:////tmp/nasvit-home/nasvit.db'
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nasvit.errors import NasvitError
 
 
 def _default_home() -> Path:
@@ -19,21 +27,24 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    """Configuration of ``nasvit serve`` and ``nasvit worker``.
+    """Where nasvit keeps its state, and how the job service behaves.
 
     Attributes:
-        home: ``NASVIT_HOME``; the SQLite database and default artifact root live here.
+        home: ``NASVIT_HOME``; the SQLite database, default supernets and job artifacts live
+            here unless set otherwise. Default ``~/.nasvit``.
         database_url: ``NASVIT_DATABASE_URL``; SQLite under ``home`` when unset. PostgreSQL
             (``postgresql+psycopg2://...``) is needed for workers on several machines.
-        artifact_root: where each job writes its outputs (``<root>/<job id>/``).
-        read_access: ``public`` (GET endpoints need no token) or ``token``.
+        artifact_root: where each service job writes its outputs (``<root>/<job id>/``);
+            default ``<home>/jobs``.
+        ray_address: ``NASVIT_RAY_ADDRESS``; a running Ray cluster for evaluations.
+        read_access: ``public`` (the service's GET endpoints need no token) or ``token``.
         cors_origins: origins allowed to call the API from a browser; none by default.
         max_body_bytes: larger request bodies are refused with 413.
         lease_seconds: a running job whose lease is older than this is taken over.
         heartbeat_seconds: how often a worker renews its lease and checks for cancellation.
         checkpoints: supernet checkpoint per space (JSON in ``NASVIT_CHECKPOINTS``); a space
             without one uses its default supernet, trained once under ``home``.
-        max_evaluations: the most candidates one search may ask for.
+        max_evaluations: the most candidates one service search may ask for.
     """
 
     model_config = SettingsConfigDict(env_prefix="NASVIT_", extra="ignore")
@@ -41,6 +52,7 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     database_url: str | None = None
     artifact_root: Path | None = None
+    ray_address: str | None = None
     read_access: Literal["public", "token"] = "public"
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
@@ -61,6 +73,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
+        """``database_url``, else SQLite at ``<home>/nasvit.db`` (the folder is created)."""
         if self.database_url:
             return self.database_url
         self.home.mkdir(parents=True, exist_ok=True)
@@ -70,8 +83,25 @@ class Settings(BaseSettings):
     def resolved_artifact_root(self) -> Path:
         return self.artifact_root or self.home / "jobs"
 
-    def export_to_environment(self) -> None:
-        """Point the pipeline's own lookups (latency store, default supernets) at this
-        service's database and home, which may have been given programmatically."""
-        os.environ["NASVIT_HOME"] = str(self.home)
-        os.environ["NASVIT_DATABASE_URL"] = self.resolved_database_url
+    @property
+    def supernets_dir(self) -> Path:
+        """Where default supernets are trained once and cached."""
+        return self.home / "supernets"
+
+
+def load_settings(settings: Settings | None = None) -> Settings:
+    """``settings`` if given, else a fresh read of the ``NASVIT_*`` environment.
+
+    Raises:
+        NasvitError: an unusable environment value, named (``NASVIT_READ_ACCESS: ...``).
+    """
+    if settings is not None:
+        return settings
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"NASVIT_{'_'.join(str(p) for p in e['loc']).upper() or 'SETTINGS'}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise NasvitError(f"bad settings: {problems}") from None
