@@ -85,8 +85,8 @@ def recipe_epoch() -> None:
     import time
 
     from nasvit.data import load_dataset
-    from nasvit.training.default_supernet import recipe_for
     from nasvit.training import train_supernet
+    from nasvit.training.default_supernet import recipe_for
 
     print("\n## default digits recipe: first epoch on 1 thread (CPU time)")
     print("| space | epochs | CPU s, epoch 1 | x epochs (1 core) | val largest | val smallest |")

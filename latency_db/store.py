@@ -14,11 +14,11 @@ Contract:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, RowMapping, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +35,10 @@ from nasvit.latency_db.records import (
 )
 from nasvit.settings import load_settings
 from nasvit.sql import aware, make_engine, upgrade, utcnow
+
+if TYPE_CHECKING:
+    from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+    from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _CHUNK = 500  # rows per INSERT / IN (...) statement; far below every backend's parameter limit
@@ -193,6 +197,7 @@ class LatencyStore:
             with self.transaction() as own:
                 return self.add_entries(device_id, entries, own, replace)
         dialect = session.get_bind().dialect.name
+        insert: Callable[[type[LatencyEntry]], PostgresInsert | SqliteInsert]
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         elif dialect == "sqlite":

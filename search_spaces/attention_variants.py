@@ -24,12 +24,10 @@ mean pooling (one token fewer, 384 parameters).
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nasvit.nn import BlockSpec
 from nasvit.nn.transformer import (
     HEADED_MIXERS,
     MIXERS,
@@ -38,12 +36,9 @@ from nasvit.nn.transformer import (
     SubnetSetting,
     TransformerConfig,
     TransformerSupernet,
-    plan_transformer,
-    unique_steps,
 )
-from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.bases import TransformerSpace
 from nasvit.search_spaces.dimensions import (
-    Architecture,
     Choice,
     LayerChoices,
 )
@@ -107,12 +102,14 @@ class AttentionVariantsSupernet(TransformerSupernet):
         return subnet_setting(arch)
 
 
-class AttentionVariantsSpace(SearchSpace):
+class AttentionVariantsSpace(TransformerSpace):
     description = (
         "ViT whose layers each choose a token mixer (softmax, cosFormer linear, relative-"
         "position, SHViT single-head, pooling, identity); elastic width, heads, FFN, depth; "
         "contains DeiT-Ti"
     )
+
+    config: AttentionVariantsConfig
 
     def __init__(self, config: AttentionVariantsConfig | None = None):
         self.config = config or AttentionVariantsConfig()
@@ -142,50 +139,25 @@ class AttentionVariantsSpace(SearchSpace):
             }
         }
 
-    def input_shape(
-        self, arch: Architecture, batch: int = 1, in_channels: int = 3
-    ) -> tuple[int, ...]:
-        side = int(arch["resolution"])  # type: ignore[arg-type]
-        return (batch, in_channels, side, side)
-
     def build_supernet(
         self, num_classes: int = 1000, in_channels: int = 3
     ) -> AttentionVariantsSupernet:
         return AttentionVariantsSupernet(self.config, num_classes, in_channels)
 
-    def lower(
-        self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
-    ) -> list[BlockSpec]:
-        transformer = self.config.transformer()
-        steps = plan_transformer(transformer, subnet_setting(arch), batch, num_classes, in_channels)
-        return [step.spec(transformer) for step in steps]
+    def subnet_setting(self, arch: Mapping[str, Any]) -> SubnetSetting:
+        return subnet_setting(arch)
 
-    def enumerate_blocks(
-        self,
-        resolutions: Sequence[int] | None = None,
-        batch: int = 1,
-        num_classes: int = 1000,
-        in_channels: int = 3,
-    ) -> list[BlockSpec]:
-        """A block depends on (resolution, width) and on its mixer with its heads, or on its
-        FFN ratio; one synthetic subnet per (resolution, width) listing every (mixer, heads)
-        and every ratio covers all keys of this (possibly restricted) space."""
-        chosen = self.resolutions_to_enumerate(resolutions)
-        dims: tuple[int, ...] = self.dimension("embed_dim").choices  # type: ignore[assignment]
-        mixers: tuple[str, ...] = self.dimension("mixer").choices  # type: ignore[assignment]
-        heads: tuple[int, ...] = self.dimension("heads").choices  # type: ignore[assignment]
-        ratios: tuple[int, ...] = self.dimension("mlp_ratio").choices  # type: ignore[assignment]
-        transformer = self.config.transformer()
-        steps = []
-        for side, dim in itertools.product(chosen, dims):
-            layers = [
-                LayerSetting(0, mixer, h, dim * ratios[0])
-                for mixer in mixers
-                for h in (heads if mixer in HEADED_MIXERS else heads[:1])
-            ] + [LayerSetting(0, mixers[0], heads[0], dim * r) for r in ratios]
-            setting = SubnetSetting((side, side), dim, tuple(layers))
-            steps += plan_transformer(transformer, setting, batch, num_classes, in_channels)
-        return unique_steps(steps, transformer)
+    def probe_layers(self, dim: int) -> tuple[LayerSetting, ...]:
+        """Every mixer with each of its head counts (one for mixers without heads), and every
+        FFN ratio."""
+        mixers: tuple[str, ...] = self.choices("mixer")
+        heads: tuple[int, ...] = self.choices("heads")
+        ratios: tuple[int, ...] = self.choices("mlp_ratio")
+        return tuple(
+            LayerSetting(0, mixer, h, dim * ratios[0])
+            for mixer in mixers
+            for h in (heads if mixer in HEADED_MIXERS else heads[:1])
+        ) + tuple(LayerSetting(0, mixers[0], heads[0], dim * r) for r in ratios)
 
 
 @register_space("attention_variants")

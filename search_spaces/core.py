@@ -92,6 +92,15 @@ class SearchSpace(abc.ABC):
     def dimension(self, name: str) -> Dimension:
         return self._by_name[name]
 
+    def choices(self, name: str) -> tuple[Any, ...]:
+        """The choices of the searched dimension ``name`` (one tuple per position for a
+        :class:`ChoiceList`), typed loosely: a family reads its own dimensions as the value
+        types it declared them with."""
+        dim = self._by_name[name]
+        if isinstance(dim, Tied):
+            raise ValueError(f"{name} is derived from {dim.source} and has no choices of its own")
+        return dim.choices
+
     def _layer_count(self, dim: LayerChoices, values: Mapping[str, Any]) -> int:
         source_value = values[dim.length_from]
         if isinstance(source_value, (list, tuple)):
@@ -102,9 +111,9 @@ class SearchSpace(abc.ABC):
         """The longest list ``dim`` can hold (its width in :meth:`encode`)."""
         source = self._by_name[dim.length_from]
         if isinstance(source, ChoiceList):
-            return int(sum(max(c) for c in source.choices))  # type: ignore[type-var]
+            return sum(max(int(v) for v in c) for c in source.choices)
         assert isinstance(source, Choice)
-        return int(max(source.choices))  # type: ignore[type-var]
+        return max(int(v) for v in source.choices)
 
     # ----------------------------------------------------------------- completion
     def _complete(self, values: dict[str, Any], rng: np.random.Generator | None) -> Architecture:
@@ -289,7 +298,7 @@ class SearchSpace(abc.ABC):
         for dim in self.searched_dimensions:
             value = arch[dim.name]
             if isinstance(dim, Choice):
-                out.append(dim.choices.index(value))  # type: ignore[arg-type]
+                out.append(dim.choices.index(value))
             elif isinstance(dim, ChoiceList):
                 assert isinstance(value, tuple)
                 out.extend(c.index(v) for v, c in zip(value, dim.choices, strict=True))
@@ -328,12 +337,12 @@ class SearchSpace(abc.ABC):
                 raw_layers[dim.name] = [int(round(v)) for v in vector[position : position + width]]
                 position += width
         for name, indices in raw_layers.items():
-            dim = self._by_name[name]
-            assert isinstance(dim, LayerChoices)
-            n = self._layer_count(dim, values)
-            if any(not 0 <= i < len(dim.choices) for i in indices[:n]):
+            layers = self._by_name[name]
+            assert isinstance(layers, LayerChoices)
+            n = self._layer_count(layers, values)
+            if any(not 0 <= i < len(layers.choices) for i in indices[:n]):
                 raise ArchitectureError(f"{name}: layer index out of range in {indices[:n]}")
-            values[name] = tuple(dim.choices[i] for i in indices[:n])
+            values[name] = tuple(layers.choices[i] for i in indices[:n])
         return self.validate(values)
 
     # ----------------------------------------------------------------- text forms
@@ -413,13 +422,13 @@ class SearchSpace(abc.ABC):
                 free *= math.prod(len(c) for c in dim.choices)
         structural_dims = [self._by_name[n] for n in sorted(structural)]
         options: list[list[Any]] = []
-        for dim in structural_dims:
-            if isinstance(dim, Choice):
-                options.append(list(dim.choices))
-            elif isinstance(dim, ChoiceList):
-                options.append(list(itertools.product(*dim.choices)))
+        for source in structural_dims:
+            if isinstance(source, Choice):
+                options.append(list(source.choices))
+            elif isinstance(source, ChoiceList):
+                options.append(list(itertools.product(*source.choices)))
             else:
-                raise ValueError(f"{dim.name}: only Choice/ChoiceList dims may be structural")
+                raise ValueError(f"{source.name}: only Choice/ChoiceList dims may be structural")
         layer_dims = [d for d in self.dimensions if isinstance(d, LayerChoices)]
         total = 0
         for combo in itertools.product(*options):
@@ -547,18 +556,6 @@ class SearchSpace(abc.ABC):
         Args:
             resolutions: restrict to these input resolutions (default: all of the space).
         """
-
-    def resolutions_to_enumerate(self, resolutions: Sequence[int] | None) -> tuple[int, ...]:
-        """``resolutions`` checked against the space's ``resolution`` choices (all of them when
-        None), for :meth:`enumerate_blocks` of image spaces."""
-        choices: tuple[int, ...] = self.dimension("resolution").choices  # type: ignore[union-attr]
-        chosen = tuple(resolutions) if resolutions is not None else choices
-        unknown = sorted(set(chosen) - set(choices))
-        if unknown:
-            raise ArchitectureError(
-                f"resolution(s) {unknown} not in the space ({', '.join(map(str, choices))})"
-            )
-        return chosen
 
     def build_subnet(
         self, arch: Architecture, num_classes: int = 1000, in_channels: int = 3

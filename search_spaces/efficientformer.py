@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,7 +39,7 @@ from nasvit.nn import (
     LayerScale,
     Supernet,
 )
-from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.bases import SquareImageSpace
 from nasvit.search_spaces.dimensions import (
     Architecture,
     Choice,
@@ -112,7 +112,8 @@ class Downsample(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.conv(x))
+        out: Tensor = self.bn(self.conv(x))
+        return out
 
 
 def _pool_mixer(x: Tensor) -> Tensor:
@@ -133,7 +134,8 @@ class MB4D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.ls1(_pool_mixer(x))
-        return x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x))))))
+        out: Tensor = x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x))))))
+        return out
 
 
 class MB3D(nn.Module):
@@ -167,7 +169,8 @@ class MB3D(nn.Module):
         if self.flatten_input:
             x = x.flatten(2).transpose(1, 2)
         x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+        out: Tensor = x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x)))))
+        return out
 
 
 class Head(nn.Module):
@@ -184,14 +187,17 @@ class Head(nn.Module):
         if not self.tokens_input:
             x = x.flatten(2).transpose(1, 2)
         features = self.norm(x).mean(dim=1)
-        logits = self.head(features)
+        logits: Tensor = self.head(features)
         if self.dist_head is not None:
             logits = (logits + self.dist_head(features)) / 2
         return logits
 
 
 # --------------------------------------------------------------------------- elastic blocks
-def _shell(block: type[nn.Module], **attributes: Any) -> Any:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _shell(block: type[ModuleT], **attributes: Any) -> ModuleT:
     """An instance of a static block with none of its layers built, for ``extract``, which then
     assigns each layer (a copy from the supernet) in ``__init__``'s order: building the block
     normally first initialised every layer at random only to replace it (a test checks the
@@ -231,7 +237,8 @@ class ElasticDownsample(nn.Module):
         self.bn = ElasticBatchNorm2d(max_out)
 
     def forward(self, x: Tensor, width: int) -> Tensor:
-        return self.bn(self.conv(x, width))
+        out: Tensor = self.bn(self.conv(x, width))
+        return out
 
     def extract(self, in_channels: int, out_channels: int) -> Downsample:
         block = _shell(Downsample)
@@ -253,7 +260,10 @@ class ElasticMB4D(nn.Module):
     def forward(self, x: Tensor, hidden: int) -> Tensor:
         dim = x.shape[1]
         x = x + self.ls1(_pool_mixer(x))
-        return x + self.ls2(self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x, hidden))), dim)))
+        out: Tensor = x + self.ls2(
+            self.norm2(self.fc2(F.gelu(self.norm1(self.fc1(x, hidden))), dim))
+        )
+        return out
 
     def extract(self, dim: int, hidden: int) -> MB4D:
         block = _shell(MB4D)
@@ -287,7 +297,8 @@ class ElasticMB3D(nn.Module):
     def forward(self, x: Tensor, hidden: int, grid: int) -> Tensor:
         dim = x.shape[-1]
         x = x + self.ls1(self.attn(self.norm1(x), self.num_heads, grid))
-        return x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x), hidden)), dim))
+        out: Tensor = x + self.ls2(self.fc2(F.gelu(self.fc1(self.norm2(x), hidden)), dim))
+        return out
 
     def extract(self, dim: int, hidden: int, grid: int, flatten_input: bool) -> MB3D:
         block = _shell(MB3D, flatten_input=flatten_input)
@@ -311,7 +322,7 @@ class ElasticHead(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         features = self.norm(tokens).mean(dim=1)
-        logits = self.head(features, self.num_classes)
+        logits: Tensor = self.head(features, self.num_classes)
         if self.dist_head is not None:
             logits = (logits + self.dist_head(features, self.num_classes)) / 2
         return logits
@@ -549,7 +560,7 @@ class EfficientFormerSupernet(Supernet):
         self.head = ElasticHead(max_widths[-1], num_classes, config.distillation)
         self.apply(_init_weights)
 
-    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:
         widths, depths, vit_num = arch["widths"], arch["depths"], arch["vit_num"]
         ratios = arch["mlp_ratio"]
         layer = 0
@@ -558,7 +569,7 @@ class EfficientFormerSupernet(Supernet):
             if stage > 0:
                 x = self.downsamples[stage](x, widths[stage])
             conv_blocks = depths[stage] - (vit_num if stage == STAGES - 1 else 0)
-            blocks = self.stages[stage]
+            blocks = cast(nn.ModuleList, self.stages[stage])
             for index in range(conv_blocks):
                 x = blocks[index](x, widths[stage] * ratios[layer])
                 layer += 1
@@ -567,7 +578,8 @@ class EfficientFormerSupernet(Supernet):
         for index in range(vit_num):
             x = self.vit_blocks[index](x, widths[-1] * ratios[layer], grid)
             layer += 1
-        return self.head(x)
+        logits: Tensor = self.head(x)
+        return logits
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         blocks: list[nn.Module] = []
@@ -581,9 +593,12 @@ class EfficientFormerSupernet(Supernet):
                 blocks.append(source.extract(p["in_channels"], p["out_channels"]))
             elif step.kind == "mb4d":
                 stage, index = step.slot
-                blocks.append(self.stages[stage][index].extract(p["dim"], p["hidden"]))
+                mb4d = cast(nn.ModuleList, self.stages[stage])[index]
+                assert isinstance(mb4d, ElasticMB4D)
+                blocks.append(mb4d.extract(p["dim"], p["hidden"]))
             elif step.kind == "mb3d":
                 block = self.vit_blocks[step.slot[0]]
+                assert isinstance(block, ElasticMB3D)
                 blocks.append(block.extract(p["dim"], p["hidden"], p["grid"], p["flatten_input"]))
             else:
                 blocks.append(self.head.extract(p["dim"], p["tokens_input"]))
@@ -600,7 +615,7 @@ def _init_weights(module: nn.Module) -> None:
 
 
 # --------------------------------------------------------------------------- space
-class EfficientFormerSpace(SearchSpace):
+class EfficientFormerSpace(SquareImageSpace):
     description = (
         "EfficientFormer: conv stages of pooling-mixer blocks (MB4D) and trailing attention "
         "blocks (MB3D); contains EfficientFormer-L1/L3/L7"
@@ -627,7 +642,7 @@ class EfficientFormerSpace(SearchSpace):
         )
 
     def published_archs(self) -> dict[str, Mapping[str, Any]]:
-        def published(widths: tuple[int, ...], depths: tuple[int, ...], vit: int) -> dict:
+        def published(widths: tuple[int, ...], depths: tuple[int, ...], vit: int) -> dict[str, Any]:
             return {
                 "resolution": 224,
                 "widths": widths,
@@ -641,12 +656,6 @@ class EfficientFormerSpace(SearchSpace):
             "efficientformer_l3": published((64, 128, 320, 512), (4, 4, 12, 6), 4),
             "efficientformer_l7": published((96, 192, 384, 768), (6, 6, 18, 8), 8),
         }
-
-    def input_shape(
-        self, arch: Architecture, batch: int = 1, in_channels: int = 3
-    ) -> tuple[int, ...]:
-        side = int(arch["resolution"])  # type: ignore[arg-type]
-        return (batch, in_channels, side, side)
 
     def build_supernet(self, num_classes: int = 1000, in_channels: int = 3) -> Supernet:
         return EfficientFormerSupernet(self.config, num_classes, in_channels)
@@ -669,32 +678,18 @@ class EfficientFormerSpace(SearchSpace):
         # Copies (``restrict``) build their own lowering memo on first use.
         return {k: v for k, v in self.__dict__.items() if k != "_lowerings"}
 
-    def enumerate_blocks(
-        self,
-        resolutions: Sequence[int] | None = None,
-        batch: int = 1,
-        num_classes: int = 1000,
-        in_channels: int = 3,
-    ) -> list[BlockSpec]:
-        chosen = self.resolutions_to_enumerate(resolutions)
-        steps: dict[str, _Step] = {}
-        for resolution in chosen:
-            for step in self._reachable_steps(resolution, batch, num_classes, in_channels):
-                steps.setdefault(_spec(step).key, step)
-        return [_spec(step) for step in steps.values()]
-
-    def _reachable_steps(
+    def blocks_at_resolution(
         self, resolution: int, batch: int, num_classes: int, in_channels: int
-    ) -> Iterator[_Step]:
+    ) -> Iterator[BlockSpec]:
         """Every block a subnet at ``resolution`` can contain. A stage's blocks depend only on
         its width (and the previous stage's, for the downsampling), and the attention/head
         blocks only on whether there are zero, one or more MB3D blocks; so plans of synthetic
         architectures varying one stage at a time cover every key. Choices come from this
         (possibly restricted) space; block parameters from the family's configuration."""
-        widths: tuple[tuple[int, ...], ...] = self.dimension("widths").choices  # type: ignore
-        ratios: tuple[int, ...] = self.dimension("mlp_ratio").choices  # type: ignore
-        vits: tuple[int, ...] = self.dimension("vit_num").choices  # type: ignore
-        max_last_depth = max(self.dimension("depths").choices[-1])  # type: ignore
+        widths: tuple[tuple[int, ...], ...] = self.choices("widths")
+        ratios: tuple[int, ...] = self.choices("mlp_ratio")
+        vits: tuple[int, ...] = self.choices("vit_num")
+        max_last_depth = max(self.choices("depths")[-1])
         # 0: head on a feature map; 1: one MB3D that flattens; 2: also MB3D on tokens.
         vit_cases = [
             v for v in (0, 1, 2) if any(min(x, 2) == v for x in vits if x <= max_last_depth)
@@ -715,7 +710,8 @@ class EfficientFormerSpace(SearchSpace):
                         "vit_num": vit_num,
                         "mlp_ratio": (ratio,) * sum(depths),
                     }
-                    yield from _plan(arch, self.config, in_channels, num_classes, batch)
+                    plan = _plan(arch, self.config, in_channels, num_classes, batch)
+                    yield from map(_spec, plan)
 
 
 # Lowering runs for every candidate a search scores, and candidates share a few hundred blocks:

@@ -28,24 +28,19 @@ space and DeiT-B (768, 12, 4, 12: 86.6M) of the base space; their parameter coun
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nasvit.nn import BlockSpec
 from nasvit.nn.transformer import (
     LayerSetting,
     PatchEmbedding,
     SubnetSetting,
     TransformerConfig,
     TransformerSupernet,
-    plan_transformer,
-    unique_steps,
 )
-from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.bases import TransformerSpace
 from nasvit.search_spaces.dimensions import (
-    Architecture,
     ArchitectureError,
     Choice,
     LayerChoices,
@@ -147,8 +142,10 @@ class LightHuBERTSupernet(TransformerSupernet):
         return subnet_setting(arch)
 
 
-class LightHuBERTSpace(SearchSpace):
+class LightHuBERTSpace(TransformerSpace):
     """A LightHuBERT space (``base`` or ``small`` choices) with a ViT patch front end."""
+
+    config: LightHuBERTConfig
 
     def __init__(self, config: LightHuBERTConfig, variant: str):
         self.config, self.variant = config, variant
@@ -181,44 +178,18 @@ class LightHuBERTSpace(SearchSpace):
 
         return {"deit_small": deit(384, 6), "deit_base": deit(768, 12)}
 
-    def input_shape(
-        self, arch: Architecture, batch: int = 1, in_channels: int = 3
-    ) -> tuple[int, ...]:
-        side = int(arch["resolution"])  # type: ignore[arg-type]
-        return self.config.front_end.input_shape(batch, in_channels, (side, side))
-
     def build_supernet(self, num_classes: int = 1000, in_channels: int = 3) -> LightHuBERTSupernet:
         return LightHuBERTSupernet(self.config, num_classes, in_channels)
 
-    def lower(
-        self, arch: Architecture, batch: int = 1, num_classes: int = 1000, in_channels: int = 3
-    ) -> list[BlockSpec]:
-        transformer = self.config.transformer()
-        steps = plan_transformer(transformer, subnet_setting(arch), batch, num_classes, in_channels)
-        return [step.spec(transformer) for step in steps]
+    def subnet_setting(self, arch: Mapping[str, Any]) -> SubnetSetting:
+        return subnet_setting(arch)
 
-    def enumerate_blocks(
-        self,
-        resolutions: Sequence[int] | None = None,
-        batch: int = 1,
-        num_classes: int = 1000,
-        in_channels: int = 3,
-    ) -> list[BlockSpec]:
-        """Blocks depend on (resolution, width) and per layer on (heads) or (FFN ratio): one
-        synthetic subnet per (resolution, width) listing every per-layer choice covers all."""
-        chosen = self.resolutions_to_enumerate(resolutions)
-        dims: tuple[int, ...] = self.dimension("embed_dim").choices  # type: ignore[assignment]
-        heads: tuple[int, ...] = self.dimension("heads").choices  # type: ignore[assignment]
-        ratios: tuple[float, ...] = self.dimension("ffn_ratio").choices  # type: ignore[assignment]
-        transformer = self.config.transformer()
-        steps = []
-        for side, dim in itertools.product(chosen, dims):
-            layers = tuple(
-                LayerSetting(0, "softmax", h, ffn_width(dim, ratios[0])) for h in heads
-            ) + tuple(LayerSetting(0, "softmax", heads[0], ffn_width(dim, r)) for r in ratios)
-            setting = SubnetSetting((side, side), dim, layers)
-            steps += plan_transformer(transformer, setting, batch, num_classes, in_channels)
-        return unique_steps(steps, transformer)
+    def probe_layers(self, dim: int) -> tuple[LayerSetting, ...]:
+        heads: tuple[int, ...] = self.choices("heads")
+        ratios: tuple[float, ...] = self.choices("ffn_ratio")
+        return tuple(
+            LayerSetting(0, "softmax", h, ffn_width(dim, ratios[0])) for h in heads
+        ) + tuple(LayerSetting(0, "softmax", heads[0], ffn_width(dim, r)) for r in ratios)
 
 
 @register_space("lighthubert")

@@ -36,10 +36,10 @@ ranks are first-k slices (see :mod:`nasvit.nn.mobile`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ from nasvit.nn.mobile import (
     TuckerBlock,
     round_filters,
 )
-from nasvit.search_spaces.core import SearchSpace
+from nasvit.search_spaces.bases import SquareImageSpace
 from nasvit.search_spaces.dimensions import Architecture, ArchitectureError, Choice, ChoiceList
 from nasvit.search_spaces.registry import register_space
 
@@ -243,8 +243,10 @@ def _layer_step(
     )
 
 
-def _stem_step(config: MobileDetConfig, in_channels: int, width: int, size: int, batch: int):
-    params = {
+def _stem_step(
+    config: MobileDetConfig, in_channels: int, width: int, size: int, batch: int
+) -> _Step:
+    params: dict[str, Any] = {
         "in_channels": in_channels,
         "out_channels": width,
         "kernel": STEM_KERNEL,
@@ -294,6 +296,10 @@ _STATIC_BLOCKS: dict[str, type[nn.Module]] = {
 
 
 # --------------------------------------------------------------------------- supernet
+#: The elastic blocks a supernet layer holds (one per block type its ops use).
+ELASTIC_BLOCKS = (ElasticInvertedBottleneck, ElasticFusedInvertedBottleneck, ElasticTucker)
+
+
 class MobileDetSupernet(Supernet):
     """Weight-sharing supernet of a ``mobiledets`` space: per layer, one elastic block for each
     block type the layer may choose."""
@@ -317,7 +323,7 @@ class MobileDetSupernet(Supernet):
                     continue
                 kernel = max(op.kernel for op in chosen)
                 shape = (max_in, max_out, kernel)
-                common = {"stride": layer.stride, "residual": not layer.first}
+                common: dict[str, Any] = {"stride": layer.stride, "residual": not layer.first}
                 if block == "tucker":
                     blocks[block] = ElasticTucker(
                         *shape,
@@ -342,29 +348,38 @@ class MobileDetSupernet(Supernet):
             self.layers.append(blocks)
         self.head = ElasticClassifierHead(max_widths[-1], num_classes)
         with torch.no_grad():
-            for blocks in self.layers:
-                for block in blocks.values():
-                    if block.residual:
+            for layer_blocks in self.layers:
+                for elastic_block in cast(nn.ModuleDict, layer_blocks).values():
+                    assert isinstance(elastic_block, ELASTIC_BLOCKS)
+                    if elastic_block.residual:
                         closing = (
-                            block.expand if isinstance(block, ElasticTucker) else block.project
+                            elastic_block.expand
+                            if isinstance(elastic_block, ElasticTucker)
+                            else elastic_block.project
                         )
                         closing.bn.weight.fill_(config.residual_gamma)
 
-    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
+    def _block(self, slot: int, kind: str) -> nn.Module:
+        """Layer ``slot``'s elastic block of type ``kind`` (``ibn``, ``fused``, ``tucker``)."""
+        return cast(nn.ModuleDict, self.layers[slot])[kind]
+
+    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:
         widths = arch["widths"]
         # oneDNN's depthwise-convolution backward runs several times faster on NHWC tensors
         # (measured ~2x per training step on CPU); extracted subnets keep the default layout.
         x = self.stem(x, widths[0], STEM_KERNEL).contiguous(memory_format=torch.channels_last)
-        for layer, token, blocks in zip(self._layers, arch["ops"], self.layers, strict=True):
+        for slot, (layer, token) in enumerate(zip(self._layers, arch["ops"], strict=True)):
             op = parse_op(token)
             if op.block == "skip":
                 continue
             width = widths[layer.stage + 1]
+            block = self._block(slot, op.block)
             if op.block == "tucker":
-                x = blocks["tucker"](x, width, op.kernel, op.in_ratio, op.out_ratio)
+                x = block(x, width, op.kernel, op.in_ratio, op.out_ratio)
             else:
-                x = blocks[op.block](x, width, op.kernel, op.expansion)
-        return self.head(x)
+                x = block(x, width, op.kernel, op.expansion)
+        logits: Tensor = self.head(x)
+        return logits
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         blocks: list[nn.Module] = []
@@ -375,7 +390,8 @@ class MobileDetSupernet(Supernet):
             elif step.kind == "head":
                 blocks.append(self.head.extract(p["in_channels"]))
             elif step.kind == "tucker":
-                source = self.layers[step.slot]["tucker"]
+                source = self._block(step.slot, "tucker")
+                assert isinstance(source, ElasticTucker)
                 blocks.append(
                     source.extract(
                         p["in_channels"],
@@ -386,7 +402,10 @@ class MobileDetSupernet(Supernet):
                     )
                 )
             else:
-                source = self.layers[step.slot][step.kind]
+                source = self._block(step.slot, step.kind)
+                assert isinstance(
+                    source, (ElasticInvertedBottleneck, ElasticFusedInvertedBottleneck)
+                )
                 blocks.append(
                     source.extract(p["in_channels"], p["out_channels"], p["kernel"], p["expansion"])
                 )
@@ -396,7 +415,7 @@ class MobileDetSupernet(Supernet):
 
 
 # --------------------------------------------------------------------------- space
-class MobileDetSpace(SearchSpace):
+class MobileDetSpace(SquareImageSpace):
     def __init__(self, config: MobileDetConfig | None = None):
         self.config = config or MobileDetConfig()
         c = self.config
@@ -446,7 +465,7 @@ class MobileDetSpace(SearchSpace):
         ``restrict(ops=...)``. A first layer has no residual, so a subnet that picks an
         unrelated block there hands the next stage differently-meaning channels; on a short
         training budget (the digits default) such mixtures stayed at chance accuracy."""
-        ops = self.dimension("ops").choices  # type: ignore[union-attr]
+        ops = self.choices("ops")
         kept = []
         for layer, choices in zip(self._layers, ops, strict=True):
             wanted = "fused" if layer.stage <= 2 else "ibn"
@@ -462,12 +481,6 @@ class MobileDetSpace(SearchSpace):
             for name, (widths, stages) in published.items()
         }
 
-    def input_shape(
-        self, arch: Architecture, batch: int = 1, in_channels: int = 3
-    ) -> tuple[int, ...]:
-        side = int(arch["resolution"])  # type: ignore[arg-type]
-        return (batch, in_channels, side, side)
-
     def build_supernet(self, num_classes: int = 1000, in_channels: int = 3) -> Supernet:
         return MobileDetSupernet(self.config, num_classes, in_channels)
 
@@ -476,34 +489,19 @@ class MobileDetSpace(SearchSpace):
     ) -> list[BlockSpec]:
         return [_spec(step) for step in _plan(arch, self.config, in_channels, num_classes, batch)]
 
-    def enumerate_blocks(
-        self,
-        resolutions: Sequence[int] | None = None,
-        batch: int = 1,
-        num_classes: int = 1000,
-        in_channels: int = 3,
-    ) -> list[BlockSpec]:
-        chosen = self.resolutions_to_enumerate(resolutions)
-        specs: dict[str, BlockSpec] = {}
-        for resolution in chosen:
-            for step in self._reachable_steps(resolution, batch, num_classes, in_channels):
-                spec = _spec(step)
-                specs.setdefault(spec.key, spec)
-        return list(specs.values())
-
-    def _reachable_steps(
+    def blocks_at_resolution(
         self, resolution: int, batch: int, num_classes: int, in_channels: int
-    ) -> Iterator[_Step]:
+    ) -> Iterator[BlockSpec]:
         """Every block a subnet at ``resolution`` can contain. The first layer of a stage is
         never skipped, so a layer's input is the previous stage's width (first layers) or its
         own stage's width (the others), whatever the other layers chose; and the spatial size
         at every layer depends on the resolution only. Choices come from this (possibly
         restricted) space."""
-        widths: tuple[tuple[int, ...], ...] = self.dimension("widths").choices  # type: ignore
-        ops: tuple[tuple[str, ...], ...] = self.dimension("ops").choices  # type: ignore
+        widths: tuple[tuple[int, ...], ...] = self.choices("widths")
+        ops: tuple[tuple[str, ...], ...] = self.choices("ops")
         size = resolution
         for width in widths[0]:
-            stem = _stem_step(self.config, in_channels, width, size, batch)
+            stem = _spec(_stem_step(self.config, in_channels, width, size, batch))
             yield stem
         size = stem.output_shape[-1]
         for slot, layer in enumerate(self._layers):
@@ -515,12 +513,13 @@ class MobileDetSpace(SearchSpace):
                     continue
                 for out_width in outputs:
                     for in_width in inputs or (out_width,):
-                        yield _layer_step(
+                        step = _layer_step(
                             self.config, layer, slot, op, in_width, out_width, size, batch
                         )
+                        yield _spec(step)
             size = _after_stride(size, layer.stride)
         for width in widths[-1]:
-            yield _head_step(width, num_classes, size, batch)
+            yield _spec(_head_step(width, num_classes, size, batch))
 
 
 def _spec(step: _Step) -> BlockSpec:

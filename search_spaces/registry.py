@@ -17,7 +17,7 @@ F = TypeVar("F", bound=SpaceFactory)
 
 _FACTORIES: dict[str, SpaceFactory] = {}
 # Modules that hold no space; everything else in this package is imported to register spaces.
-_NOT_FAMILIES = {"core", "dimensions", "registry"}
+_NOT_FAMILIES = {"bases", "core", "dimensions", "registry"}
 
 
 def register_space(name: str) -> Callable[[F], F]:

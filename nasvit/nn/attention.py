@@ -35,20 +35,19 @@ def _attend(
     value_dim: int,
     bias: Tensor | None,
 ) -> Tensor:
-    q, k, v = (
-        qkv.view(batch, tokens, heads, 2 * key_dim + value_dim)
-        .transpose(1, 2)
-        .split([key_dim, key_dim, value_dim], dim=-1)
-    )
+    per_head = qkv.view(batch, tokens, heads, 2 * key_dim + value_dim).transpose(1, 2)
+    q, k, v = torch.split(per_head, [key_dim, key_dim, value_dim], dim=-1)
     scores = (q @ k.transpose(-2, -1)) * key_dim**-0.5
     if bias is not None:
         scores = scores + bias
-    out = scores.softmax(dim=-1) @ v  # (B, heads, N, value_dim)
+    out: Tensor = scores.softmax(dim=-1) @ v  # (B, heads, N, value_dim)
     return out.transpose(1, 2).reshape(batch, tokens, heads * value_dim)
 
 
 class Attention(nn.Module):
     """Static multi-head self-attention on tokens (B, N, dim)."""
+
+    bias_index: Tensor  # buffer, registered with a position bias only
 
     def __init__(
         self,
@@ -80,7 +79,8 @@ class Attention(nn.Module):
         out = _attend(
             self.qkv(x), batch, tokens, self.num_heads, self.key_dim, self.value_dim, bias
         )
-        return self.proj(out)
+        projected: Tensor = self.proj(out)
+        return projected
 
 
 class ElasticAttention(nn.Module):
@@ -130,7 +130,8 @@ class ElasticAttention(nn.Module):
         out = _attend(
             qkv, batch, tokens, num_heads, self.key_dim, self.value_dim, self._bias(num_heads, grid)
         )
-        return self.proj(out, dim)
+        projected: Tensor = self.proj(out, dim)
+        return projected
 
     def extract(self, dim: int, num_heads: int, grid: int | None = None) -> Attention:
         attention = Attention(

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextvars
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +32,19 @@ def _copy(destination: Tensor, source: Tensor) -> None:
         destination.copy_(source)
 
 
-def _uninitialised(module: type[nn.Module], like: Tensor, *args: object, **kwargs: object) -> Any:
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
+def _uninitialised(module: type[ModuleT], like: Tensor, *args: object, **kwargs: object) -> ModuleT:
     """``module(*args, **kwargs)`` with parameters left uninitialised, on ``like``'s device.
 
     For ``extract``, which overwrites every parameter with a copy of the supernet's slice:
     random initialisation first cost more than the copies (weights of a searched subnet are
     extracted for every evaluation)."""
-    return torch.nn.utils.skip_init(module, *args, device=like.device, **kwargs)
+    made: ModuleT = torch.nn.utils.skip_init(  # type: ignore[no-untyped-call]  # unannotated
+        module, *args, device=like.device, **kwargs
+    )
+    return made
 
 
 Index = tuple[slice, ...]  # one slice(start, stop) per leading dimension of a parameter
@@ -140,6 +147,7 @@ class SliceRecorder:
                 total = torch.zeros(_shape(box), dtype=first_grad.dtype, device=first_grad.device)
                 total[_relative(first_index, box)] += first_grad
             for index, leaf, _ in graded[1:]:
+                assert leaf.grad is not None  # (graded holds only leaves with a gradient)
                 total[_relative(index, box)] += leaf.grad
             result.append(SliceGradient(parameter, box, total, values))
         return result
@@ -208,36 +216,65 @@ def _relative(index: Index, box: Index) -> Index:
     )
 
 
-class _SliceMemo:
-    """Remembers the last contiguous weight slice used without autograd.
+@dataclass(frozen=True)
+class _MemoisedSlice:
+    source: Tensor  # a detached alias of the weight sliced (it shares storage and version)
+    index: Index
+    version: int
+    value: Tensor  # contiguous copy of source[index]
+
+    def serves(self, weight: Tensor, index: Index) -> bool:
+        # Conversions (``.to``, ``.half``, ...) and ``parameter.data = ...`` swap the storage
+        # without bumping the version counter. ``source`` keeps the old storage alive, so a new
+        # one cannot reuse its address: equal address, dtype and device mean the same data.
+        return (
+            self.index == index
+            and self.version == weight._version
+            and self.source.data_ptr() == weight.data_ptr()
+            and self.source.dtype == weight.dtype
+            and self.source.device == weight.device
+        )
+
+
+class SliceMemo(nn.Module):
+    """Base of elastic layers that slice a weight: remembers the last contiguous slice used
+    without autograd.
 
     Evaluating one subnet runs many batches at the same sizes; a fresh non-contiguous slice per
     call makes oneDNN re-pack the weight every time (measured ~1.6x slower 1x1 convolutions).
-    The memo is keyed by the sizes and the weight's version counter, so an optimizer step or
-    ``load_state_dict`` invalidates it; it is one tuple assigned atomically, and it is never
-    used while autograd records (training slices stay views so gradients reach the supernet).
+    The memo is keyed by the index, the weight's version counter (so an optimizer step or
+    ``load_state_dict`` invalidates it) and the weight's storage, dtype and device (so a
+    conversion does); it is one object assigned atomically, and it is never used while
+    autograd records (training slices stay views so gradients reach the supernet).
     """
 
-    _memo: tuple[tuple[int, ...], Tensor] | None = None
+    _memo: _MemoisedSlice | None = None
 
-    def _slice(self, weight: Tensor, *sizes: int) -> Tensor:
-        full = weight.shape[: len(sizes)]
-        index = tuple(slice(0, n) for n in sizes)
+    def _slice(self, weight: Tensor, index: Index) -> Tensor:
+        """``weight[index]`` for the layer's op: the recorder's leaf while recording, the whole
+        weight when the index covers it, else a view under autograd or the memoised copy."""
         if recording():
             return serve_slice(weight, index)
-        if tuple(full) == sizes:
+        view = weight[index]
+        if view.shape == weight.shape:
             return weight
         if torch.is_grad_enabled() and weight.requires_grad:
-            return weight[index]
-        key = (*sizes, weight._version)
+            return view
         memo = self._memo
-        if memo is None or memo[0] != key:
-            memo = (key, weight[index].contiguous())
+        if memo is None or not memo.serves(weight, index):
+            memo = _MemoisedSlice(weight.detach(), index, weight._version, view.contiguous())
             self._memo = memo
-        return memo[1]
+        return memo.value
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SliceMemo:
+        # Every conversion (.to, .cuda, .half, ...) passes here: drop the memo with the old
+        # weights rather than keep their storage alive until the next forward.
+        self._memo = None
+        super()._apply(fn, recurse)  # type: ignore[no-untyped-call]  # unannotated in torch
+        return self
 
 
-class ElasticConv2d(_SliceMemo, nn.Conv2d):
+class ElasticConv2d(SliceMemo, nn.Conv2d):
     """A dense (groups=1) convolution with elastic input and output channels.
 
     Args:
@@ -265,7 +302,7 @@ class ElasticConv2d(_SliceMemo, nn.Conv2d):
         )
 
     def forward(self, x: Tensor, out_channels: int) -> Tensor:  # type: ignore[override]
-        weight = self._slice(self.weight, out_channels, x.shape[1])
+        weight = self._slice(self.weight, (slice(0, out_channels), slice(0, x.shape[1])))
         bias = None if self.bias is None else serve_slice(self.bias, (slice(0, out_channels),))
         return F.conv2d(x, weight, bias, self.stride, self.padding)
 
@@ -281,7 +318,7 @@ class ElasticConv2d(_SliceMemo, nn.Conv2d):
             bias=self.bias is not None,
         )
         _copy(conv.weight, self.weight[:out_channels, :in_channels])
-        if self.bias is not None:
+        if self.bias is not None and conv.bias is not None:  # (conv has a bias iff self has)
             _copy(conv.bias, self.bias[:out_channels])
         return conv
 
@@ -328,17 +365,18 @@ class ElasticDepthwiseConv2d(nn.Conv2d):
             bias=self.bias is not None,
         )
         _copy(conv.weight, self.weight[self._index(channels, kernel)])
-        if self.bias is not None:
+        if self.bias is not None and conv.bias is not None:  # (conv has a bias iff self has)
             _copy(conv.bias, self.bias[:channels])
         return conv
 
 
-class ElasticLinear(_SliceMemo, nn.Linear):
+class ElasticLinear(SliceMemo, nn.Linear):
     """A linear layer with elastic input (read from ``x``) and output features."""
 
     def forward(self, x: Tensor, out_features: int) -> Tensor:  # type: ignore[override]
         bias = None if self.bias is None else serve_slice(self.bias, (slice(0, out_features),))
-        return F.linear(x, self._slice(self.weight, out_features, x.shape[-1]), bias)
+        weight = self._slice(self.weight, (slice(0, out_features), slice(0, x.shape[-1])))
+        return F.linear(x, weight, bias)
 
     def extract(self, in_features: int, out_features: int) -> nn.Linear:
         linear = _uninitialised(
@@ -382,6 +420,10 @@ class ElasticBatchNorm2d(nn.BatchNorm2d):
             _copy(bn.weight, self.weight[:channels])
             _copy(bn.bias, self.bias[:channels])
         if self.running_mean is not None:
+            # A BatchNorm that tracks statistics has all three buffers (and so does ``bn``).
+            assert self.running_var is not None and self.num_batches_tracked is not None
+            assert bn.running_mean is not None and bn.running_var is not None
+            assert bn.num_batches_tracked is not None
             _copy(bn.running_mean, self.running_mean[:channels])
             _copy(bn.running_var, self.running_var[:channels])
             _copy(bn.num_batches_tracked, self.num_batches_tracked)

@@ -76,7 +76,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim) if norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.proj(x).flatten(2).transpose(1, 2) + self.positions
+        tokens: Tensor = self.proj(x).flatten(2).transpose(1, 2) + self.positions
         return tokens if self.norm is None else self.norm(tokens)
 
 
@@ -181,7 +181,7 @@ class SequenceEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim) if norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        tokens = self.proj(x) + self.positions
+        tokens: Tensor = self.proj(x) + self.positions
         return tokens if self.norm is None else self.norm(tokens)
 
 

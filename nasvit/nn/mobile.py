@@ -27,6 +27,7 @@ price is that a 3x3 and a 5x5 subnet cannot specialise those taps independently.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +38,8 @@ from nasvit.nn.elastic import (
     ElasticConv2d,
     ElasticDepthwiseConv2d,
     ElasticLinear,
+    SliceMemo,
     _copy,
-    recording,
-    serve_slice,
 )
 
 
@@ -164,7 +164,7 @@ class InvertedBottleneck(nn.Module):
         self.project = ConvBNAct(expanded, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.expand(x) if self.expand is not None else x
+        h: Tensor = self.expand(x) if self.expand is not None else x
         h = self.depthwise(h)
         if self.se is not None:
             h = self.se(h)
@@ -195,7 +195,7 @@ class FusedInvertedBottleneck(nn.Module):
         self.project = ConvBNAct(expanded, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.expand(x)
+        h: Tensor = self.expand(x)
         if self.se is not None:
             h = self.se(h)
         h = self.project(h)
@@ -226,7 +226,7 @@ class TuckerBlock(nn.Module):
         self.expand = ConvBNAct(out_rank, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.expand(self.conv(self.compress(x)))
+        h: Tensor = self.expand(self.conv(self.compress(x)))
         return h + x if self.residual else h
 
 
@@ -238,22 +238,17 @@ class ClassifierHead(nn.Module):
         self.fc = nn.Linear(in_channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x.mean((2, 3)))
+        logits: Tensor = self.fc(x.mean((2, 3)))
+        return logits
 
 
 # --------------------------------------------------------------------------- elastic layers
-class ElasticKernelConv2d(nn.Conv2d):
+class ElasticKernelConv2d(SliceMemo, nn.Conv2d):
     """A dense convolution (no bias) with elastic input/output channels and a centre-cropped
-    kernel.
-
-    Like the other elastic layers, the contiguous slice used outside autograd is memoised
-    (keyed by the sizes and the weight's version), so evaluating one subnet over many batches
-    does not re-copy the weight per call.
-    """
+    kernel; outside autograd the contiguous slice is memoised (see :class:`SliceMemo`)."""
 
     def __init__(self, max_in: int, max_out: int, max_kernel: int, stride: int = 1):
         super().__init__(max_in, max_out, max_kernel, stride, max_kernel // 2, bias=False)
-        self._memo: tuple[tuple[int, ...], Tensor] | None = None
 
     def _index(self, out_channels: int, in_channels: int, kernel: int) -> tuple[slice, ...]:
         size = self.weight.shape[-1]
@@ -264,27 +259,15 @@ class ElasticKernelConv2d(nn.Conv2d):
         return (slice(0, out_channels), slice(0, in_channels), crop, crop)
 
     def _weight(self, out_channels: int, in_channels: int, kernel: int) -> Tensor:
-        weight = self.weight
-        index = self._index(out_channels, in_channels, kernel)
-        if recording():  # sliced training: the recorder serves (and collects) the slice
-            return serve_slice(weight, index)
-        if (out_channels, in_channels, kernel) == tuple(weight.shape[:3]):
-            return weight
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return weight[index]
-        key = (out_channels, in_channels, kernel, weight._version)
-        memo = self._memo
-        if memo is None or memo[0] != key:
-            memo = (key, weight[index].contiguous())
-            self._memo = memo
-        return memo[1]
+        return self._slice(self.weight, self._index(out_channels, in_channels, kernel))
 
     def forward(self, x: Tensor, out_channels: int, kernel: int) -> Tensor:  # type: ignore[override]
         weight = self._weight(out_channels, x.shape[1], kernel)
         return F.conv2d(x, weight, None, self.stride, kernel // 2)
 
     def extract(self, in_channels: int, out_channels: int, kernel: int) -> nn.Conv2d:
-        conv = nn.Conv2d(in_channels, out_channels, kernel, self.stride, kernel // 2, bias=False)
+        stride = cast(tuple[int, int], self.stride)  # (Conv2d keeps a pair)
+        conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, bias=False)
         _copy(conv.weight, self.weight[self._index(out_channels, in_channels, kernel)])
         return conv
 
@@ -421,7 +404,7 @@ class ElasticInvertedBottleneck(nn.Module):
 
     def forward(self, x: Tensor, out_channels: int, kernel: int, expansion: int) -> Tensor:
         self._check_expansion(expansion)
-        h = self.expand(x, x.shape[1] * expansion) if self.expand is not None else x
+        h: Tensor = self.expand(x, x.shape[1] * expansion) if self.expand is not None else x
         h = self.depthwise(h, kernel)
         if self.se is not None:
             h = self.se(h)
@@ -474,7 +457,7 @@ class ElasticFusedInvertedBottleneck(nn.Module):
         self.project = _ElasticPointwise(max_expanded, max_out)
 
     def forward(self, x: Tensor, out_channels: int, kernel: int, expansion: int) -> Tensor:
-        h = self.expand(x, x.shape[1] * expansion, kernel)
+        h: Tensor = self.expand(x, x.shape[1] * expansion, kernel)
         if self.se is not None:
             h = self.se(h)
         h = self.project(h, out_channels)
@@ -526,7 +509,7 @@ class ElasticTucker(nn.Module):
     def forward(
         self, x: Tensor, out_channels: int, kernel: int, in_ratio: float, out_ratio: float
     ) -> Tensor:
-        h = self.compress(x, round_filters(in_ratio * x.shape[1]))
+        h: Tensor = self.compress(x, round_filters(in_ratio * x.shape[1]))
         h = self.conv(h, round_filters(out_ratio * out_channels), kernel)
         h = self.expand(h, out_channels)
         return h + x if self.residual else h
@@ -561,7 +544,8 @@ class ElasticClassifierHead(nn.Module):
         self.fc = ElasticLinear(max_in, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc(x.mean((2, 3)), self.num_classes)
+        logits: Tensor = self.fc(x.mean((2, 3)), self.num_classes)
+        return logits
 
     def extract(self, in_channels: int) -> ClassifierHead:
         head = ClassifierHead(in_channels, self.num_classes)

@@ -21,7 +21,7 @@ class Supernet(nn.Module, abc.ABC):
     in_channels: int
 
     @abc.abstractmethod
-    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:
         """Logits of the subnet ``arch`` for input ``x``."""
 
     @abc.abstractmethod

@@ -64,7 +64,8 @@ class LinearAttention(nn.Module):
         self.proj = nn.Linear(heads * head_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(_cos_linear_attention(self.qkv(x), self.heads, self.head_dim))
+        out: Tensor = self.proj(_cos_linear_attention(self.qkv(x), self.heads, self.head_dim))
+        return out
 
 
 class ElasticLinearAttention(nn.Module):
@@ -78,7 +79,8 @@ class ElasticLinearAttention(nn.Module):
 
     def forward(self, x: Tensor, heads: int, grid: int | None = None) -> Tensor:
         qkv = self.qkv(x, heads * 3 * self.head_dim)
-        return self.proj(_cos_linear_attention(qkv, heads, self.head_dim), x.shape[-1])
+        out: Tensor = self.proj(_cos_linear_attention(qkv, heads, self.head_dim), x.shape[-1])
+        return out
 
     def extract(self, dim: int, heads: int, grid: int | None = None) -> LinearAttention:
         attention = LinearAttention(dim, heads, self.head_dim)
@@ -94,9 +96,10 @@ def shvit_partial_dim(dim: int) -> int:
 
 
 def _single_head(x: Tensor, qk: Tensor, v: Tensor, qk_dim: int) -> Tensor:
-    q, k = qk.split(qk_dim, dim=-1)
+    q, k = torch.split(qk, qk_dim, dim=-1)
     scores = (q @ k.transpose(-2, -1)) * qk_dim**-0.5
-    return scores.softmax(dim=-1) @ v
+    out: Tensor = scores.softmax(dim=-1) @ v
+    return out
 
 
 class SingleHeadAttention(nn.Module):
@@ -113,7 +116,8 @@ class SingleHeadAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         attended, passed = x[..., : self.partial_dim], x[..., self.partial_dim :]
         mixed = _single_head(attended, self.qk(attended), self.v(attended), self.qk_dim)
-        return self.proj(F.relu(torch.cat([mixed, passed], dim=-1)))
+        out: Tensor = self.proj(F.relu(torch.cat([mixed, passed], dim=-1)))
+        return out
 
 
 class ElasticSingleHeadAttention(nn.Module):
@@ -134,7 +138,8 @@ class ElasticSingleHeadAttention(nn.Module):
         attended, passed = x[..., :partial], x[..., partial:]
         qk = self.qk(attended, 2 * self.qk_dim)
         mixed = _single_head(attended, qk, self.v(attended, partial), self.qk_dim)
-        return self.proj(F.relu(torch.cat([mixed, passed], dim=-1)), dim)
+        out: Tensor = self.proj(F.relu(torch.cat([mixed, passed], dim=-1)), dim)
+        return out
 
     def extract(self, dim: int, heads: int = 1, grid: int | None = None) -> SingleHeadAttention:
         partial = shvit_partial_dim(dim)

@@ -30,7 +30,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -39,6 +39,7 @@ from nasvit.nn.attention import Attention, ElasticAttention
 from nasvit.nn.blocks import BlockSpec, ParamValue
 from nasvit.nn.elastic import ElasticLayerNorm, ElasticLinear
 from nasvit.nn.front_ends import (
+    ElasticFrontEndModule,
     ElasticPatchEmbed,
     ElasticSequenceEmbed,
     FrontEnd,
@@ -77,7 +78,8 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        out: Tensor = self.fc2(F.gelu(self.fc1(x)))
+        return out
 
 
 class ElasticFeedForward(nn.Module):
@@ -87,7 +89,8 @@ class ElasticFeedForward(nn.Module):
         self.fc2 = ElasticLinear(max_hidden, max_dim)
 
     def forward(self, x: Tensor, hidden: int) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x, hidden)), x.shape[-1])
+        out: Tensor = self.fc2(F.gelu(self.fc1(x, hidden)), x.shape[-1])
+        return out
 
     def extract(self, dim: int, hidden: int) -> FeedForward:
         ffn = FeedForward(dim, hidden)
@@ -98,7 +101,8 @@ class ElasticFeedForward(nn.Module):
 
 def _residual(x: Tensor, branch: Any, norm: nn.Module, norm_first: bool) -> Tensor:
     """Pre-LN ``x + f(LN(x))`` or post-LN ``LN(x + f(x))``."""
-    return x + branch(norm(x)) if norm_first else norm(x + branch(x))
+    out: Tensor = x + branch(norm(x)) if norm_first else norm(x + branch(x))
+    return out
 
 
 def static_mixer(
@@ -173,7 +177,8 @@ class TokenHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.norm is not None:
             x = self.norm(x)
-        return self.head(x.mean(dim=1))
+        logits: Tensor = self.head(x.mean(dim=1))
+        return logits
 
 
 class ElasticTokenHead(nn.Module):
@@ -186,7 +191,8 @@ class ElasticTokenHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.norm is not None:
             x = self.norm(x)
-        return self.head(x.mean(dim=1), self.num_classes)
+        logits: Tensor = self.head(x.mean(dim=1), self.num_classes)
+        return logits
 
     def extract(self, dim: int) -> TokenHead:
         head = TokenHead(dim, self.num_classes, self.norm is not None)
@@ -344,6 +350,14 @@ def plan_transformer(
 
 
 # =========================================================================== supernet
+class ElasticMixer(Protocol):
+    """The interface every elastic token mixer has (see :mod:`nasvit.nn.token_mixers`)."""
+
+    def __call__(self, x: Tensor, heads: int, grid: int | None, /) -> Tensor: ...
+
+    def extract(self, dim: int, heads: int, grid: int | None, /) -> nn.Module: ...
+
+
 def _elastic_mixer(config: TransformerConfig, mixer: str) -> nn.Module:
     if mixer == "softmax":
         return ElasticAttention(config.max_dim, config.max_heads, config.head_dim, config.head_dim)
@@ -386,7 +400,8 @@ class ElasticEncoderLayer(nn.Module):
     def extract_mixer(self, mixer: str, params: Mapping[str, Any]) -> MixerBlock:
         dim = int(params["dim"])
         grid = params.get("grid")
-        module = self.mixers[mixer].extract(dim, int(params.get("heads", 0)), grid)
+        source = cast(ElasticMixer, self.mixers[mixer])  # (a ModuleDict holds nn.Modules)
+        module = source.extract(dim, int(params.get("heads", 0)), grid)
         block = MixerBlock(mixer, module=module, **params)
         block.norm = self.norm1.extract(dim)
         return block
@@ -414,7 +429,7 @@ class TransformerSupernet(Supernet):
     def setting(self, arch: Mapping[str, Any]) -> SubnetSetting:
         """The subnet ``arch`` of the space as a :class:`SubnetSetting`."""
 
-    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:  # type: ignore[override]
+    def forward(self, x: Tensor, arch: Mapping[str, Any]) -> Tensor:
         return self.run(x, self.setting(arch))
 
     def run(self, x: Tensor, setting: SubnetSetting) -> Tensor:
@@ -422,7 +437,8 @@ class TransformerSupernet(Supernet):
         tokens, grid = self.front(x, setting.dim)
         for layer in setting.layers:
             tokens = self.layers[layer.slot](tokens, layer, grid)
-        return self.head(tokens)
+        logits: Tensor = self.head(tokens)
+        return logits
 
     def extract(self, arch: Mapping[str, Any]) -> nn.Module:
         return self.extract_setting(self.setting(arch))
@@ -432,7 +448,7 @@ class TransformerSupernet(Supernet):
         steps = plan_transformer(self.config, setting, 1, self.num_classes, self.in_channels)
         for step in steps:
             if step.kind == self.config.front_end.kind:
-                blocks.append(self.front.extract(**step.params))
+                blocks.append(cast(ElasticFrontEndModule, self.front).extract(**step.params))
             elif step.kind == "head":
                 blocks.append(self.head.extract(int(step.params["dim"])))
             else:
@@ -470,6 +486,7 @@ __all__ = [
     "MIXERS",
     "ElasticEncoderLayer",
     "ElasticFeedForward",
+    "ElasticMixer",
     "ElasticPatchEmbed",
     "ElasticSequenceEmbed",
     "ElasticTokenHead",
