@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from nasvit.evaluation.ranking import ranking_score
-from nasvit.search.controllers import make_controller
-from nasvit.search.pareto import hypervolume
 from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.searching.controllers import make_controller
+from nasvit.searching.pareto import hypervolume
 
 BUDGET_MS = 2.0
 CHECKPOINTS = (50, 100, 200, 300, 400, 600, 800, 1200)
@@ -62,7 +62,7 @@ def bench_scoring(count: int, clock: str = "wall") -> dict[str, float]:
     ``clock="cpu"`` times with this process's CPU time: on a core shared with another job the
     wall clock counts the other job's time slices too (single-threaded scoring, so on an idle
     core the two agree)."""
-    from nasvit.search.controllers.predictor_assisted import Surrogate
+    from nasvit.searching.controllers.predictor_assisted import Surrogate
 
     now = time.perf_counter if clock == "wall" else time.process_time
     space, _, table, shape = load_defaults()
@@ -96,7 +96,7 @@ def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
     """Supernet evaluations/s in-process and on local Ray with 1..N workers."""
     from nasvit.data import load_dataset
     from nasvit.evaluation.evaluator import SubnetEvaluator
-    from nasvit.search.executors import InProcessExecutor, RayExecutor
+    from nasvit.searching.executors import InProcessExecutor, RayExecutor
     from nasvit.training.default_supernet import recipe_for
 
     space, supernet, _, _ = load_defaults()

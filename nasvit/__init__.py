@@ -8,9 +8,6 @@ The Python API (:mod:`nasvit.api`), imported on first use::
     nasvit.profile("efficientformer", resolutions=[64])
     nasvit.predict_latency(result.best.arch, "efficientformer", num_classes=10, in_channels=1)
 
-``nasvit.search`` is also the name of the search subpackage (:mod:`nasvit.search`); calling it
-runs :func:`nasvit.api.search`. Type-checked code can import that function by its own name.
-
 The distribution maps one import namespace onto the repository's folders:
 ``nasvit`` (nasvit/), ``nasvit.search_spaces`` (search_spaces/), ``nasvit.latency_db``
 (latency_db/) and ``nasvit.server`` (server/). Keep this module free of heavy imports: every
@@ -19,12 +16,9 @@ subpackage imports it first, and ``import nasvit`` must not load torch, Ray or a
 
 from __future__ import annotations
 
-import types
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-
-from nasvit import search as _search_package  # a docstring only: light
 
 try:
     __version__ = version("nasvit")
@@ -33,32 +27,20 @@ except PackageNotFoundError:  # a source tree that was never installed
 
 # Public name -> the module that defines it (imported when the name is first used).
 _LAZY = {
+    "search": "nasvit.api",
     "profile": "nasvit.api",
     "predict_latency": "nasvit.api",
     "ProfileSummary": "nasvit.api",
-    "SearchRequest": "nasvit.search.request",
-    "SearchResult": "nasvit.search.request",
-    "FrontPoint": "nasvit.search.request",
-    "Trial": "nasvit.search.request",
+    "SearchRequest": "nasvit.searching.request",
+    "SearchResult": "nasvit.searching.request",
+    "FrontPoint": "nasvit.searching.request",
+    "Trial": "nasvit.searching.request",
     "Settings": "nasvit.settings",
     "NasvitError": "nasvit.errors",
     "get_space": "nasvit.search_spaces",
 }
 
-__all__ = ["__version__", "search", *sorted(_LAZY)]
-
-
-class _SearchPackage(types.ModuleType):
-    """The type of the :mod:`nasvit.search` package: calling it runs a search, so that
-    ``nasvit.search(...)`` works although the subpackage holds the attribute's name."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from nasvit.api import search
-
-        return search(*args, **kwargs)
-
-
-_search_package.__class__ = _SearchPackage
+__all__ = ["__version__", *sorted(_LAZY)]
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasvit.errors import NasvitError
-from nasvit.search.request import ProgressHook, SearchRequest, SearchResult
+from nasvit.searching.request import ProgressHook, SearchRequest, SearchResult
 from nasvit.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def search(
             ``<settings.home>/searches/<space>-<date>-<time>-<random>``.
         progress: called with (stage, done, total) while blocks are profiled and candidates
             evaluated.
-        **options: further fields of :class:`~nasvit.search.request.SearchRequest`:
+        **options: further fields of :class:`~nasvit.searching.request.SearchRequest`:
             ``evaluations``, ``seed``, ``workers``, ``data``, ``resume``, ``ray_address``,
             ``batch_size``, ``measure_top``, ``evaluate_extremes``, ``validate_networks``.
 
@@ -91,8 +91,8 @@ def search(
         >>> result = nasvit.search(space, "2ms", evaluations=64, seed=1)  # doctest: +SKIP
         >>> [(p.short, p.predicted_ms, p.accuracy) for p in result.front]  # doctest: +SKIP
     """
-    from nasvit.search.budget import parse_budget
-    from nasvit.search.pipeline import run_search
+    from nasvit.searching.budget import parse_budget
+    from nasvit.searching.pipeline import run_search
 
     misplaced = sorted(set(options) & set(_SET_BY_ARGUMENTS))
     if misplaced:

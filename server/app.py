@@ -177,7 +177,7 @@ router = APIRouter(prefix=API_PREFIX, responses=_ERRORS)
 @router.post("/searches", status_code=202, tags=["searches"], dependencies=[Writer])
 def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.Job:
     """Queue a search; a worker runs it. Returns the job (status ``queued``)."""
-    from nasvit.search.request import SearchRequest
+    from nasvit.searching.request import SearchRequest
 
     try:
         # The search request's own checks: the budget's text, a known space and controller.

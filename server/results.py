@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasvit.search.pareto import hypervolume, non_dominated_mask
-from nasvit.search.pipeline import TRIALS_FILE
+from nasvit.searching.pareto import hypervolume, non_dominated_mask
+from nasvit.searching.pipeline import TRIALS_FILE
 
 REPORT_FILE = "report.json"
 CURVE_POINTS = 500  # the hypervolume curve is sampled at most this often

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, EntryValue, Transfer
-from nasvit.search.request import request_option
+from nasvit.searching.request import request_option
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -20,7 +20,7 @@ class Problem(BaseModel):
 
 def _from_request(name: str, **limits: Any) -> Any:
     """A field with the default, bounds and description of the search request's option
-    ``name`` (:class:`nasvit.search.request.SearchRequest`), plus HTTP-only ``limits``."""
+    ``name`` (:class:`nasvit.searching.request.SearchRequest`), plus HTTP-only ``limits``."""
     option = request_option(name)
     return Field(
         ... if option.required else option.default,

@@ -1,6 +1,6 @@
 """``nasvit worker``: claim queued searches from the database and run them.
 
-A worker runs :func:`nasvit.search.pipeline.run_search` in its own process with
+A worker runs :func:`nasvit.searching.pipeline.run_search` in its own process with
 ``out = <artifact root>/<job id>`` and ``resume=True``: the pipeline appends every finished trial
 to ``trials.jsonl`` before the next batch, so a job taken over after its worker died (its lease
 expired) continues from the persisted trials and loses none.
@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from nasvit.errors import DeviceNotLocalError, NasvitError
-from nasvit.search.request import SearchRequest
+from nasvit.searching.request import SearchRequest
 from nasvit.server.db import Database
 from nasvit.server.jobs import Claim, JobStore
 from nasvit.settings import Settings
@@ -166,7 +166,7 @@ class Worker:
             lock.release()
 
     def _run_locked(self, claim: Claim, folder: Path) -> str:
-        from nasvit.search.pipeline import TRIALS_FILE, run_search
+        from nasvit.searching.pipeline import TRIALS_FILE, run_search
 
         job = claim.job
         log.info("running job %s (attempt %d)", job.id, claim.attempt)

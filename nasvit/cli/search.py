@@ -10,12 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasvit.search.request import RequestOption, request_option
+from nasvit.searching.request import RequestOption, request_option
 
 console = Console()
 err_console = Console(stderr=True)
 
-# The options' defaults, bounds and help come from nasvit.search.request.SearchRequest: the
+# The options' defaults, bounds and help come from nasvit.searching.request.SearchRequest: the
 # service's request schema reads the same definitions.
 SPACE = request_option("space")
 BUDGET = request_option("budget_ms")
@@ -68,8 +68,8 @@ def search_command(
     """Search SPACE for the most accurate architectures under BUDGET on the device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from nasvit.search.budget import format_ms, parse_budget
-    from nasvit.search.pipeline import SearchRequest, run_search
+    from nasvit.searching.budget import format_ms, parse_budget
+    from nasvit.searching.pipeline import SearchRequest, run_search
 
     budget_ms = parse_budget(budget)
     request = SearchRequest(  # checks the space, the controller and the bounds

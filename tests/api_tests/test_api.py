@@ -21,8 +21,8 @@ import pytest
 
 import nasvit
 from nasvit.errors import DeviceNotLocalError, NasvitError, OutputExistsError
-from nasvit.search.request import FrontPoint, SearchRequest, SearchResult, Trial
 from nasvit.search_spaces import Architecture, SearchSpace, get_space
+from nasvit.searching.request import FrontPoint, SearchRequest, SearchResult, Trial
 from nasvit.settings import Settings
 
 SHAPE = {"num_classes": 10, "in_channels": 1}  # digits: what the checkpoint's supernet takes
@@ -262,10 +262,11 @@ def test_importing_nasvit_loads_no_heavy_dependency() -> None:
     loaded, (search_is_callable, public) = map(json.loads, run.stdout.splitlines())
     assert loaded == []
     assert search_is_callable and {"search", "profile", "predict_latency"} <= set(public)
-    # The subpackage stays a package once its modules are imported.
-    import nasvit.search.pipeline
+    # Importing the search subpackage does not shadow the function.
+    import nasvit.searching.pipeline
+    from nasvit.api import search
 
-    assert callable(nasvit.search) and nasvit.search.pipeline.run_search is not None
+    assert nasvit.search is search and nasvit.searching.pipeline.run_search is not None
 
 
 # ---------------------------------------------------------------------- stages
@@ -290,7 +291,7 @@ def fake_latency(arch: Architecture) -> float:
 
 
 def test_the_search_loop_persists_every_batch_and_resumes(tmp_path: Path) -> None:
-    from nasvit.search.stages import TRIALS_FILE, open_trial_store, run_search_loop
+    from nasvit.searching.stages import TRIALS_FILE, open_trial_store, run_search_loop
 
     space, url = tiny_space(), f"sqlite:///{tmp_path / 'trials.db'}"
     request = SearchRequest(
@@ -337,7 +338,7 @@ def test_the_search_loop_persists_every_batch_and_resumes(tmp_path: Path) -> Non
 
 
 def test_the_end_to_end_check_names_the_fastest_when_nothing_fits(tmp_path: Path) -> None:
-    from nasvit.search.stages import check_end_to_end
+    from nasvit.searching.stages import check_end_to_end
 
     request = SearchRequest("efficientformer", 0.001, out=tmp_path)
     trials = [
@@ -349,7 +350,7 @@ def test_the_end_to_end_check_names_the_fastest_when_nothing_fits(tmp_path: Path
 
 
 def test_the_artifacts_stage_writes_the_result(tmp_path: Path) -> None:
-    from nasvit.search.stages import write_artifacts
+    from nasvit.searching.stages import write_artifacts
 
     space = tiny_space()
     archs = [space.largest(), space.smallest()]

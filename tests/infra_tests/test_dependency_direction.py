@@ -1,7 +1,7 @@
 """Layering inside the ``nasvit`` namespace, and an import graph without cycles.
 
 Bottom to top: leaves (errors, settings, sql, data, onnx_export) -> nn -> search_spaces and
-latency_db -> evaluation -> training -> search (controllers below the pipeline) -> api -> cli
+latency_db -> evaluation -> training -> searching (controllers below the pipeline) -> api -> cli
 and server. CONTRIBUTING.md explains the layers.
 
 An AST scan over the source folders, with module names derived from pyproject's package-dir
@@ -46,7 +46,7 @@ LEAVES = ("nasvit.errors", "nasvit.settings", "nasvit.sql", "nasvit.data", "nasv
 _BELOW_EVALUATION = (*LEAVES, "nasvit.nn", "nasvit.search_spaces", "nasvit.latency_db")
 
 #: Most specific package first: an import breaking several rules is reported once, by the first.
-#: Bottom to top: leaves -> nn -> search_spaces, latency_db -> evaluation -> training -> search
+#: Bottom to top: leaves -> nn -> search_spaces, latency_db -> evaluation -> training -> searching
 #: (controllers below the rest of search) -> api -> cli, server.
 RULES: tuple[Rule, ...] = (
     Rule(
@@ -98,21 +98,21 @@ RULES: tuple[Rule, ...] = (
         why="training uses evaluation; search, the API, the CLI and the service sit above it",
     ),
     Rule(
-        package="nasvit.search.controllers",
+        package="nasvit.searching.controllers",
         allowed=(
             *LEAVES,
             "nasvit.nn",
             "nasvit.search_spaces",
-            "nasvit.search.controllers",
-            "nasvit.search.pareto",
-            "nasvit.search.adapters",
+            "nasvit.searching.controllers",
+            "nasvit.searching.pareto",
+            "nasvit.searching.adapters",
         ),
         why="a controller only proposes architectures: it knows the space, Pareto tools and "
         "adapters, never the pipeline, executors or stores",
     ),
     Rule(
-        package="nasvit.search",
-        allowed=(*_BELOW_EVALUATION, "nasvit.evaluation", "nasvit.training", "nasvit.search"),
+        package="nasvit.searching",
+        allowed=(*_BELOW_EVALUATION, "nasvit.evaluation", "nasvit.training", "nasvit.searching"),
         why="search sits below the Python API, the CLI and the service",
     ),
     Rule(
@@ -234,13 +234,13 @@ def test_every_package_respects_the_dependency_direction() -> None:
             "nasvit.search_spaces.efficientformer",
             "from nasvit.errors import UnknownNameError\n"
             "from ..nn.blocks import BlockSpec\n"
-            "from nasvit.search.pipeline import run\n"
+            "from nasvit.searching.pipeline import run\n"
             "from nasvit import latency_db\n",
-            [("nasvit.search.pipeline.run", 3), ("nasvit.latency_db", 4)],
+            [("nasvit.searching.pipeline.run", 3), ("nasvit.latency_db", 4)],
             id="search_spaces-no-pipeline-no-latency_db",
         ),
         pytest.param(
-            "nasvit.search.pipeline",
+            "nasvit.searching.pipeline",
             "from nasvit.search_spaces import get_space\n"
             "from nasvit.server.app import create_app\n",
             [("nasvit.server.app.create_app", 2)],
@@ -312,7 +312,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_import_graph_has_no_cycle() -> None:
     graph = import_graph()
-    assert "nasvit.search.pipeline" in graph, "scan found no sources"
+    assert "nasvit.searching.pipeline" in graph, "scan found no sources"
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

@@ -18,8 +18,8 @@ import torch
 
 from nasvit.evaluation.ranking import ranking_score
 from nasvit.onnx_export import run_onnx
-from nasvit.search.trial_store import study_name_for
 from nasvit.search_spaces import get_space
+from nasvit.searching.trial_store import study_name_for
 from nasvit.training.checkpoint import save_supernet
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
@@ -228,8 +228,8 @@ class CountingProfiler:
 def test_end_to_end_measurements_near_the_budget_are_repeated(checkpoint, tmp_path) -> None:
     from nasvit.data import load_dataset
     from nasvit.evaluation.evaluator import SubnetEvaluator
-    from nasvit.search.request import Trial
-    from nasvit.search.stages import (
+    from nasvit.searching.request import Trial
+    from nasvit.searching.stages import (
         NEAR_BUDGET_MEASUREMENTS,
         NEAR_BUDGET_SHARE,
         _measure_exported,

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 from nasvit.errors import UnknownNameError
-from nasvit.search.adapters import (
+from nasvit.search_spaces import Architecture
+from nasvit.searching.adapters import (
     arch_from_parameters,
     categorical_parameters,
     parameters_from_arch,
 )
-from nasvit.search.controllers import CONTROLLERS, Controller, Observation, make_controller
-from nasvit.search.controllers.evolution import EvolutionController
-from nasvit.search.controllers.predictor_assisted import PredictorAssistedController
-from nasvit.search.pareto import hypervolume
-from nasvit.search_spaces import Architecture
+from nasvit.searching.controllers import CONTROLLERS, Controller, Observation, make_controller
+from nasvit.searching.controllers.evolution import EvolutionController
+from nasvit.searching.controllers.predictor_assisted import PredictorAssistedController
+from nasvit.searching.pareto import hypervolume
 
 from nasvit_testing.synthetic import BUDGET_MS, SPACE, synthetic_latency, synthetic_objectives
 
@@ -159,7 +159,7 @@ def test_unknown_controller_is_named() -> None:
 @pytest.mark.parametrize("name", ["tpe", "optuna-nsga2"])
 def test_optuna_studies_learn_from_architectures_they_did_not_ask_for(name: str) -> None:
     # The pipeline tells every controller about the space's extremes and about resumed trials.
-    from nasvit.search.controllers.optuna_samplers import OptunaController
+    from nasvit.searching.controllers.optuna_samplers import OptunaController
 
     controller = make_controller(name, SPACE, BUDGET_MS, seed=0)
     assert isinstance(controller, OptunaController)

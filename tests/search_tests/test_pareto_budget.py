@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from nasvit.errors import NasvitError
-from nasvit.search.budget import parse_budget
-from nasvit.search.pareto import (
+from nasvit.searching.budget import parse_budget
+from nasvit.searching.pareto import (
     crowding_distance,
     hypervolume,
     non_dominated_sort,

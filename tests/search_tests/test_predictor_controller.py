@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasvit.search.controllers import Observation
-from nasvit.search.controllers.evolution import EvolutionController
-from nasvit.search.controllers.predictor_assisted import (
+from nasvit.search_spaces import get_space
+from nasvit.searching.controllers import Observation
+from nasvit.searching.controllers.evolution import EvolutionController
+from nasvit.searching.controllers.predictor_assisted import (
     PredictorAssistedController,
     hypervolume_gains,
 )
-from nasvit.search.pareto import hypervolume, non_dominated_sort
-from nasvit.search_spaces import get_space
+from nasvit.searching.pareto import hypervolume, non_dominated_sort
 
 SPACE = get_space("efficientformer")
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from nasvit.search.adapters import ray_tune_space
-from nasvit.search.controllers import make_controller
 from nasvit.search_spaces import get_space
+from nasvit.searching.adapters import ray_tune_space
+from nasvit.searching.controllers import make_controller
 
 from nasvit_testing.synthetic import BUDGET_MS, SPACE, synthetic_objectives
 
@@ -25,7 +25,7 @@ def test_controller_runs_as_a_tune_searcher(tmp_path) -> None:
     import ray
     from ray import cloudpickle, tune
 
-    from nasvit.search.ray_tune import ControllerSearcher
+    from nasvit.searching.ray_tune import ControllerSearcher
 
     # Test modules and nasvit_testing are not importable by name in Ray's workers: ship them
     # by value.

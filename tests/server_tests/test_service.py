@@ -22,7 +22,7 @@ import httpx
 import numpy as np
 import pytest
 
-from nasvit.search.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
+from nasvit.searching.pareto import dominates, hypervolume, non_dominated_mask, pareto_front
 from nasvit.server.results import pareto_summary
 
 from nasvit_testing.postgres import fresh_postgres_db

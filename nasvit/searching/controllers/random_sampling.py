@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nasvit.search.controllers.base import Controller
 from nasvit.search_spaces import Architecture
+from nasvit.searching.controllers.base import Controller
 
 
 class RandomController(Controller):

@@ -1,6 +1,6 @@
 """Search controllers, by name.
 
-Every controller implements :class:`~nasvit.search.controllers.base.Controller` (``ask`` /
+Every controller implements :class:`~nasvit.searching.controllers.base.Controller` (``ask`` /
 ``tell``). The registry below maps a name to the module and factory that build it, so a family
 is imported only when it is chosen (Optuna loads only for its samplers) and the base module
 never imports a subclass. Adding a family means adding a module and one line here.
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasvit.errors import UnknownNameError
-from nasvit.search.controllers.base import Controller, LatencyFunction, Observation
 from nasvit.search_spaces import SearchSpace
+from nasvit.searching.controllers.base import Controller, LatencyFunction, Observation
 
 
 @dataclass(frozen=True)
 class _Entry:
-    module: str  # under nasvit.search.controllers
+    module: str  # under nasvit.searching.controllers
     factory: str  # a class or function in that module
     options: tuple[tuple[str, Any], ...] = ()  # fixed keyword arguments
     uses_latency: bool = False  # screens candidates with the table's prediction

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasvit.errors import NasvitError, UnknownNameError
-from nasvit.search.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
+from nasvit.searching.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
 
 if TYPE_CHECKING:
     from nasvit.search_spaces import SearchSpace
@@ -109,7 +109,7 @@ class SearchRequest:
             NasvitError: unknown space or controller, restrictions the space refuses, a budget
                 that is not a positive number, or a number out of its bounds.
         """
-        from nasvit.search.controllers import CONTROLLERS
+        from nasvit.searching.controllers import CONTROLLERS
 
         self.search_space()  # an unknown space or bad restrictions raise here
         if not _is_number(self.budget_ms) or not math.isfinite(self.budget_ms):
@@ -144,7 +144,7 @@ class SearchRequest:
         Raises:
             NasvitError: an unknown or missing option, or one that fails :meth:`validate`.
         """
-        from nasvit.search.budget import parse_budget
+        from nasvit.searching.budget import parse_budget
 
         merged = {**values, **overrides}
         if "budget" in merged:

@@ -4,7 +4,7 @@ Why Optuna's storage: it is a maintained, migrated SQL schema for exactly this r
 parameters, objective values, attributes) that works on SQLite and PostgreSQL, and a study
 written by any nasvit controller can be opened with Optuna's own tools (optuna-dashboard,
 ``optuna.load_study``). Every trial is stored with its categorical parameters (the one
-SearchSpace -> Optuna conversion in :mod:`nasvit.search.adapters`), the two objectives
+SearchSpace -> Optuna conversion in :mod:`nasvit.searching.adapters`), the two objectives
 (ranking score up, predicted latency down) and the full nasvit record as attributes.
 
 One study per search output folder; the pipeline resumes from it, so an interrupted search,
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasvit.search.adapters import optuna_distributions, parameters_from_arch
 from nasvit.search_spaces import SearchSpace
+from nasvit.searching.adapters import optuna_distributions, parameters_from_arch
 from nasvit.settings import load_settings
 from nasvit.sql import DatabaseLock, lock_across_processes
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nasvit.search.controllers.base import Controller, Observation
-from nasvit.search.pareto import crowding_distance, non_dominated_sort
 from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.searching.controllers.base import Controller, Observation
+from nasvit.searching.pareto import crowding_distance, non_dominated_sort
 
 
 class EvolutionController(Controller):

@@ -2,7 +2,7 @@
 
     prepare_supernet -> prepare_table -> run_search_loop -> check_end_to_end -> write_artifacts
 
-:func:`nasvit.search.pipeline.run_search` runs them in order. Each stage hands the next a small
+:func:`nasvit.searching.pipeline.run_search` runs them in order. Each stage hands the next a small
 frozen record (:class:`PreparedSupernet`, :class:`PreparedTable`, :class:`SearchLoopOutcome`,
 :class:`EndToEndCheck`); none reads the environment or a global. Files in the output folder:
 ``trials.jsonl`` is written by the search loop (after every batch), ``best.onnx`` by the
@@ -25,19 +25,19 @@ import numpy as np
 
 from nasvit.errors import NasvitError
 from nasvit.evaluation.ranking import ranking_score
-from nasvit.search.budget import format_ms
-from nasvit.search.controllers import make_controller
-from nasvit.search.pareto import hypervolume, pareto_front
-from nasvit.search.request import FrontPoint, ProgressHook, SearchRequest, SearchResult, Trial
-from nasvit.search.trial_store import TrialStore, study_name_for
 from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
+from nasvit.searching.budget import format_ms
+from nasvit.searching.controllers import make_controller
+from nasvit.searching.pareto import hypervolume, pareto_front
+from nasvit.searching.request import FrontPoint, ProgressHook, SearchRequest, SearchResult, Trial
+from nasvit.searching.trial_store import TrialStore, study_name_for
 
 if TYPE_CHECKING:
     from nasvit.evaluation.evaluator import SubnetEvaluator
     from nasvit.latency_db import DeviceRecord, LatencyStore, LatencyTable, Profiler
     from nasvit.nn.supernet import Supernet
-    from nasvit.search.controllers.base import Controller
-    from nasvit.search.executors import Executor
+    from nasvit.searching.controllers.base import Controller
+    from nasvit.searching.executors import Executor
 
 TRIALS_FILE = "trials.jsonl"
 LatencyFunction = Callable[[Architecture], float]
@@ -209,7 +209,7 @@ def make_executor(
     ray_address: str | None,
 ) -> Executor:
     """Ray workers when the request asks for several (or a cluster is named), else this process."""
-    from nasvit.search.executors import InProcessExecutor, RayExecutor
+    from nasvit.searching.executors import InProcessExecutor, RayExecutor
 
     if request.workers > 1 or ray_address:
         return RayExecutor(evaluator, model.data, model.data_seed, request.workers, ray_address)

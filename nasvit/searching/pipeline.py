@@ -1,8 +1,8 @@
 """The search job: supernet -> latency table -> search -> end-to-end check -> artifacts.
 
 One function, :func:`run_search`, serves the CLI, the Python API (:func:`nasvit.api.search`)
-and the job service; it runs the stages of :mod:`nasvit.search.stages` in order. Each finished
-batch of trials is stored in the nasvit database (:mod:`nasvit.search.trial_store`) and copied
+and the job service; it runs the stages of :mod:`nasvit.searching.stages` in order. Each finished
+batch of trials is stored in the nasvit database (:mod:`nasvit.searching.trial_store`) and copied
 to ``trials.jsonl`` in the output folder before the next batch starts, so an interrupted search
 resumes (``resume=True``) without re-evaluating finished candidates.
 """
@@ -13,14 +13,14 @@ from contextlib import closing
 from pathlib import Path
 
 from nasvit.errors import OutputExistsError
-from nasvit.search.request import (
+from nasvit.searching.request import (
     FrontPoint,
     ProgressHook,
     SearchRequest,
     SearchResult,
     Trial,
 )
-from nasvit.search.stages import (
+from nasvit.searching.stages import (
     NEAR_BUDGET_MEASUREMENTS,
     NEAR_BUDGET_SHARE,
     TRIALS_FILE,
@@ -63,7 +63,7 @@ def run_search(
     """Run (or resume) a search and write its artifacts to ``request.out``.
 
     Args:
-        request: what to search; see :class:`~nasvit.search.request.SearchRequest`.
+        request: what to search; see :class:`~nasvit.searching.request.SearchRequest`.
         progress: called with (stage, done, total) as blocks are profiled and candidates
             evaluated; it may raise to stop the search (the trials so far stay).
         settings: where the database and default supernets are; default the ``NASVIT_*``

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from nasvit.search.adapters import (
+from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
+from nasvit.searching.adapters import (
     arch_from_parameters,
     optuna_distributions,
     parameters_from_arch,
 )
-from nasvit.search.controllers.base import Controller
-from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
+from nasvit.searching.controllers.base import Controller
 
 # Optuna samples every parameter independently, so some proposals break a constraint of the
 # space (e.g. more attention blocks than blocks). Told as failed, they would be ignored and the

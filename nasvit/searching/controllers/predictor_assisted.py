@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from nasvit.search.controllers.base import LatencyFunction, Observation
-from nasvit.search.controllers.evolution import EvolutionController
-from nasvit.search.pareto import crowding_distance, non_dominated_mask
 from nasvit.search_spaces import Architecture, SearchSpace
+from nasvit.searching.controllers.base import LatencyFunction, Observation
+from nasvit.searching.controllers.evolution import EvolutionController
+from nasvit.searching.pareto import crowding_distance, non_dominated_mask
 
 
 class Surrogate:

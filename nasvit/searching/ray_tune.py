@@ -11,12 +11,13 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from nasvit.search.controllers.base import Controller
 from nasvit.search_spaces import Architecture
+from nasvit.searching.controllers.base import Controller
 
 
 class ControllerSearcher(Searcher):
-    """Adapts the ask/tell :class:`~nasvit.search.controllers.Controller` to Tune's Searcher API."""
+    """Adapts the ask/tell :class:`~nasvit.searching.controllers.Controller` to Tune's Searcher
+    API."""
 
     def __init__(self, controller: Controller, metric: str = "accuracy", mode: str = "max"):
         super().__init__(metric=metric, mode=mode)
