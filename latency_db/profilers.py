@@ -427,7 +427,8 @@ class CudaProfiler(TorchProfiler):
         if not torch.cuda.is_available():
             raise ProfilerUnavailableError(
                 "no CUDA GPU is visible to torch on this machine "
-                f"(torch {torch.__version__}); use --runtime onnxruntime or torch"
+                f"(torch {torch.__version__}); choose the onnxruntime or torch runtime",
+                argument="runtime",
             )
         super().__init__(threads, protocol)
 

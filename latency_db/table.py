@@ -39,7 +39,7 @@ class MissingBlocksError(NasvitError):
         more = f" and {len(missing) - _SHOWN_MISSING} more" if len(missing) > _SHOWN_MISSING else ""
         super().__init__(
             f"latency table of device '{device}' lacks {len(missing)} block(s): {shown}{more}; "
-            f"run `nasvit profile --space <space> --device {device}` to measure them"
+            f"profile the space on device '{device}' to measure them"
         )
         self.missing = list(missing)
 

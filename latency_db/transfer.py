@@ -175,7 +175,9 @@ def import_table(
     _check(frame, path.name)
     name = device_name or device.get("name")
     if not name:
-        raise TableImportError(f"{path.name}: no device name in the file; pass --device-name")
+        raise TableImportError(
+            f"{path.name}: no device name in the file; name the device", argument="device_name"
+        )
     try:
         fingerprint = DeviceFingerprint.from_dict(dict(device["fingerprint"]))
     except (KeyError, TypeError):
@@ -207,7 +209,8 @@ def import_table(
             taken = session.query(Device).filter(Device.name == name).first()
             if taken is not None:
                 raise TableImportError(
-                    f"device name '{name}' is taken by device {taken.id}; pass --device-name"
+                    f"device name '{name}' is taken by device {taken.id}; choose another name",
+                    argument="device_name",
                 )
             row = Device(id=fingerprint.device_id, name=name, fingerprint=fingerprint.to_dict())
             session.add(row)

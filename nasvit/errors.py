@@ -9,7 +9,19 @@ from pathlib import Path
 
 
 class NasvitError(Exception):
-    """Base class for errors caused by input the user can correct."""
+    """Base class for errors caused by input the user can correct.
+
+    Args:
+        message: what is wrong and how to fix it, in the library's terms (never a CLI flag).
+        argument: the function argument whose value fixes the error, if one does (for
+            example ``device_name``); the CLI words it as its flag.
+    """
+
+    argument: str | None = None
+
+    def __init__(self, *args: object, argument: str | None = None):
+        super().__init__(*args)
+        self.argument = argument
 
 
 class UnknownNameError(NasvitError, KeyError):

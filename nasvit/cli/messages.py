@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from nasvit.errors import DeviceNotLocalError, NasvitError, OutputExistsError
 
+# Library arguments -> the flag that sets them, where the two names differ in more than dashes.
+_FLAGS: dict[str, str] = {}
+
+
+def _flag(argument: str) -> str:
+    return _FLAGS.get(argument, "--" + argument.replace("_", "-"))
+
 
 def cli_message(error: NasvitError) -> str:
     """The one line ``nasvit`` prints for ``error``."""
@@ -16,4 +23,6 @@ def cli_message(error: NasvitError) -> str:
         return f"{error.path} already holds a search; pass --resume or choose another --out"
     if isinstance(error, DeviceNotLocalError):
         return f"{error.description}; measure it where it was profiled, or omit --device"
+    if error.argument is not None:
+        return f"{error} with {_flag(error.argument)}"
     return str(error)

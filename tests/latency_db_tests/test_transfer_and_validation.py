@@ -112,6 +112,25 @@ def test_corrupt_imports_are_rejected_and_write_nothing(
         import_table(target, json_bad)
 
 
+def test_import_errors_name_the_argument_and_the_cli_words_it_as_a_flag(
+    built, tmp_path: Path
+) -> None:
+    from nasvit.cli.messages import cli_message
+
+    store, device, _ = built
+    path = tmp_path / "table.json"
+    export_table(store, device.name, path)
+    document = json.loads(path.read_text())
+    del document["device"]["name"]
+    path.write_text(json.dumps(document))
+    target = LatencyStore.open(f"sqlite:///{tmp_path / 'target.db'}")
+    with pytest.raises(TableImportError, match="no device name") as raised:
+        import_table(target, path)
+    assert "--" not in str(raised.value) and raised.value.argument == "device_name"
+    assert cli_message(raised.value).endswith("name the device with --device-name")
+    assert target.devices() == []
+
+
 def _cli() -> typer.Typer:
     from nasvit.cli.latency import latency_app, profile_command
 
