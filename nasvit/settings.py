@@ -83,11 +83,6 @@ class Settings(BaseSettings):
     def resolved_artifact_root(self) -> Path:
         return self.artifact_root or self.home / "jobs"
 
-    @property
-    def supernets_dir(self) -> Path:
-        """Where default supernets are trained once and cached."""
-        return self.home / "supernets"
-
 
 def load_settings(settings: Settings | None = None) -> Settings:
     """``settings`` if given, else a fresh read of the ``NASVIT_*`` environment.

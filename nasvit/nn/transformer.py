@@ -27,7 +27,7 @@ table sees the cost of attention grow with the number of tokens.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, cast
@@ -471,15 +471,6 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def unique_steps(steps: Sequence[TransformerStep], config: TransformerConfig) -> list[BlockSpec]:
-    """Block specs of ``steps`` with duplicate keys dropped (first occurrence kept)."""
-    specs: dict[str, BlockSpec] = {}
-    for step in steps:
-        spec = step.spec(config)
-        specs.setdefault(spec.key, spec)
-    return list(specs.values())
-
-
 __all__ = [
     "GRID_MIXERS",
     "HEADED_MIXERS",
@@ -507,5 +498,4 @@ __all__ = [
     "mixer_params",
     "plan_transformer",
     "static_mixer",
-    "unique_steps",
 ]
