@@ -91,7 +91,6 @@ def search(
         >>> result = nasvit.search(space, "2ms", evaluations=64, seed=1)  # doctest: +SKIP
         >>> [(p.short, p.predicted_ms, p.accuracy) for p in result.front]  # doctest: +SKIP
     """
-    from nasvit.searching.budget import parse_budget
     from nasvit.searching.pipeline import run_search
 
     misplaced = sorted(set(options) & set(_SET_BY_ARGUMENTS))
@@ -100,12 +99,11 @@ def search(
         raise NasvitError(f"search() takes {given} as its argument {_SET_BY_ARGUMENTS[given]}")
     settings = load_settings(settings)
     name, restrictions = _space_name(space)
-    budget_ms = parse_budget(budget) if isinstance(budget, str) else budget
     request = SearchRequest.from_mapping(
         options,
         space=name,
         restrictions=restrictions,
-        budget_ms=budget_ms,
+        budget=budget,
         checkpoint=None if supernet is None else Path(supernet),
         device=device,
         controller=controller,
@@ -304,13 +302,8 @@ def _space_name(space: str | SearchSpace) -> tuple[str, dict[str, Any] | None]:
 def _as_architecture(
     arch: Architecture | Mapping[str, Any] | str, space: SearchSpace
 ) -> Architecture:
-    if isinstance(arch, str):
-        return space.parse(arch)
-    if isinstance(arch, Mapping):
-        return space.validate(arch)
-    raise NasvitError(
-        f"an architecture is an Architecture, a dict or a short string, got {type(arch).__name__}"
-    )
+    # validate() refuses anything that is not a mapping (an ArchitectureError, a NasvitError).
+    return space.parse(arch) if isinstance(arch, str) else space.validate(arch)
 
 
 def _fresh_folder(settings: Settings, space: str) -> Path:

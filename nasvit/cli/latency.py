@@ -1,7 +1,7 @@
 """CLI for the latency database: ``nasvit profile`` and ``nasvit latency validate|show|export|
 import``.
 
-``nasvit/cli.py`` mounts :data:`latency_app` as ``nasvit latency`` and registers
+``nasvit/cli/__init__.py`` mounts :data:`latency_app` as ``nasvit latency`` and registers
 :func:`profile_command` as ``nasvit profile``. Bad input raises :class:`NasvitError` (one-line
 message); the main CLI turns it into exit code 2.
 """

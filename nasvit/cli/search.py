@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nasvit.searching.request import RequestOption, request_option
+from nasvit.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,8 +31,8 @@ OUT = request_option("out")
 RESUME = request_option("resume")
 RAY_ADDRESS = request_option("ray_address")
 VALIDATE_NETWORKS = request_option("validate_networks")
-# The service caps evaluations with its own setting (Settings.max_evaluations, the same default).
-MAX_EVALUATIONS = 100_000
+# The service caps evaluations with its max_evaluations setting; the CLI with that default.
+MAX_EVALUATIONS: int = Settings.model_fields["max_evaluations"].default
 
 
 def _bounded(flag: str, option: RequestOption) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -166,15 +166,7 @@ class SearchRequest:
 
 def request_options() -> list[RequestOption]:
     """Every option of :class:`SearchRequest`, in field order."""
-    options = []
-    for spec in fields(SearchRequest):
-        option: RequestOption = spec.metadata[_SPEC]
-        options.append(
-            RequestOption(
-                spec.name, option.help, option.default, option.required, option.ge, option.le
-            )
-        )
-    return options
+    return [replace(spec.metadata[_SPEC], name=spec.name) for spec in fields(SearchRequest)]
 
 
 def request_option(name: str) -> RequestOption:
@@ -239,15 +231,7 @@ class FrontPoint:
     def to_dict(self) -> dict[str, Any]:
         """The point as ``report.json`` and ``pareto.csv`` hold it (the short string stands
         for the architecture there)."""
-        return {
-            "index": self.index,
-            "short": self.short,
-            "accuracy": self.accuracy,
-            "loss": self.loss,
-            "predicted_ms": self.predicted_ms,
-            "measured_ms": self.measured_ms,
-            "feasible": self.feasible,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "arch"}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from nasvit.errors import NasvitError
 from nasvit.evaluation.ranking import ranking_score
 from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
 from nasvit.searching.budget import format_ms
-from nasvit.searching.controllers import make_controller
+from nasvit.searching.controllers import LatencyFunction, make_controller
 from nasvit.searching.pareto import hypervolume, pareto_front
 from nasvit.searching.request import FrontPoint, ProgressHook, SearchRequest, SearchResult, Trial
 from nasvit.searching.trial_store import TrialStore, study_name_for
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from nasvit.searching.executors import Executor
 
 TRIALS_FILE = "trials.jsonl"
-LatencyFunction = Callable[[Architecture], float]
 
 # A whole-network median within this share of the budget is re-measured before it decides
 # whether a candidate fits: one measurement of the same file varied from 1.78 to 2.66 ms between

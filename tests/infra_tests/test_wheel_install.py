@@ -145,7 +145,7 @@ def test_every_module_imports_from_the_installed_wheel(installed: Installed) -> 
     modules = _importable_modules(installed.names)
     # Namespace packages (folders without __init__.py) are checked through their __path__.
     modules += [package for package in listed_packages() if package not in modules]
-    has_cli = "nasvit/cli.py" in installed.names
+    has_cli = "nasvit/cli/__init__.py" in installed.names
     probe = _run(
         [installed.python, "-I", "-c", _IMPORT_PROBE, json.dumps(modules), json.dumps(has_cli)],
         cwd=installed.workdir,
