@@ -145,9 +145,15 @@ store.close()
 
 def _run_workers(url: str, device_id: str = "") -> None:
     processes = [
-        subprocess.Popen([sys.executable, "-c", _WORKER, url, str(w), device_id]) for w in range(2)
+        subprocess.Popen(
+            [sys.executable, "-c", _WORKER, url, str(w), device_id],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(2)
     ]
-    assert [p.wait(timeout=120) for p in processes] == [0, 0]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], "\n".join(errors)
 
 
 def test_concurrent_processes_never_duplicate_entries(database_url: str) -> None:
