@@ -8,6 +8,15 @@ spaces lives in :mod:`nasvit.evaluation.latency`.
 from nasvit.latency_db.builder import BuildReport, ProgressCallback, build_table
 from nasvit.latency_db.cache import CacheFlusher, CacheModel, last_level_cache_bytes
 from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.latency_db.error_model import (
+    ErrorModel,
+    ValidationSample,
+    band_edges,
+    error_stats,
+    fit_error_model,
+    noise_ceiling,
+    truth_noise_ceiling,
+)
 from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
 from nasvit.latency_db.profilers import (
     RUNTIMES,
@@ -30,25 +39,24 @@ from nasvit.latency_db.records import (
 )
 from nasvit.latency_db.store import LatencyStore
 from nasvit.latency_db.table import (
-    Calibration,
+    NEVER_VALIDATED,
     LatencyTable,
     MissingBlocksError,
     Prediction,
-    error_stats,
-    noise_ceiling,
 )
 
 __all__ = [
+    "NEVER_VALIDATED",
     "RUNTIMES",
     "BuildReport",
     "CacheFlusher",
     "CacheModel",
-    "Calibration",
     "CudaOnnxRuntimeProfiler",
     "CudaProfiler",
     "DeviceFingerprint",
     "DeviceRecord",
     "EntryRecord",
+    "ErrorModel",
     "ErrorStats",
     "LatencyStore",
     "LatencyTable",
@@ -64,9 +72,13 @@ __all__ = [
     "RuntimeSettings",
     "TorchProfiler",
     "ValidationRecord",
+    "ValidationSample",
+    "band_edges",
     "build_table",
     "error_stats",
+    "fit_error_model",
     "noise_ceiling",
+    "truth_noise_ceiling",
     "last_level_cache_bytes",
     "make_profiler",
     "with_protocol",

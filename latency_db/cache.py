@@ -21,8 +21,6 @@ bytes the rest of the network streams through the cache in between, relative to 
 
 from __future__ import annotations
 
-import itertools
-import math
 import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -118,21 +116,21 @@ class CacheModel:
     nothing where it is not needed.
 
     ``onset`` (where evictions start, in cache sizes), ``width`` (how many cache sizes later
-    everything is evicted), ``power``, ``activation_weight``, ``excess`` and ``overhead_ms`` are
-    fitted per device on whole-network measurements (:meth:`fit`). An LRU cache of its own
-    would have ``onset`` near 1; a VM's share of a last-level cache that other tenants use too
-    evicts much earlier, and pseudo-LRU, prefetchers and a victim L3 spread the
-    transition. The overhead is fitted because the empty model that measures it does not
-    overlap as a block's call does: on 2 vCPUs an ``x + 0`` model took 4.1 us per call while
-    networks of small blocks saved only about 2 us per block.
+    everything is evicted) and ``excess`` are fitted per device on whole-network measurements
+    (:func:`~nasvit.latency_db.error_model.fit_residency`); ``power`` and
+    ``activation_weight`` stay at 1 there, and ``overhead_ms`` is the device's *measured*
+    per-call overhead, never fitted: a fitted one once sat on its bound at 3x the measured
+    value and put the smallest subnet at a fifth of its latency. An LRU cache of its own would
+    have ``onset`` near 1; a VM's share of a last-level cache that other tenants use too evicts
+    much earlier, and pseudo-LRU, prefetchers and a victim L3 spread the transition.
 
     Attributes:
         cache_bytes: the device's last-level cache size ``C``.
         onset, width, power: shape of the transition (see above).
         activation_weight: how strongly activations count towards the pressure.
         excess: how much the cold gap grows per cache size of weights beyond the first.
-        overhead_ms: per-call overhead saved per block after the first; None (models stored
-            before it was fitted) means the device's measured overhead.
+        overhead_ms: per-call overhead saved per block after the first; None means the
+            device's measured overhead.
     """
 
     cache_bytes: int
@@ -197,65 +195,3 @@ class CacheModel:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CacheModel:
         return cls(**data)
-
-    @classmethod
-    def fit(
-        cls,
-        cache_bytes: int,
-        networks: Sequence[tuple[Sequence[float], Sequence[float], Sequence[float], float]],
-        measured_ms: Sequence[float],
-        overhead_ms: float = 0.0,
-    ) -> CacheModel:
-        """Fit the transition, the activation weight, the excess and the per-call overhead.
-
-        Args:
-            cache_bytes: the device's cache size.
-            networks: per network ``(warm_ms, cold_ms, weight_bytes, activation_bytes)`` of its
-                blocks.
-            measured_ms: measured whole-network medians.
-            overhead_ms: the device's measured per-call overhead: where the overhead's search
-                starts; it is kept between 0 and 3x that (20 us when none was measured).
-
-        Minimises the mean squared *relative* error (the figure the targets are stated in) by a
-        coarse grid search followed by Nelder-Mead.
-        """
-        from scipy.optimize import minimize
-
-        measured = np.asarray(measured_ms, dtype=float)
-        if len(networks) != measured.size or measured.size < 3:
-            raise ValueError("fitting a cache model needs at least three measured networks")
-        max_overhead = 3.0 * overhead_ms if overhead_ms > 0 else 0.02
-
-        def model_of(params: Sequence[float]) -> CacheModel:
-            # Bounds keep the search in a sane region (math.exp overflows otherwise).
-            onset, log_width, log_power, activation, overhead, excess = (float(p) for p in params)
-            return cls(
-                cache_bytes,
-                onset=min(max(onset, -10.0), 50.0),
-                width=math.exp(min(max(log_width, -6.0), 6.0)),
-                power=math.exp(min(max(log_power, -4.0), 3.0)),
-                activation_weight=min(max(activation, 0.0), 1e4),
-                overhead_ms=min(max(overhead, 0.0), max_overhead),
-                excess=min(max(excess, 0.0), 1.0),
-            )
-
-        def loss(params: Sequence[float]) -> float:
-            model = model_of(params)
-            predicted = np.array([model.network_ms(*net) for net in networks])
-            return float(np.mean((predicted / measured - 1.0) ** 2))
-
-        best = None
-        for onset in (0.0, 0.5, 1.0, 1.5, 2.0):
-            for width in (0.5, 1.0, 2.0, 4.0, 8.0):
-                for power in (0.5, 1.0, 2.0):
-                    for activation, excess in itertools.product((0.0, 1.0), (0.0, 0.03)):
-                        start = (
-                            onset, math.log(width), math.log(power), activation, overhead_ms, excess
-                        )  # fmt: skip
-                        value = loss(start)
-                        if best is None or value < best[0]:
-                            best = (value, start)
-        assert best is not None
-        result = minimize(loss, np.array(best[1]), method="Nelder-Mead",
-                          options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-8})  # fmt: skip
-        return model_of(result.x if result.fun <= best[0] else best[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -25,6 +25,8 @@ class Measurement:
         n: number of timed runs in total (warm-up runs excluded).
         sessions: number of fresh sessions the runs were spread over.
         session_medians_ms: each session's median, in measurement order.
+        runs_ms: every timed run, pooled over sessions (kept in memory for percentile budgets,
+            not stored with table entries).
     """
 
     median_ms: float
@@ -32,6 +34,13 @@ class Measurement:
     n: int
     sessions: int
     session_medians_ms: tuple[float, ...] = ()
+    runs_ms: tuple[float, ...] = field(default=(), repr=False, compare=False)
+
+    def percentile_ms(self, percentile: float) -> float:
+        """The given percentile (0-100) of the pooled timed runs."""
+        if not self.runs_ms:
+            raise ValueError("this measurement kept no runs")
+        return float(np.percentile(self.runs_ms, percentile))
 
     @classmethod
     def from_sessions(cls, runs_ms: Sequence[Sequence[float]]) -> Measurement:
@@ -47,6 +56,7 @@ class Measurement:
             n=int(pooled.size),
             sessions=len(runs_ms),
             session_medians_ms=medians,
+            runs_ms=tuple(float(x) for x in pooled),
         )
 
 

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from nasvit.latency_db.device import DeviceFingerprint
+from nasvit.latency_db.error_model import ErrorModel, ErrorStats
 from nasvit.latency_db.measurement import Measurement
 from nasvit.sql import aware
 
@@ -175,25 +176,6 @@ def timing_values(warm: Measurement, cold: Measurement | None) -> dict[str, Any]
 
 
 @dataclass(frozen=True)
-class ErrorStats:
-    """How far predictions were from whole-network measurements.
-
-    Attributes:
-        n: networks compared.
-        mape: mean absolute percentage error, in percent.
-        within_5: share (0..1) of networks predicted within ±5%.
-        within_10: share (0..1) within ±10%.
-        spearman: rank correlation of predicted and measured (None below 3 networks).
-    """
-
-    n: int
-    mape: float
-    within_5: float
-    within_10: float
-    spearman: float | None = None
-
-
-@dataclass(frozen=True)
 class ValidationRecord:
     """A stored validation run: raw figures over all networks, and, when a calibration was
     fitted on ``n_fit`` of them, raw and calibrated figures on the ``n_test`` held-out ones."""
@@ -213,52 +195,31 @@ class ValidationRecord:
     cache_test: ErrorStats | None = None
 
     @property
-    def calibration_helps(self) -> bool:
-        """Whether the fitted calibration beat the raw sum on the held-out networks."""
-        return (
-            self.slope is not None
-            and self.raw_test is not None
-            and self.calibrated_test is not None
-            and self.calibrated_test.mape < self.raw_test.mape
-        )
-
-    @property
-    def cache_model_helps(self) -> bool:
-        """Whether the fitted cache residency model beat the raw sum and the linear
-        calibration on the held-out networks."""
-        if self.cache_model is None or self.cache_test is None or self.raw_test is None:
-            return False
-        rivals = [self.raw_test.mape]
-        if self.calibrated_test is not None:
-            rivals.append(self.calibrated_test.mape)
-        return self.cache_test.mape < min(rivals)
-
-    @property
-    def prediction_path(self) -> str:
-        """Which correction later predictions apply: "cache model", "linear calibration" or
-        "raw sum"."""
-        if self.cache_model_helps:
-            return "cache model"
-        return "linear calibration" if self.calibration_helps else "raw sum"
+    def error_model(self) -> ErrorModel | None:
+        """The models per band and the judged residuals behind every interval (see
+        :mod:`~nasvit.latency_db.error_model`); None for runs stored before intervals existed:
+        a table validated only by those is treated as never validated."""
+        data = self.details.get("error_model")
+        return None if data is None else ErrorModel.from_dict(data)
 
     @property
     def prediction_error(self) -> ErrorStats:
-        """The error of the path later predictions take (see :class:`LatencyTable`): the cache
-        model's or the calibration's on the held-out networks when one of them helped, else the
-        raw sum's over all networks (it involves no fitting)."""
-        if self.cache_model_helps:
-            assert self.cache_test is not None
-            return self.cache_test
-        if self.calibration_helps:
-            assert self.calibrated_test is not None
-            return self.calibrated_test
-        return self.raw
+        """The error of the predictions later made from this run: the per-band choice of model
+        on the judged networks, else (an old run) the sum model's over all networks."""
+        model = self.error_model
+        return self.raw if model is None else model.judged
+
+    @property
+    def prediction_path(self) -> str:
+        """Which model predictions use, per band: e.g. "sum, sum, residency, residency"."""
+        model = self.error_model
+        return "sum" if model is None else ", ".join(b.model for b in model.bands)
 
     @property
     def noise_ceiling(self) -> ErrorStats | None:
-        """What a perfect predictor would have scored in this run (see
-        :func:`~nasvit.latency_db.table.noise_ceiling`), when some networks were measured twice
-        (``validate --repeat``); stored in ``details``, so older runs have None."""
+        """What a perfect predictor would have scored against this run's truth (the median of
+        each network's readings, :func:`~nasvit.latency_db.error_model.truth_noise_ceiling`);
+        None when no network was read twice."""
         ceiling = self.details.get("noise_ceiling")
         return None if ceiling is None else ErrorStats(**ceiling)
 
@@ -344,4 +305,6 @@ class ValidationRecord:
             "cache_model": self.cache_model,
             "cache_test": stats(self.cache_test),
             "noise_ceiling": stats(self.noise_ceiling),
+            "prediction_error": stats(self.prediction_error),
+            "bands": None if self.error_model is None else self.error_model.describe_bands(),
         }

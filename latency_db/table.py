@@ -1,18 +1,10 @@
 """Latency tables: predict a network's latency from its blocks, with a known error.
 
-Prediction for blocks ``b_1..b_N`` on one device::
-
-    raw = sum(median(b_i)) - (N - 1) * overhead        # overhead: per-call cost of an empty model
-    latency = slope * raw + intercept                   # only when a validation fitted a
-                                                        # calibration that beat the raw sum
-
-or, when the latest validation fitted a cache residency model that beat both on its held-out
-networks (see :mod:`nasvit.latency_db.cache`)::
-
-    latency = sum(warm_i + cold_share_i * (cold_i - warm_i)) - (N - 1) * fitted_overhead
-
-The expected error attached to each prediction comes from the latest validation run of the
-device (held-out figures of the path actually used).
+A table holds one device's block timings (warm and DRAM-streamed). A prediction sums them
+(:mod:`~nasvit.latency_db.error_model`: the sum model, or where a validation showed it does
+better, the cache residency model), always within physical bounds, and carries the interval
+the table's latest validation learned from networks it was not fitted on. A table that no
+validation judged says so in every prediction's error field instead of a number.
 """
 
 from __future__ import annotations
@@ -23,10 +15,30 @@ from dataclasses import dataclass
 import numpy as np
 
 from nasvit.errors import NasvitError
-from nasvit.latency_db.cache import CacheModel
+from nasvit.guarantees import DEFAULT_CONFIDENCE, Guarantee, check_confidence
+from nasvit.latency_db.error_model import (
+    ErrorModel,
+    NetworkInputs,
+    NetworkMatrix,
+    error_stats,
+    noise_ceiling,
+    physical_bounds,
+    sum_model,
+)
 from nasvit.latency_db.records import DeviceRecord, EntryRecord, ErrorStats, ValidationRecord
 from nasvit.latency_db.store import LatencyStore
 from nasvit.nn.blocks import BlockSpec
+
+__all__ = [
+    "NEVER_VALIDATED",
+    "LatencyTable",
+    "MissingBlocksError",
+    "Prediction",
+    "activation_bytes",
+    "cache_inputs",
+    "error_stats",
+    "noise_ceiling",
+]
 
 _SHOWN_MISSING = 3
 
@@ -45,127 +57,68 @@ class MissingBlocksError(NasvitError):
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """``measured ≈ slope * predicted + intercept``, fitted on whole-network measurements."""
-
-    slope: float
-    intercept: float
-
-    def apply(self, raw_ms: float) -> float:
-        return self.slope * raw_ms + self.intercept
-
-    @classmethod
-    def fit(cls, predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> Calibration:
-        """The line with the least squared *relative* error, slope and intercept >= 0; needs
-        at least two distinct predictions.
-
-        Relative, because the targets are stated in relative error and networks span 10x in
-        latency (a plain least-squares line serves the largest ones). Non-negative, because a
-        line fitted on mid-sized networks extrapolated below zero for the smallest ones (slope
-        3.7, intercept -0.64 ms on a loaded machine), and a search then prefers impossible
-        negative latencies.
-        """
-        from scipy.optimize import lsq_linear
-
-        x = np.asarray(predicted_ms, dtype=float)
-        y = np.asarray(measured_ms, dtype=float)
-        if x.size < 2 or np.ptp(x) == 0:
-            raise ValueError("a calibration needs at least two distinct predictions")
-        if np.any(y <= 0):
-            raise ValueError("measured latencies must be positive")
-        # Minimise sum(((slope * x + intercept) - y) / y) ** 2): rows (x / y, 1 / y) -> 1.
-        design = np.column_stack([x / y, 1.0 / y])
-        solution = lsq_linear(design, np.ones_like(y), bounds=([0.0, 0.0], [np.inf, np.inf]))
-        slope, intercept = solution.x
-        return cls(float(slope), float(intercept))
-
-
-def error_stats(predicted_ms: Sequence[float], measured_ms: Sequence[float]) -> ErrorStats:
-    """MAPE (percent), shares within ±5% / ±10% of measured, and Spearman rho."""
-    predicted = np.asarray(predicted_ms, dtype=float)
-    measured = np.asarray(measured_ms, dtype=float)
-    if predicted.shape != measured.shape or predicted.size == 0:
-        raise ValueError("need as many predictions as measurements, at least one")
-    relative = np.abs(predicted - measured) / measured
-    rho = None
-    if predicted.size >= 3 and np.ptp(predicted) > 0 and np.ptp(measured) > 0:
-        from scipy import stats  # imported here: it costs every search ~1 s of start-up
-
-        rho = float(stats.spearmanr(predicted, measured).statistic)
-    return ErrorStats(
-        n=int(predicted.size),
-        mape=float(100 * relative.mean()),
-        within_5=float((relative <= 0.05).mean()),
-        within_10=float((relative <= 0.10).mean()),
-        spearman=rho,
-    )
-
-
-def noise_ceiling(first_ms: Sequence[float], again_ms: Sequence[float]) -> ErrorStats:
-    """The figures a *perfect* predictor would reach on this machine: one that knew every
-    network's true latency, judged against a single noisy measurement, as validation judges.
-
-    Why: a validation compares predictions with measurements that carry noise of their own, so
-    a share within ±10% is capped below 100% however good the table is. Two measurements of the
-    same network, ``m1 = t (1 + e1)`` and ``m2 = t (1 + e2)`` with independent, identically
-    distributed errors, differ by ``r = m2 / m1 - 1 ~ e2 - e1``, whose spread is sqrt(2) times
-    one measurement's. So ``|r| / sqrt(2)`` is a sample of one measurement's error (exactly so
-    for Gaussian noise), and its shares within ±5% / ±10% are what the truth itself would
-    score. ``spearman`` is None (no predictor is involved).
-    """
-    first = np.asarray(first_ms, dtype=float)
-    again = np.asarray(again_ms, dtype=float)
-    if first.shape != again.shape or first.size == 0:
-        raise ValueError("need two measurements of each network, at least one network")
-    if (first <= 0).any() or (again <= 0).any():
-        raise ValueError("measured latencies must be positive")
-    single_error = np.abs(again / first - 1.0) / np.sqrt(2.0)
-    return ErrorStats(
-        n=int(first.size),
-        mape=float(100 * single_error.mean()),
-        within_5=float((single_error <= 0.05).mean()),
-        within_10=float((single_error <= 0.10).mean()),
-    )
-
-
-@dataclass(frozen=True)
 class Prediction:
-    """A predicted latency and what it is made of.
+    """A predicted latency, what it is made of, and how far off it is expected to be.
 
     Attributes:
-        latency_ms: the prediction (calibrated when ``calibrated``).
-        raw_ms: sum of block medians minus the overhead correction.
-        block_sum_ms: plain sum of block medians.
+        latency_ms: the prediction.
+        sum_ms: the sum model's (warm block sum minus the measured per-call overheads).
+        block_sum_ms: plain sum of warm block medians.
         blocks: number of blocks.
-        p90_ms: a pessimistic figure: each block at median + IQR/2 (for latency budgets).
-        calibrated: whether the linear calibration was applied.
-        cache_aware: whether the cache residency model was applied (then ``latency_ms`` mixes
-            warm and cold block timings and ``calibrated`` is False).
-        expected_error: held-out error of this prediction path in the latest validation, or
-            None when the table was never validated.
+        lower_bound_ms, upper_bound_ms: the physical bounds the prediction lies within.
+        model: "sum" or "residency": the model used (see
+            :mod:`~nasvit.latency_db.error_model`).
+        band: the latency band of the table's validation (None: never validated).
+        low_ms, high_ms: the split-conformal interval at ``confidence`` (None: never
+            validated).
+        confidence: the interval's confidence.
+        expected_error: the error of this band's model on the validation's judged networks
+            (None: never validated, or no judged network in the band).
     """
 
     latency_ms: float
-    raw_ms: float
+    sum_ms: float
     block_sum_ms: float
     blocks: int
-    p90_ms: float
-    calibrated: bool
+    lower_bound_ms: float
+    upper_bound_ms: float
+    model: str
+    band: int | None
+    low_ms: float | None
+    high_ms: float | None
+    confidence: float
     expected_error: ErrorStats | None
-    cache_aware: bool = False
 
-    def describe(self) -> str:
-        text = f"{self.latency_ms:.3f} ms"
+    @property
+    def validated(self) -> bool:
+        """The table has a validation with intervals (else the error is unknown)."""
+        return self.low_ms is not None
+
+    @property
+    def error_text(self) -> str:
+        """The prediction's error as users read it; never a number for an unvalidated table."""
+        if self.low_ms is None or self.high_ms is None:
+            return NEVER_VALIDATED
+        text = f"{100 * self.confidence:g}% interval {_ms(self.low_ms)}-{_ms(self.high_ms)}"
         if self.expected_error is not None:
             e = self.expected_error
-            text += f" (expected error: MAPE {e.mape:.1f}%, {100 * e.within_10:.0f}% within ±10%)"
-        else:
-            text += " (table not validated: run `nasvit latency validate`)"
+            text += f"; band MAPE {e.mape:.1f}%, {100 * e.within_10:.0f}% within ±10%"
         return text
+
+    def describe(self) -> str:
+        return f"{_ms(self.latency_ms)} ({self.error_text})"
+
+
+#: The error field of a prediction from a table no validation with intervals has judged.
+NEVER_VALIDATED = "never validated: run `nasvit latency validate` to learn this table's error"
+
+
+def _ms(value: float) -> str:
+    return f"{value * 1e3:.0f} us" if value < 1 else f"{value:.3g} ms"
 
 
 class LatencyTable:
-    """Block latencies of one device and the corrections learned for it."""
+    """Block latencies of one device and what its latest validation learned about them."""
 
     def __init__(
         self,
@@ -176,25 +129,22 @@ class LatencyTable:
         self.device = device
         self.entries = entries
         self.validation = validation
-        self.overhead_ms = device.overhead_ms or 0.0
-        self.calibration: Calibration | None = None
-        self.cache_model: CacheModel | None = None
+        self.error_model: ErrorModel | None = validation.error_model if validation else None
+        # The per-call overhead is measured, once per device; a validation keeps the one it
+        # was fitted with, so its intervals stay those of the models it judged.
+        self.overhead_ms = (
+            self.error_model.overhead_ms if self.error_model else (device.overhead_ms or 0.0)
+        )
         self._column_cache: dict[str, np.ndarray] | None = None  # see _columns
         self._positions: dict[str, int] = {}
-        if validation is not None and validation.cache_model_helps:
-            assert validation.cache_model is not None
-            self.cache_model = CacheModel.from_dict(validation.cache_model)
-        elif validation is not None and validation.calibration_helps:
-            assert validation.slope is not None and validation.intercept is not None
-            self.calibration = Calibration(validation.slope, validation.intercept)
 
     @classmethod
     def load(cls, store: LatencyStore, device: str, space: str | None = None) -> LatencyTable:
         """The table of a device by name or id (UnknownNameError if there is none).
 
-        Corrections come from the newest validation on ``space`` when there is one (the cache
-        model's fit depends on the networks' sizes, which differ between spaces), else from the
-        device's newest validation on any space."""
+        The error model comes from the newest validation on ``space`` when there is one (the
+        models and their errors depend on the networks' sizes, which differ between spaces),
+        else from the device's newest validation on any space."""
         record = store.device(device)
         validation = None if space is None else store.latest_validation(record.id, space)
         if validation is None:
@@ -204,62 +154,68 @@ class LatencyTable:
     def __len__(self) -> int:
         return len(self.entries)
 
+    @property
+    def validated(self) -> bool:
+        """A validation with intervals judged this table (else errors are unknown)."""
+        return self.error_model is not None
+
     def missing(self, blocks: Sequence[BlockSpec]) -> list[str]:
         """Keys of ``blocks`` with no entry, without repeats."""
         return [key for key in dict.fromkeys(b.key for b in blocks) if key not in self.entries]
 
-    def predict(self, blocks: Sequence[BlockSpec], calibrated: bool = True) -> Prediction:
-        """Predict the latency of a network made of ``blocks`` (in any order).
-
-        Args:
-            calibrated: apply what the latest validation learned (the cache residency model or
-                the linear calibration, whichever beat the raw sum there); False gives the raw
-                sum of warm medians minus the overhead correction.
-
-        Raises:
-            MissingBlocksError: some block has no entry (the message names them).
-        """
+    def inputs(self, blocks: Sequence[BlockSpec]) -> NetworkInputs:
+        """The network's block inputs for the models (MissingBlocksError names missing ones)."""
         if not blocks:
             raise ValueError("a network needs at least one block")
         missing = self.missing(blocks)
         if missing:
             raise MissingBlocksError(self.device.name, missing)
-        rows = [self.entries[b.key] for b in blocks]
-        block_sum = sum(r.median_ms for r in rows)
-        correction = (len(rows) - 1) * self.overhead_ms
-        raw = block_sum - correction
-        p90 = sum(r.median_ms + r.iqr_ms / 2 for r in rows) - correction
-        if calibrated and self.cache_model is not None:
-            inputs = cache_inputs(rows, blocks)
-            upper = cache_inputs(rows, blocks, spread=True)
-            return Prediction(
-                latency_ms=self.cache_model.network_ms(*inputs, self.overhead_ms),
-                raw_ms=raw,
-                block_sum_ms=block_sum,
-                blocks=len(rows),
-                p90_ms=self.cache_model.network_ms(*upper, self.overhead_ms),
-                calibrated=False,
-                expected_error=self.validation.prediction_error if self.validation else None,
-                cache_aware=True,
-            )
-        use_calibration = calibrated and self.calibration is not None
-        latency = self.calibration.apply(raw) if use_calibration else raw  # type: ignore[union-attr]
-        return Prediction(
-            latency_ms=latency,
-            raw_ms=raw,
-            block_sum_ms=block_sum,
-            blocks=len(rows),
-            p90_ms=(self.calibration.apply(p90) if use_calibration else p90),  # type: ignore[union-attr]
-            calibrated=use_calibration,
-            expected_error=self._expected_error(use_calibration),
-        )
+        return cache_inputs([self.entries[b.key] for b in blocks], blocks)
 
-    def _expected_error(self, calibrated: bool) -> ErrorStats | None:
-        v = self.validation
-        if v is None:
-            return None
-        # The raw sum involves no fitting, so all validated networks estimate its error.
-        return v.calibrated_test if calibrated else v.raw
+    def predict(self, blocks: Sequence[BlockSpec], confidence: float | None = None) -> Prediction:
+        """Predict the latency of a network made of ``blocks`` (in any order), with its
+        interval at ``confidence`` (default :data:`~nasvit.guarantees.DEFAULT_CONFIDENCE`).
+
+        Raises:
+            MissingBlocksError: some block has no entry (the message names them).
+        """
+        confidence = check_confidence(confidence if confidence is not None else DEFAULT_CONFIDENCE)
+        inputs = self.inputs(blocks)
+        block_sum = float(sum(inputs[0]))
+        model = self.error_model
+        if model is None:
+            matrix = NetworkMatrix.of([inputs])
+            lower, upper = physical_bounds(matrix, self.overhead_ms)
+            return Prediction(
+                latency_ms=float(lower[0]),
+                sum_ms=float(lower[0]),
+                block_sum_ms=block_sum,
+                blocks=len(blocks),
+                lower_bound_ms=float(lower[0]),
+                upper_bound_ms=float(upper[0]),
+                model="sum",
+                band=None,
+                low_ms=None,
+                high_ms=None,
+                confidence=confidence,
+                expected_error=None,
+            )
+        network = model.predict(inputs, confidence)
+        assert network.band is not None
+        return Prediction(
+            latency_ms=network.latency_ms,
+            sum_ms=network.sum_ms,
+            block_sum_ms=block_sum,
+            blocks=len(blocks),
+            lower_bound_ms=network.lower_bound_ms,
+            upper_bound_ms=network.upper_bound_ms,
+            model=network.model,
+            band=network.band,
+            low_ms=network.low_ms,
+            high_ms=network.high_ms,
+            confidence=confidence,
+            expected_error=model.bands[network.band].judged,
+        )
 
     def predict_ms(self, blocks: Sequence[BlockSpec]) -> float:
         return self.predict(blocks).latency_ms
@@ -267,11 +223,59 @@ class LatencyTable:
     def predict_many(self, networks: Sequence[Sequence[BlockSpec]]) -> np.ndarray:
         """``predict(blocks).latency_ms`` of many networks at once (same values).
 
-        Searches score thousands of candidates per second; one numpy pass over a padded
-        (networks x blocks) matrix of entry positions replaces a Python loop per network.
+        Searches score thousands of candidates per second; numpy passes over padded
+        (networks x blocks) matrices replace a Python loop per network.
         """
+        return self._points(networks)[0]
+
+    def sum_many(self, networks: Sequence[Sequence[BlockSpec]]) -> np.ndarray:
+        """The sum model of many networks (what validation stratifies over)."""
+        return sum_model(self._matrix(networks), self.overhead_ms)
+
+    def intervals_many(
+        self, networks: Sequence[Sequence[BlockSpec]], confidence: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(low_ms, high_ms)`` of many networks at ``confidence``; NaN when never
+        validated."""
+        confidence = check_confidence(confidence if confidence is not None else DEFAULT_CONFIDENCE)
+        points, bands = self._points(networks)
+        if self.error_model is None:
+            nan = np.full(points.shape, np.nan)
+            return nan, nan.copy()
+        low, high = self.error_model.interval_logs(bands, confidence)
+        return points * np.exp(low), points * np.exp(high)
+
+    def judged_many(
+        self, networks: Sequence[Sequence[BlockSpec]], guarantee: Guarantee
+    ) -> np.ndarray:
+        """What a budget with ``guarantee`` is compared with, per network: the prediction, its
+        one-sided upper bound at the guarantee's confidence, or its predicted percentile of
+        single calls.
+
+        Raises:
+            NasvitError: a confidence or percentile is asked of a never-validated table.
+        """
+        points, bands = self._points(networks)
+        if guarantee.plain:
+            return points
+        if self.error_model is None:
+            raise NasvitError(
+                f"a budget{guarantee.describe()} needs the table's error, but the latency "
+                f"table of device '{self.device.name}' was never validated; validate it first",
+                argument="validate_networks",
+            )
+        return np.asarray(points * np.exp(self.error_model.judged_logs(bands, guarantee)))
+
+    def _points(self, networks: Sequence[Sequence[BlockSpec]]) -> tuple[np.ndarray, np.ndarray]:
+        matrix = self._matrix(networks)
+        if self.error_model is None:
+            return sum_model(matrix, self.overhead_ms), np.zeros(len(networks), dtype=int)
+        points, _, bands = self.error_model.points(matrix)
+        return points, bands
+
+    def _matrix(self, networks: Sequence[Sequence[BlockSpec]]) -> NetworkMatrix:
         if not networks:
-            return np.zeros(0)
+            raise ValueError("need at least one network")
         if min(len(blocks) for blocks in networks) == 0:
             raise ValueError("a network needs at least one block")
         columns = self._columns()
@@ -279,19 +283,13 @@ class LatencyTable:
         index = np.full((len(networks), max(len(b) for b in networks)), padding)
         for i, blocks in enumerate(networks):
             index[i, : len(blocks)] = [self._position(b) for b in blocks]
-        count = np.array([len(b) for b in networks], dtype=float)
-        warm = columns["warm"][index]
-        model = self.cache_model
-        if model is not None:
-            activations = columns["activations"][index].sum(axis=1, keepdims=True)
-            share = model.cold_shares(columns["weights"][index], activations)
-            gap = np.maximum(columns["cold"][index] - warm, 0.0)
-            correction = (count - 1) * model.overhead(self.overhead_ms)
-            return np.asarray((warm + share * gap).sum(axis=1) - correction)
-        raw = warm.sum(axis=1) - (count - 1) * self.overhead_ms
-        if self.calibration is not None:
-            return np.asarray(self.calibration.slope * raw + self.calibration.intercept)
-        return np.asarray(raw)
+        return NetworkMatrix(
+            warm=columns["warm"][index],
+            cold=columns["cold"][index],
+            weights=columns["weights"][index],
+            activations=columns["activations"][index].sum(axis=1, keepdims=True),
+            counts=np.array([len(b) for b in networks], dtype=float),
+        )
 
     def _columns(self) -> dict[str, np.ndarray]:
         """Per-entry arrays in ``entries`` order plus an all-zero padding row (built once; the

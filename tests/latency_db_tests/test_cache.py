@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasvit.guarantees import BUDGET_PERCENTILES
 from nasvit.latency_db import (
     DeviceFingerprint,
     ErrorStats,
@@ -19,6 +20,7 @@ from nasvit.latency_db import (
     build_table,
 )
 from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
+from nasvit.latency_db.error_model import Band, ErrorModel
 from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.table import MissingBlocksError
 from nasvit.nn.blocks import BlockSpec
@@ -56,30 +58,9 @@ def test_residency_model_is_warm_when_the_network_fits_and_cold_when_far_larger(
     assert grows.cold_shares([64 * MB, 64 * MB]) == pytest.approx([0.65, 0.65])  # g = 1.3
 
 
-def test_fit_recovers_a_synthetic_residency_curve_and_overhead() -> None:
-    truth = CacheModel(cache_bytes=32 * MB, onset=0.5, width=3.0, overhead_ms=0.002, excess=0.02)
-    rng = np.random.default_rng(0)
-    networks, measured = [], []
-    for _ in range(40):
-        blocks = int(rng.integers(5, 20))
-        # Networks of small blocks too, where the overhead is a visible share of the latency.
-        scale = 10.0 ** rng.uniform(-2, 0)
-        weights = rng.uniform(0.1, 20.0, blocks) * MB * scale  # up to ~12 caches
-        warm = rng.uniform(0.01, 1.0, blocks) * scale
-        cold = warm + weights / (20 * MB)  # a DRAM-bandwidth-like penalty
-        networks.append((warm, cold, weights, 0.0))
-        measured.append(truth.network_ms(warm, cold, weights))
-    # Started from a measured overhead twice the true one, as an empty model's is here.
-    fitted = CacheModel.fit(32 * MB, networks, measured, overhead_ms=0.004)
-    predicted = np.array([fitted.network_ms(*net) for net in networks])
-    errors = np.abs(predicted / np.array(measured) - 1)
-    assert errors.mean() < 0.005 and errors.max() < 0.03
-    assert fitted.overhead_ms == pytest.approx(0.002, abs=0.001)
-    assert fitted.excess == pytest.approx(0.02, abs=0.01)
-    with pytest.raises(ValueError, match="three"):
-        CacheModel.fit(32 * MB, networks[:2], measured[:2])
-    # Models stored before the overhead was fitted fall back to the device's measured one.
-    # Models stored before the excess was fitted have none.
+def test_stored_models_without_newer_fields_load_with_neutral_defaults() -> None:
+    # Models stored before the overhead and the excess existed: the device's measured
+    # overhead, no excess.
     old = CacheModel.from_dict({"cache_bytes": 32 * MB, "onset": 0.5, "width": 3.0})
     assert old.network_ms([1.0, 1.0], [1.0, 1.0], [MB, MB], 0.0, 0.1) == pytest.approx(1.9)
     assert old.excess == 0.0
@@ -145,8 +126,21 @@ def _block(name: str) -> BlockSpec:
     return BlockSpec(kind="test." + name, input_shape=(1, 1), output_shape=(1, 1))
 
 
-def test_table_uses_the_cache_model_only_when_it_beat_the_alternatives(
-    sqlite_store: LatencyStore,
+def _error_model(residency: CacheModel | None, models: tuple[str, ...], overhead: float) -> dict:
+    """A stored error model with the given models per band (bands split 1-3 ms at 2 ms)."""
+    stats = ErrorStats(12, 2.0, 0.9, 1.0)
+    edges = tuple(np.geomspace(0.5, 8.0, len(models) + 1))
+    bands = tuple(
+        Band(float(edges[i]), float(edges[i + 1]), m, 12, tuple(np.linspace(-0.05, 0.05, 12)),
+             False, {p: 0.01 * p / 50 for p in BUDGET_PERCENTILES}, stats, 0.0)
+        for i, m in enumerate(models)
+    )  # fmt: skip
+    return ErrorModel(overhead, residency, edges, bands, stats, stats, stats, 12).to_dict()
+
+
+@pytest.mark.parametrize("band_model", ["sum", "residency"])
+def test_table_uses_the_residency_model_only_in_bands_where_it_won(
+    sqlite_store: LatencyStore, band_model: str
 ) -> None:
     fp = DeviceFingerprint("cpu", 1, 1, "os", "onnxruntime", "1", "CPU", 1, "all",
                            cache_bytes=32 * MB)  # fmt: skip
@@ -159,23 +153,23 @@ def test_table_uses_the_cache_model_only_when_it_beat_the_alternatives(
                  weight_bytes=64 * MB),
     ]  # fmt: skip
     sqlite_store.add_entries(device.id, rows)
-    model = CacheModel(32 * MB, onset=1.0, width=2.0).to_dict()
+    residency = CacheModel(32 * MB, onset=1.0, width=2.0, overhead_ms=0.0)
+    # The network's sum is 2 ms: the second of two bands split at 2 ms.
+    details = {"error_model": _error_model(residency, ("residency", band_model), 0.0)}
     raw = ErrorStats(5, 30.0, 0.0, 0.2)
-    for cache_mape, expect_cache in ((2.0, True), (40.0, False)):
-        sqlite_store.add_validation(
-            device.id,
-            ValidationRecord("s", "nasvit-block/1", raw, 1.0, 0.0, 5, raw, raw,
-                             cache_model=model, cache_test=ErrorStats(5, cache_mape, 0.9, 1.0)),
-        )  # fmt: skip
-        table = LatencyTable.load(sqlite_store, device.id)
-        p = table.predict([_block("a"), _block("b")])
-        assert p.cache_aware is expect_cache
-        # a: 64 MB of the rest streamed -> (2 - 1) / 2 evicted -> 1 + 0.5 * 2; b: no cold timing.
-        assert p.latency_ms == pytest.approx(3.0 if expect_cache else 2.0)
-        assert p.raw_ms == pytest.approx(2.0)
-        if expect_cache:
-            assert p.expected_error is not None and p.expected_error.mape == 2.0
-            assert p.p90_ms > p.latency_ms
+    sqlite_store.add_validation(
+        device.id, ValidationRecord("s", "nasvit-block/1", raw, details=details)
+    )
+    table = LatencyTable.load(sqlite_store, device.id)
+    p = table.predict([_block("a"), _block("b")])
+    assert p.band == 1 and p.model == band_model
+    # a: 64 MB of the rest streamed -> (2 - 1) / 2 evicted -> 1 + 0.5 * 2; b: no cold timing.
+    assert p.latency_ms == pytest.approx(3.0 if band_model == "residency" else 2.0)
+    assert p.sum_ms == pytest.approx(2.0)
+    assert p.lower_bound_ms == pytest.approx(2.0)
+    assert p.upper_bound_ms == pytest.approx((3.0 + 1.0) * 1.25)
+    assert p.low_ms is not None and p.high_ms is not None
+    assert p.low_ms < p.latency_ms < p.high_ms
 
 
 def test_single_thread_onnxruntime_times_cpu_time_of_the_inference_thread() -> None:
@@ -203,7 +197,7 @@ def test_single_thread_onnxruntime_times_cpu_time_of_the_inference_thread() -> N
     assert min(wall) >= 19.0 and max(cpu) < 10.0
 
 
-@pytest.mark.parametrize("path", ["cache", "calibrated", "raw"])
+@pytest.mark.parametrize("path", ["residency", "mixed", "sum", "never validated"])
 def test_batch_prediction_equals_one_by_one_prediction(
     sqlite_store: LatencyStore, path: str
 ) -> None:
@@ -227,23 +221,30 @@ def test_batch_prediction_equals_one_by_one_prediction(
             for i, (b, warm) in enumerate(zip(blocks, rng.uniform(0.1, 2.0, size=8), strict=True))
         ],
     )  # fmt: skip
-    raw = ErrorStats(5, 30.0, 0.0, 0.2)
-    good, bad = ErrorStats(5, 2.0, 0.9, 1.0), ErrorStats(5, 90.0, 0.0, 0.0)
-    model = CacheModel(32 * MB, onset=0.7, width=1.5, power=1.3, activation_weight=2.0)
-    sqlite_store.add_validation(
-        device.id,
-        ValidationRecord("s", "nasvit-block/1", raw, 1.2, 0.3, 5, raw,
-                         good if path == "calibrated" else bad, cache_model=model.to_dict(),
-                         cache_test=good if path == "cache" else bad),
-    )  # fmt: skip
+    residency = CacheModel(32 * MB, onset=0.7, width=1.5, excess=0.1, overhead_ms=0.004)
+    models = {"residency": ("residency",) * 3, "mixed": ("sum", "residency", "sum"),
+              "sum": ("sum",) * 3}  # fmt: skip
+    if path in models:
+        details = {"error_model": _error_model(residency, models[path], 0.004)}
+        raw = ErrorStats(5, 30.0, 0.0, 0.2)
+        sqlite_store.add_validation(
+            device.id, ValidationRecord("s", "nasvit-block/1", raw, details=details)
+        )
     table = LatencyTable.load(sqlite_store, device.id)
     networks = [
         [blocks[j] for j in rng.integers(0, 8, size=rng.integers(1, 12))] for _ in range(50)
     ]
-    expected = [table.predict(n).latency_ms for n in networks]
-    assert table.predict(networks[0]).cache_aware is (path == "cache")
-    assert table.predict(networks[0]).calibrated is (path == "calibrated")
-    np.testing.assert_allclose(table.predict_many(networks), expected, rtol=1e-12)
+    one_by_one = [table.predict(n, confidence=0.8) for n in networks]
+    np.testing.assert_allclose(
+        table.predict_many(networks), [p.latency_ms for p in one_by_one], rtol=1e-12
+    )
+    low, high = table.intervals_many(networks, confidence=0.8)
+    if path == "never validated":
+        assert np.isnan(low).all() and np.isnan(high).all()
+        assert all(p.low_ms is None for p in one_by_one)
+    else:
+        np.testing.assert_allclose(low, [p.low_ms for p in one_by_one], rtol=1e-12)
+        np.testing.assert_allclose(high, [p.high_ms for p in one_by_one], rtol=1e-12)
     with pytest.raises(MissingBlocksError):
         table.predict_many([[blocks[0], _block("unknown")]])
 

@@ -122,7 +122,8 @@ def test_overhead_and_validation_round_trip(store: LatencyStore) -> None:
     latest = store.latest_validation(device.id)
     assert latest is not None and latest.id == second
     assert latest.raw == record.raw and latest.calibrated_test == record.calibrated_test
-    assert latest.details == record.details and latest.calibration_helps
+    assert latest.details == record.details and latest.error_model is None
+    assert latest.prediction_error == record.raw and latest.prediction_path == "sum"
     assert store.validation_count(device.id) == 2
 
 

@@ -1,12 +1,13 @@
-"""Table builder (resume, drift) and predictor (overhead, calibration, missing keys)."""
+"""Table builder (resume, drift) and predictor (overhead, error models, missing keys)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from nasvit.guarantees import BUDGET_PERCENTILES
 from nasvit.latency_db import (
-    Calibration,
+    NEVER_VALIDATED,
     DeviceFingerprint,
     ErrorStats,
     LatencyStore,
@@ -19,6 +20,7 @@ from nasvit.latency_db import (
     error_stats,
     noise_ceiling,
 )
+from nasvit.latency_db.error_model import Band, ErrorModel
 from nasvit.nn.blocks import BlockSpec
 
 
@@ -139,52 +141,72 @@ def test_prediction_sums_medians_minus_overhead(sqlite_store: LatencyStore) -> N
     table = LatencyTable.load(sqlite_store, device)
     p = table.predict([_block("a"), _block("b"), _block("a")])
     assert p.block_sum_ms == pytest.approx(4.0)
-    assert p.raw_ms == p.latency_ms == pytest.approx(4.0 - 2 * 0.01)
-    assert p.p90_ms == pytest.approx(4.3 - 0.02)
-    assert not p.calibrated and p.expected_error is None and "not validated" in p.describe()
+    assert p.sum_ms == p.latency_ms == p.lower_bound_ms == pytest.approx(4.0 - 2 * 0.01)
+    assert p.model == "sum" and not table.validated and not p.validated
+    # Never validated: the error field says so, and no number stands in for the error.
+    assert p.low_ms is None and p.high_ms is None and p.expected_error is None
+    assert p.error_text == NEVER_VALIDATED and NEVER_VALIDATED in p.describe()
     with pytest.raises(MissingBlocksError, match="lacks 2 block") as caught:
         table.predict([_block("a"), _block("x"), _block("y"), _block("x")])
     assert caught.value.missing == [_block("x").key, _block("y").key]
 
 
-@pytest.mark.parametrize("helps", [True, False])
-def test_calibration_is_used_only_when_it_beat_the_raw_sum(
-    sqlite_store: LatencyStore, helps: bool
-) -> None:
-    device = _table(sqlite_store, 0.0, {"a": 1.0})
-    raw_test = ErrorStats(5, 10.0, 0.2, 0.5)
-    calibrated = ErrorStats(5, 3.0 if helps else 12.0, 0.8, 1.0)
-    sqlite_store.add_validation(
-        device,
-        ValidationRecord("s", "nasvit-block/1", ErrorStats(10, 9.0, 0.3, 0.6, 0.9), 2.0, 0.5,
-                         5, raw_test, calibrated),
+def _validation(space: str, overhead_ms: float, residual: float) -> ValidationRecord:
+    """A stored validation whose error model has one band, the sum model and residuals
+    centred on ``residual`` (log measured / predicted)."""
+    stats = ErrorStats(20, 4.0, 0.6, 0.9)
+    model = ErrorModel(
+        overhead_ms=overhead_ms,
+        residency=None,
+        edges_ms=(0.1, 10.0),
+        bands=(
+            Band(0.1, 10.0, "sum", 20, tuple(residual + d for d in np.linspace(-0.1, 0.1, 20)),
+                 False, {p: residual for p in BUDGET_PERCENTILES}, stats, 0.0),
+        ),
+        sum_judged=stats,
+        residency_judged=None,
+        judged=stats,
+        n_fit=20,
     )  # fmt: skip
-    p = LatencyTable.load(sqlite_store, device).predict([_block("a")])
-    assert p.calibrated is helps
-    assert p.latency_ms == pytest.approx(2.5 if helps else 1.0)
-    assert p.expected_error == (calibrated if helps else ErrorStats(10, 9.0, 0.3, 0.6, 0.9))
-    assert "expected error" in p.describe()
+    return ValidationRecord(
+        space, "nasvit-block/1", stats, details={"error_model": model.to_dict()}
+    )
+
+
+def test_a_validated_table_gives_intervals_and_its_band_error(sqlite_store: LatencyStore) -> None:
+    device = _table(sqlite_store, 0.01, {"a": 1.0})
+    sqlite_store.add_validation(device, _validation("s", 0.01, 0.0))
+    table = LatencyTable.load(sqlite_store, device)
+    p = table.predict([_block("a"), _block("a")])
+    assert table.validated and p.validated and p.band == 0
+    assert p.latency_ms == pytest.approx(2.0 - 0.01)
+    # 20 residuals evenly from -0.1 to 0.1: a 90% interval's tails are 5% each, and split
+    # conformal takes the floor(21 * 0.05) = 1st and the ceil(21 * 0.95) = 20th of them.
+    assert p.low_ms == pytest.approx(p.latency_ms * np.exp(-0.1))
+    assert p.high_ms == pytest.approx(p.latency_ms * np.exp(0.1))
+    # At 80% (tails of 10%): the 2nd and the 19th.
+    narrower = table.predict([_block("a"), _block("a")], confidence=0.8)
+    residuals = np.linspace(-0.1, 0.1, 20)
+    assert narrower.low_ms == pytest.approx(p.latency_ms * np.exp(residuals[1]))
+    assert narrower.high_ms == pytest.approx(p.latency_ms * np.exp(residuals[18]))
+    assert p.expected_error == ErrorStats(20, 4.0, 0.6, 0.9)
+    assert "90% interval" in p.error_text and "band MAPE 4.0%" in p.describe()
 
 
 def test_a_space_uses_its_own_validation_when_the_device_has_one(
     sqlite_store: LatencyStore,
 ) -> None:
     """Validations of two spaces on one device: each space's predictions take their own
-    calibration; a space never validated takes the device's newest one."""
+    error model; a space never validated takes the device's newest one."""
     device = _table(sqlite_store, 0.0, {"a": 1.0})
-    raw_test = ErrorStats(5, 10.0, 0.2, 0.5)
-    for space, slope in (("first", 2.0), ("second", 3.0)):
-        sqlite_store.add_validation(
-            device,
-            ValidationRecord(space, "nasvit-block/1", ErrorStats(10, 9.0, 0.3, 0.6, 0.9),
-                             slope, 0.0, 5, raw_test, ErrorStats(5, 3.0, 0.8, 1.0)),
-        )  # fmt: skip
-    predict = lambda space: LatencyTable.load(sqlite_store, device, space).predict([_block("a")])  # noqa: E731
-    assert predict("first").latency_ms == pytest.approx(2.0)
-    assert predict("second").latency_ms == pytest.approx(3.0)
-    assert predict("never-validated").latency_ms == pytest.approx(3.0)
-    assert predict(None).latency_ms == pytest.approx(3.0)
-    assert sqlite_store.latest_validation(device, "first").slope == 2.0  # type: ignore[union-attr]
+    for space, overhead in (("first", 0.1), ("second", 0.3)):
+        sqlite_store.add_validation(device, _validation(space, overhead, 0.0))
+    network = [_block("a"), _block("a")]
+    predict = lambda space: LatencyTable.load(sqlite_store, device, space).predict(network)  # noqa: E731
+    assert predict("first").latency_ms == pytest.approx(1.9)
+    assert predict("second").latency_ms == pytest.approx(1.7)
+    assert predict("never-validated").latency_ms == pytest.approx(1.7)
+    assert predict(None).latency_ms == pytest.approx(1.7)
     assert sqlite_store.latest_validation(device, "unknown") is None
 
 
@@ -210,17 +232,8 @@ def test_noise_ceiling_recovers_what_the_truth_would_score_against_one_measureme
         noise_ceiling([1.0], [0.0])
 
 
-def test_error_statistics_and_calibration_fit() -> None:
+def test_error_statistics() -> None:
     stats = error_stats([1.0, 2.0, 3.3, 4.8], [1.0, 2.1, 3.0, 4.0])
     assert stats.n == 4 and stats.within_5 == 0.5 and stats.within_10 == 0.75
     assert stats.mape == pytest.approx(100 * (0 + 0.1 / 2.1 + 0.1 + 0.2) / 4)
     assert stats.spearman == pytest.approx(1.0)
-    fit = Calibration.fit([1.0, 2.0, 3.0], [2.5, 4.5, 6.5])
-    assert (fit.slope, fit.intercept) == (pytest.approx(2.0), pytest.approx(0.5))
-    with pytest.raises(ValueError):
-        Calibration.fit([1.0, 1.0], [1.0, 2.0])
-    # Data whose least-squares line crosses zero: the fit stays non-negative, so the smallest
-    # networks are never predicted at zero or below.
-    steep = Calibration.fit([0.5, 0.8, 1.2, 1.5], [0.8, 1.6, 4.2, 5.0])
-    assert steep.intercept >= 0 and steep.slope > 0 and steep.apply(0.1) > 0
-    assert np.polyfit([0.5, 0.8, 1.2, 1.5], [0.8, 1.6, 4.2, 5.0], 1)[1] < 0
