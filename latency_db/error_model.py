@@ -205,7 +205,7 @@ def residency_model(matrix: NetworkMatrix, model: CacheModel, overhead_ms: float
     gap = np.maximum(matrix.cold - matrix.warm, 0.0)
     share = model.cold_shares(matrix.weights, matrix.activations)
     raw = matrix.warm.sum(axis=1) + (share * gap).sum(axis=1) - (matrix.counts - 1) * overhead_ms
-    return np.clip(raw, lower, upper)
+    return np.asarray(np.clip(raw, lower, upper))
 
 
 def fit_residency(
@@ -375,10 +375,10 @@ class ErrorModel:
         """The log factor a guarantee puts on each prediction (0 for a plain budget)."""
         if guarantee.confidence is not None:
             one_sided = [conformal_upper(b.residuals, guarantee.confidence) for b in self.bands]
-            return np.asarray(one_sided)[bands]
+            return np.asarray(np.asarray(one_sided)[bands])
         if guarantee.percentile is not None:
             factors = [b.call_log_factors[guarantee.percentile] for b in self.bands]
-            return np.asarray(factors)[bands]
+            return np.asarray(np.asarray(factors)[bands])
         return np.zeros(np.shape(bands))
 
     def predict(self, inputs: NetworkInputs, confidence: float | None = None) -> NetworkPrediction:

@@ -17,7 +17,10 @@ from enum import Enum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from nasvit.latency_db.device import DeviceFingerprint
-from nasvit.latency_db.error_model import ErrorModel, ErrorStats
+
+# ErrorStats is defined with the error model and re-exported here, where records live.
+from nasvit.latency_db.error_model import ErrorModel
+from nasvit.latency_db.error_model import ErrorStats as ErrorStats
 from nasvit.latency_db.measurement import Measurement
 from nasvit.sql import aware
 
