@@ -50,6 +50,8 @@ DEFAULT_BANDS = 4
 #: Judged networks a band needs for intervals of its own (a 90% split-conformal bound needs at
 #: least 9); bands with fewer share the pooled residuals of all bands.
 MIN_BAND_NETWORKS = 10
+#: Judged networks a band needs to choose its own model (else the choice over all bands).
+MIN_CHOICE_NETWORKS = 3
 #: Weight of the penalty pulling the residency model toward the sum model (mean squared log
 #: ratio of the two predictions, against the mean squared log error).
 REGULARISATION = 0.05
@@ -529,12 +531,13 @@ def fit_error_model(
     errors = {name: np.abs(p / truth - 1) for name, p in candidates.items()}
 
     # Per band, the residency model only where it beat the sum model on that band's judged
-    # networks; where a band has none judged, whichever did better over all of them.
+    # networks; where a band has too few judged networks to tell, whichever did better over
+    # all of them.
     overall = min(candidates, key=lambda name: (errors[name].mean(), name != "sum"))
     chosen_names = []
     for b in range(bands):
         in_band = band_index == b
-        if not in_band.any():
+        if in_band.sum() < MIN_CHOICE_NETWORKS:
             chosen_names.append(overall)
             continue
         best = min(candidates, key=lambda name: (errors[name][in_band].mean(), name != "sum"))
