@@ -14,7 +14,7 @@ A network's latency is predicted from its blocks' table entries (:func:`cache_in
 
 Every prediction lies within **physical bounds**: at least the sum model (every block at its
 warm time, the measured overheads saved) and at most the cold (DRAM-streamed) sum plus
-:data:`MAX_EXCESS`, minus the same overheads. A bad fit can make a prediction poor, never absurd.
+:data:`MAX_EXCESS`. A bad fit can make a prediction poor, never absurd.
 
 The error is learned from whole networks measured in a validation run, split in two sets: the
 *fit* set fits the residency model, and the *judged* set, never fitted on, decides everything
@@ -187,12 +187,12 @@ class NetworkMatrix:
 
 def physical_bounds(matrix: NetworkMatrix, overhead_ms: float) -> tuple[np.ndarray, np.ndarray]:
     """Per network, the least and the most it can take: the warm sum minus the saved per-call
-    overheads (never below its slowest block), and the cold sum plus :data:`MAX_EXCESS` minus
-    the same overheads."""
+    overheads (never below its slowest block), and the cold sum (every block called on its
+    own with its weights in DRAM) plus :data:`MAX_EXCESS`."""
     saved = (matrix.counts - 1) * overhead_ms
     lower = np.maximum(matrix.warm.sum(axis=1) - saved, matrix.warm.max(axis=1))
     cold = np.maximum(matrix.cold, matrix.warm)
-    upper = np.maximum(cold.sum(axis=1) * (1 + MAX_EXCESS) - saved, lower)
+    upper = np.maximum(cold.sum(axis=1) * (1 + MAX_EXCESS), lower)
     return lower, upper
 
 

@@ -92,8 +92,7 @@ def test_predictions_stay_within_physical_bounds_even_under_a_deliberately_bad_f
         assert (predicted >= lower - 1e-12).all() and (predicted <= upper + 1e-12).all()
     # The all-cold model, 41x over for networks past two caches, hits the ceiling there: the
     # cold sum plus MAX_EXCESS.
-    saved = (matrix.counts - 1) * OVERHEAD
-    ceiling = np.maximum(matrix.cold, matrix.warm).sum(1) * (1 + MAX_EXCESS) - saved
+    ceiling = np.maximum(matrix.cold, matrix.warm).sum(1) * (1 + MAX_EXCESS)
     beyond = matrix.weights.sum(1) > 2 * CACHE
     assert beyond.sum() > 20
     np.testing.assert_allclose(
