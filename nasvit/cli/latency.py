@@ -9,6 +9,7 @@ message); the main CLI turns it into exit code 2.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,10 +26,11 @@ from rich.progress import (
 from rich.table import Table
 
 from nasvit.errors import NasvitError
+from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.settings import load_settings
 
 if TYPE_CHECKING:
-    from nasvit.latency_db import LatencyStore, ProgressCallback
+    from nasvit.latency_db import LatencyStore, ProgressCallback, ValidationRecord
 
 # The latency database (torch, scipy, SQLAlchemy; pandas for export/import) is imported by the
 # commands that use it: this module is imported by every `nasvit` command at start-up.
@@ -135,25 +137,34 @@ def profile_command(
 @latency_app.command("validate")
 def validate_command(
     space: Annotated[str, typer.Option("--space", help="search space name")],
-    n: Annotated[int, typer.Option("--n", min=1, help="networks to sample and measure")] = 20,
+    n: Annotated[
+        int,
+        typer.Option(
+            "--n",
+            min=1,
+            help="networks to measure: the space's smallest and largest, its reference "
+            "architectures, and the rest stratified over latency bands",
+        ),
+    ] = 40,
     device: DeviceOption = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resolutions: Annotated[
-        str | None, typer.Option("--resolutions", help="restrict sampled networks, e.g. 32")
+        str | None, typer.Option("--resolutions", help="restrict the networks, e.g. 32")
     ] = None,
-    repeat: Annotated[
+    readings: Annotated[
         int,
         typer.Option(
-            "--repeat",
-            min=0,
-            help="measure this many of the networks twice, interleaved, and report the noise "
-            "ceiling: what a perfect predictor would score against one measurement here",
+            "--readings",
+            min=1,
+            help="fresh-session readings per network, interleaved over the run; their median "
+            "is the network's measured latency",
         ),
-    ] = 0,
+    ] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     database_url: UrlOption = None,
 ) -> None:
-    """Measure sampled whole networks and compare them with the table's predictions."""
+    """Measure whole networks, fit the table's error model on some of them and judge it on the
+    others: predictions then carry intervals and the judged error of their latency band."""
     from nasvit.evaluation.latency import resolve_device, validate_table
     from nasvit.search_spaces import get_space
 
@@ -169,45 +180,86 @@ def validate_command(
             n,
             seed=seed,
             resolutions=parse_resolutions(resolutions),
+            readings=readings,
             progress=progress,
-            repeat=repeat,
         )
-    summary = {"device": record.name, **result.to_dict()}
     if as_json:
+        # The run in full: every network's readings and the error model, beside the summary.
+        summary = {"device": record.name, **result.to_dict(), "details": result.details}
         typer.echo(json.dumps(summary, indent=2))
         return
-    raw = result.raw
+    networks = result.details["networks"]
+    judged = [network for network in networks if network["role"] == "judged"]
+    origins = Counter(_origin_kind(network["origin"]) for network in judged)
     typer.echo(
-        f"{record.name}: {raw.n} networks, MAPE {raw.mape:.2f}%, "
-        f"{100 * raw.within_5:.1f}% within ±5%, {100 * raw.within_10:.1f}% within ±10%, "
-        f"Spearman {raw.spearman if raw.spearman is None else round(raw.spearman, 3)}"
+        f"{record.name}, {result.space}: {len(networks)} networks, "
+        f"{result.details['readings']} fresh-session reading(s) each, interleaved; "
+        f"fitted on {result.n_fit}, judged on {len(judged)} "
+        f"({', '.join(f'{count} {kind}' for kind, count in origins.items())})"
     )
-    if result.calibrated_test is not None and result.raw_test is not None:
-        cal, held = result.calibrated_test, result.raw_test
-        typer.echo(
-            f"held-out {cal.n}: raw MAPE {held.mape:.2f}% -> calibrated {cal.mape:.2f}%, "
-            f"{100 * cal.within_10:.1f}% within ±10% (slope {result.slope:.3f}, "
-            f"intercept {result.intercept:.3f} ms)"
-        )
-    if result.cache_test is not None and result.cache_model is not None:
-        cache = result.cache_test
-        typer.echo(
-            f"held-out {cache.n}: cache-aware MAPE {cache.mape:.2f}%, "
-            f"{100 * cache.within_5:.1f}% within ±5%, {100 * cache.within_10:.1f}% within ±10%"
-            f" ({'used' if result.cache_model_helps else 'not used'} by predictions)"
-        )
-    used = result.prediction_error
-    typer.echo(
-        f"predictions on this table now use the {result.prediction_path}: expected MAPE "
-        f"{used.mape:.2f}%, {100 * used.within_10:.1f}% within ±10%"
-    )
+    Console().print(_band_table(result, "judged networks per latency band"))
+    typer.echo(_judged_line(result))
     ceiling = result.noise_ceiling
     if ceiling is not None:
         typer.echo(
-            f"noise ceiling ({ceiling.n} networks measured twice): a perfect predictor would "
-            f"score {100 * ceiling.within_10:.1f}% within ±10%, {100 * ceiling.within_5:.1f}% "
-            f"within ±5% (MAPE {ceiling.mape:.2f}%) against one measurement on this machine now"
+            f"noise ceiling of that truth (median of {result.details['readings']} readings): "
+            f"a perfect predictor would score {100 * ceiling.within_10:.1f}% within ±10%, "
+            f"{100 * ceiling.within_5:.1f}% within ±5% (MAPE {ceiling.mape:.2f}%) on this "
+            "machine now"
         )
+
+
+def _origin_kind(origin: str) -> str:
+    """``"reference:efficientformer_l1"`` -> ``"reference"``; other origins unchanged."""
+    return origin.split(":", 1)[0]
+
+
+def _band_table(validation: ValidationRecord, title: str) -> Table:
+    """The error model's judged figures per band: what a prediction in that band carries."""
+    model = validation.error_model
+    confidence = DEFAULT_CONFIDENCE if model is None else model.confidence
+    table = Table(
+        "band", "sum model", "model used", "judged", "MAPE", "±10%", "median bias",
+        f"{100 * confidence:g}% interval width", title=title, title_justify="left",
+    )  # fmt: skip
+    for band in [] if model is None else model.describe_bands():
+        pooled = " (pooled)" if band["pooled_interval"] else ""
+        table.add_row(
+            str(band["band"] + 1),
+            f"{_ms(band['low_ms'])}-{_ms(band['high_ms'])}",
+            band["model"],
+            str(band["n_judged"]),
+            "-" if band["mape"] is None else f"{band['mape']:.1f}%",
+            _percent(band["within_10"], 0),
+            "-" if band["median_bias"] is None else f"{100 * band['median_bias']:+.1f}%",
+            f"{100 * band['interval_width']:.1f}%{pooled}",
+        )
+    return table
+
+
+def _ms(value: float) -> str:
+    return f"{1000 * value:.0f} µs" if value < 1 else f"{value:.3g} ms"
+
+
+def _percent(share: float | None, digits: int) -> str:
+    return "-" if share is None else f"{100 * share:.{digits}f}%"
+
+
+def _judged_line(validation: ValidationRecord) -> str:
+    """The judged networks' error overall, with the sum model's (and the residency model's)
+    beside it."""
+    model = validation.error_model
+    judged = validation.prediction_error
+    text = (
+        f"judged overall ({judged.n} networks): MAPE {judged.mape:.2f}%, "
+        f"{100 * judged.within_10:.1f}% within ±10%, {100 * judged.within_5:.1f}% within ±5%"
+    )
+    if model is not None:
+        rivals = [f"sum model alone MAPE {model.sum_judged.mape:.2f}%"]
+        if model.residency_judged is not None:
+            rivals.append(f"residency model {model.residency_judged.mape:.2f}%")
+        text += f" ({', '.join(rivals)})"
+    return text
 
 
 @latency_app.command("show")
@@ -215,20 +267,16 @@ def show_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
     database_url: UrlOption = None,
 ) -> None:
-    """List devices, their entry counts, per-call overhead and latest validation."""
+    """List devices, their entry counts, per-call overhead and latest validation, with the
+    judged error and interval width per latency band."""
 
     store = open_store(database_url)
     rows: list[dict[str, Any]] = []
-    checks: dict[str, str] = {}
+    validations: dict[str, ValidationRecord] = {}
     for device in store.devices():
         validation = store.latest_validation(device.id)
-        if validation is not None:
-            # What predictions carry (the held-out error of their correction), not the raw sum.
-            error = validation.prediction_error
-            checks[device.id] = (
-                f"{validation.space}: {validation.prediction_path}, MAPE {error.mape:.1f}%, "
-                f"{100 * error.within_10:.0f}% ±10%"
-            )
+        if validation is not None and validation.error_model is not None:
+            validations[device.id] = validation
         rows.append(
             {
                 "name": device.name,
@@ -236,20 +284,43 @@ def show_command(
                 "fingerprint": device.fingerprint.to_dict(),
                 "entries": store.entry_count(device.id),
                 "overhead_ms": device.overhead_ms,
+                "validated": device.id in validations,
                 "latest_validation": validation.to_dict() if validation else None,
             }
         )
     if as_json:
         typer.echo(json.dumps({"devices": rows}, indent=2))
         return
+    console_out = Console()
     table = Table("device", "id", "runtime", "entries", "overhead", "latest validation")
     for row in rows:
         fp = row["fingerprint"]
-        checked = checks.get(row["id"], "never")
         overhead = "-" if row["overhead_ms"] is None else f"{1000 * row['overhead_ms']:.1f} µs"
         runtime = f"{fp['runtime']} {fp['runtime_version']} {fp['threads']}t {fp['optimization']}"
-        table.add_row(row["name"], row["id"], runtime, str(row["entries"]), overhead, checked)
-    Console().print(table)
+        table.add_row(
+            row["name"], row["id"], runtime, str(row["entries"]), overhead,
+            _validation_cell(validations.get(row["id"])),
+        )  # fmt: skip
+    console_out.print(table)
+    names = {row["id"]: row["name"] for row in rows}
+    for device_id, validation in validations.items():
+        console_out.print(
+            _band_table(
+                validation, f"{names[device_id]}, {validation.space}: judged error per band"
+            )
+        )
+
+
+def _validation_cell(validation: ValidationRecord | None) -> str:
+    """A device's latest validation in one cell; "never validated" without an error model
+    (never run, or run before predictions had intervals): no figure to show then."""
+    if validation is None:
+        return "never validated"
+    judged = validation.prediction_error
+    return (
+        f"{validation.space}: judged MAPE {judged.mape:.1f}%, {100 * judged.within_10:.0f}% "
+        f"±10% ({judged.n} networks)"
+    )
 
 
 @latency_app.command("export")

@@ -8,24 +8,26 @@ Example:
     >>> store = LatencyStore.open()
     >>> device, profiler = resolve_device(store)
     >>> build_space_table(get_space("efficientformer"), store, profiler, device, [32])
-    >>> validate_table(get_space("efficientformer"), store, profiler, device, n=20)
+    >>> validate_table(get_space("efficientformer"), store, profiler, device, n=40)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+import pickle
+import tempfile
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from nasvit.errors import DeviceNotLocalError, NasvitError
 from nasvit.latency_db import (
     BuildReport,
-    CacheModel,
-    Calibration,
     DeviceFingerprint,
     DeviceRecord,
+    ErrorStats,
     LatencyStore,
     LatencyTable,
     MeasurementProtocol,
@@ -35,15 +37,29 @@ from nasvit.latency_db import (
     build_table,
     error_stats,
     make_profiler,
-    noise_ceiling,
     with_protocol,
 )
-from nasvit.latency_db.table import cache_inputs
+from nasvit.latency_db.error_model import (
+    DEFAULT_BANDS,
+    ErrorModel,
+    ValidationSample,
+    band_edges,
+    band_of,
+    fit_error_model,
+    truth_noise_ceiling,
+)
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
-from nasvit.search_spaces import get_space
+from nasvit.search_spaces import Architecture, ArchitectureError, get_space
 from nasvit.search_spaces.core import SearchSpace
 
-__all__ = ["build_space_table", "resolve_device", "sample_archs", "validate_table"]
+__all__ = [
+    "SelectedArch",
+    "build_space_table",
+    "measure_readings",
+    "resolve_device",
+    "select_validation_archs",
+    "validate_table",
+]
 
 
 def resolve_device(
@@ -114,23 +130,252 @@ def build_space_table(
     )
 
 
-def sample_archs(
-    space: SearchSpace, n: int, seed: int, resolutions: Sequence[int] | None = None
-) -> list[Any]:
-    """``n`` distinct random architectures (seeded), optionally restricted to resolutions."""
+# ---------------------------------------------------------------------- validation networks
+#: Fit networks a validation always has: the residency model is fitted on them.
+MIN_FIT_NETWORKS = 3
+
+
+@dataclass(frozen=True)
+class SelectedArch:
+    """A network chosen for validation.
+
+    Attributes:
+        arch: the architecture.
+        origin: ``"stratified"`` (drawn from a band), ``"smallest"``, ``"largest"`` or
+            ``"reference:<name>"`` (a published model of the space).
+        sum_ms: the table's sum model for it (what the bands are cut on).
+        band: its band over the candidates' sum-model range (0 = fastest).
+    """
+
+    arch: Architecture
+    origin: str
+    sum_ms: float
+    band: int
+
+
+def _at_resolution(space: SearchSpace, arch: Architecture, side: int | None) -> Architecture | None:
+    """``arch`` at input resolution ``side`` (None: unchanged); None if the space refuses it."""
+    if side is None:
+        return arch
+    try:
+        return space.validate({**dict(arch), "resolution": side})
+    except ArchitectureError:
+        return None
+
+
+def _fixed_archs(
+    space: SearchSpace, resolutions: Sequence[int] | None, exclude: Collection[str] = ()
+) -> list[tuple[str, Architecture]]:
+    """(origin, arch) of the networks every validation includes: the space's extremes and its
+    reference architectures, without repeats or excluded short strings.
+
+    With ``resolutions``, the smallest network is taken at the lowest of them and the largest at
+    the highest (the extremes of what is validated), and references at other resolutions are
+    left out."""
+    low = min(resolutions) if resolutions else None
+    high = max(resolutions) if resolutions else None
+    candidates: list[tuple[str, Architecture | None]] = [
+        ("smallest", _at_resolution(space, space.smallest(), low)),
+        ("largest", _at_resolution(space, space.largest(), high)),
+    ]
+    for name, reference in space.reference_archs().items():
+        if resolutions is None or reference.get("resolution") in resolutions:
+            candidates.append((f"reference:{name}", reference))
+    fixed: dict[str, tuple[str, Architecture]] = {}
+    for origin, arch in candidates:
+        if arch is not None and space.short_string(arch) not in exclude:
+            fixed.setdefault(space.short_string(arch), (origin, arch))
+    return list(fixed.values())
+
+
+def _random_pool(
+    space: SearchSpace, n: int, seed: int, resolutions: Sequence[int] | None
+) -> dict[str, Architecture]:
+    """Distinct random architectures by short string (seeded), from ``max(20 n, 400)`` draws:
+    enough to see the whole latency range of the space; a small space gives fewer."""
     rng = np.random.default_rng(seed)
-    archs: dict[str, Any] = {}
-    attempts = 0
-    while len(archs) < n:
-        attempts += 1
-        if attempts > 100 * n:
-            raise NasvitError(f"could not sample {n} distinct architectures from {space.name}")
+    pool: dict[str, Architecture] = {}
+    for _ in range(max(20 * n, 400)):
         arch = space.sample(rng)
         if resolutions is not None:
             side = int(rng.choice(list(resolutions)))
             arch = space.validate({**dict(arch), "resolution": side})
-        archs.setdefault(space.short_string(arch), arch)
-    return list(archs.values())
+        pool.setdefault(space.short_string(arch), arch)
+    return pool
+
+
+def _equal_quotas(available: Sequence[int], total: int) -> list[int]:
+    """``total`` picks spread as equally as possible over bands with ``available`` members:
+    a band with too few members gives its share to the others."""
+    quotas = [0] * len(available)
+    remaining = min(total, sum(available))
+    open_bands = [b for b, count in enumerate(available) if count > 0]
+    while remaining > 0 and open_bands:
+        share = max(remaining // len(open_bands), 1)
+        for band in list(open_bands):
+            take = min(share, available[band] - quotas[band], remaining)
+            quotas[band] += take
+            remaining -= take
+            if quotas[band] == available[band]:
+                open_bands.remove(band)
+            if remaining == 0:
+                break
+    return quotas
+
+
+def select_validation_archs(
+    space: SearchSpace,
+    table: LatencyTable,
+    n: int,
+    *,
+    seed: int = 0,
+    resolutions: Sequence[int] | None = None,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    bands: int = DEFAULT_BANDS,
+    exclude: Collection[str] = (),
+) -> list[SelectedArch]:
+    """Networks that cover the space's latency range: its smallest and largest networks, its
+    reference architectures, and ``n`` minus those drawn stratified over log-uniform bands of
+    the table's sum model (equally many per band as far as the bands hold networks).
+
+    Why stratified: random networks crowd the middle of the range, and a model judged on them
+    can be grossly wrong at the ends unnoticed (a smallest subnet predicted at 28 us, measured
+    at 130 us). The bands are cut over a seeded pool of random networks plus the fixed ones.
+
+    Args:
+        table: the table whose sum model places the networks (it must hold their blocks).
+        n: networks wanted in all; the fixed ones are included even when they are more.
+        resolutions: only networks at these input resolutions.
+        exclude: short strings never to pick (e.g. the networks a model was fitted on).
+
+    Returns:
+        The fixed networks first, then the stratified ones by band and sum model.
+
+    Raises:
+        MissingBlocksError: the table lacks blocks of some candidate network.
+    """
+    if n < 1:
+        raise NasvitError(f"n must be at least 1, got {n}", argument="n")
+    batch = table.device.fingerprint.batch
+    fixed = _fixed_archs(space, resolutions, exclude)
+    taken = {space.short_string(arch) for _, arch in fixed} | set(exclude)
+    pool = [
+        a for short, a in _random_pool(space, n, seed, resolutions).items() if short not in taken
+    ]
+    archs = [arch for _, arch in fixed] + pool
+    if not archs:  # everything the space holds was excluded
+        return []
+    lowered = [space.lower(a, batch=batch, num_classes=num_classes, in_channels=in_channels)
+               for a in archs]  # fmt: skip
+    sums = [float(ms) for ms in table.sum_many(lowered)]
+    edges = band_edges(sums, bands)
+    band = [int(b) for b in band_of(edges, sums)]
+    chosen = [
+        SelectedArch(arch, origin, sums[i], band[i]) for i, (origin, arch) in enumerate(fixed)
+    ]
+
+    members: list[list[int]] = [[] for _ in range(len(edges) - 1)]
+    for i in range(len(fixed), len(archs)):
+        members[band[i]].append(i)
+    quotas = _equal_quotas([len(m) for m in members], n - len(fixed))
+    rng = np.random.default_rng([seed, 1])  # not the pool's stream: the pool stays the same
+    stratified = [
+        int(i)
+        for in_band, quota in zip(members, quotas, strict=True)
+        for i in rng.choice(in_band, size=quota, replace=False)
+    ]
+    stratified.sort(key=lambda i: (band[i], sums[i]))
+    chosen += [SelectedArch(archs[i], "stratified", sums[i], band[i]) for i in stratified]
+    return chosen
+
+
+#: Per network: its fresh-session readings (medians, in measurement order) and every timed call
+#: of those readings.
+Readings = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def measure_readings(
+    space: SearchSpace,
+    profiler: Profiler,
+    archs: Sequence[Architecture],
+    readings: int = 3,
+    *,
+    seed: int = 0,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    batch: int = 1,
+    protocol: MeasurementProtocol | None = None,
+    progress: ProgressCallback | None = None,
+) -> list[Readings]:
+    """``readings`` fresh-session readings of each whole network, interleaved over the run.
+
+    Each network is exported once; each reading is one new session (``protocol``'s warm-up and
+    timed calls, default :meth:`MeasurementProtocol.network`, with one session). The readings go
+    in ``readings`` rounds, each visiting every network once in a seeded random order, so the
+    readings of one network are spread over the run: this machine's noise changes by the
+    minute, and readings taken back to back would share it (and look more alike than they
+    are). Exported networks wait in a temporary folder (a few hundred MB each at the large end
+    of a space), not in memory.
+
+    Args:
+        progress: called with (steps done, steps) over the exports and the readings.
+
+    Returns:
+        Per network, in the order of ``archs``: (its readings' medians in the order taken,
+        every timed call of those readings).
+    """
+    if readings < 1:
+        raise NasvitError(f"readings must be at least 1, got {readings}", argument="readings")
+    base = protocol or MeasurementProtocol.network()
+    single = with_protocol(profiler, dataclasses.replace(base, sessions=1))
+    steps = len(archs) * (1 + readings)
+    done = 0
+    medians: list[list[float]] = [[] for _ in archs]
+    calls: list[list[float]] = [[] for _ in archs]
+    with tempfile.TemporaryDirectory(prefix="nasvit-validation-") as folder:
+        files = []
+        for index, arch in enumerate(archs):
+            subnet = space.build_subnet(arch, num_classes=num_classes, in_channels=in_channels)
+            shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
+            files.append(Path(folder) / f"{index}.pickle")
+            files[-1].write_bytes(pickle.dumps(single.prepare(subnet, shape)))
+            done += 1
+            if progress:
+                progress(done, steps)
+        rng = np.random.default_rng(seed)
+        for _ in range(readings):
+            for index in rng.permutation(len(archs)):
+                prepared = pickle.loads(files[index].read_bytes())
+                measurement = single.measure(prepared)
+                medians[index].append(measurement.median_ms)
+                calls[index].extend(measurement.runs_ms)
+                done += 1
+                if progress:
+                    progress(done, steps)
+    return [(tuple(m), tuple(c)) for m, c in zip(medians, calls, strict=True)]
+
+
+def _split(selected: Sequence[SelectedArch]) -> list[bool]:
+    """Whether each network is judged (True) or fitted on (False).
+
+    The fixed networks (extremes, references) are judged: they are where a model extrapolates,
+    and they must be seen as a user would see them. The stratified ones, in order of band and
+    sum model, alternate fit / judged (the alternation runs on from one band to the next, so a
+    band of one network does not always go to the same set): both sets span every band. At
+    least :data:`MIN_FIT_NETWORKS` are fitted on when there are that many stratified networks.
+    """
+    judged = [s.origin != "stratified" for s in selected]
+    stratified = sorted(
+        (i for i, s in enumerate(selected) if s.origin == "stratified"),
+        key=lambda i: (selected[i].band, selected[i].sum_ms),
+    )
+    for position, i in enumerate(stratified):
+        judged[i] = position % 2 == 1
+    flippable = [i for i in stratified if judged[i]]
+    while judged.count(False) < MIN_FIT_NETWORKS and flippable:
+        judged[flippable.pop(0)] = False
+    return judged
 
 
 def validate_table(
@@ -142,29 +387,35 @@ def validate_table(
     *,
     seed: int = 0,
     resolutions: Sequence[int] | None = None,
-    fit_fraction: float = 0.5,
+    readings: int = 3,
+    bands: int = DEFAULT_BANDS,
     network_protocol: MeasurementProtocol | None = None,
     measure_missing: bool = True,
     progress: ProgressCallback | None = None,
     num_classes: int = 1000,
     in_channels: int = 3,
-    repeat: int = 0,
 ) -> ValidationRecord:
-    """Compare table predictions with whole-network measurements and store the run.
+    """Measure whole networks, fit the table's error model on some and judge it on the others,
+    and store the run: later predictions of the table use the model and its intervals.
 
-    Samples ``n`` architectures, measures each whole subnet (exported as one ONNX model for
-    onnxruntime), and reports raw figures over all of them. With ``n >= 4``, a linear
-    calibration is fitted on the first ``fit_fraction`` of the networks and raw and calibrated
-    figures are reported on the held-out rest; a calibration that beats the raw sum there is
-    used by later predictions of this table.
+    The networks (:func:`select_validation_archs`): the space's smallest and largest, its
+    reference architectures, and the rest stratified over bands of the table's sum model. Each
+    network's truth is the median of ``readings`` fresh-session readings interleaved over the
+    run (:func:`measure_readings`). The fixed networks and every other stratified network, in
+    order of band and sum model, are judged (held out); the model is fitted on the others.
+    ``n`` is raised to the fixed networks plus :data:`MIN_FIT_NETWORKS` when it is smaller.
 
     Args:
-        measure_missing: measure blocks the table lacks first (else MissingBlocksError).
-        repeat: measure this many of the networks a second time, the second readings shuffled
-            in among the others, and store the run's noise ceiling (what a perfect predictor
-            would score against one reading, :func:`~nasvit.latency_db.table.noise_ceiling`).
-            Interleaved, so both readings see the same hour of a machine whose noise changes
-            by the hour. The first reading is the one validated against.
+        readings: fresh-session readings per network (K); their median is the truth, their
+            spread gives the run's noise ceiling (what a perfect predictor would score).
+        bands: log-uniform latency bands the networks are drawn from and judged in.
+        network_protocol: warm-up and timed calls of one reading (its ``sessions`` is ignored:
+            one reading is one session).
+        measure_missing: first measure the blocks the table lacks for the candidate networks
+            (a seeded pool of random ones: in practice most blocks of the space, at
+            ``resolutions``); else MissingBlocksError.
+        progress: called with (done, total) while blocks are measured, then while networks
+            are exported and read.
         num_classes: classes of the networks' head (a search validates the networks it
             searches: e.g. 10 for digits).
         in_channels: channels of the networks' input (e.g. 1 for digits).
@@ -172,104 +423,100 @@ def validate_table(
     if isinstance(space, str):
         space = get_space(space)
     if n < 1:
-        raise NasvitError(f"n must be at least 1, got {n}")
-    archs = sample_archs(space, n, seed, resolutions)
+        raise NasvitError(f"n must be at least 1, got {n}", argument="n")
+    if readings < 1:
+        raise NasvitError(f"readings must be at least 1, got {readings}", argument="readings")
     batch = device.fingerprint.batch
     shape_args = {"num_classes": num_classes, "in_channels": in_channels}
-    lowered = [space.lower(arch, batch=batch, **shape_args) for arch in archs]
+    n = max(n, len(_fixed_archs(space, resolutions)) + MIN_FIT_NETWORKS)
     if measure_missing:
-        build_table(store, profiler, device, [b for blocks in lowered for b in blocks], seed=seed)
-    table = LatencyTable.load(store, device.id)
-    predicted = [table.predict(blocks, calibrated=False).raw_ms for blocks in lowered]
-    cache = [cache_inputs([table.entries[b.key] for b in blocks], blocks) for blocks in lowered]
-
-    network_profiler = with_protocol(profiler, network_protocol or MeasurementProtocol.network())
-    repeat = min(max(repeat, 0), len(archs))
-    readings: list[list[float]] = [[] for _ in archs]
-    # Shuffled: the machine drifts over minutes (mobiledets' held-out networks, measured after
-    # the fitted ones, came out 4-9% slower than the model in the middle of one run), and a
-    # drift must not line up with the fit / held-out split.
-    schedule = [*range(len(archs)), *range(repeat)]
-    order = np.random.default_rng(seed).permutation(len(schedule))
-    for done, position in enumerate(order, start=1):
-        index = schedule[position]
-        arch = archs[index]
-        subnet = space.build_subnet(arch, **shape_args)
-        shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
-        readings[index].append(network_profiler.measure(subnet, shape).median_ms)
-        if progress:
-            progress(done, len(schedule))
-    measured = [network[0] for network in readings]
-
-    record = _summarise(
-        space.identity, archs, space, predicted, measured, fit_fraction,
-        cache, device.fingerprint.cache_bytes, table.overhead_ms,
-        remeasured=[network[1] for network in readings[:repeat]],
+        candidates = [a for _, a in _fixed_archs(space, resolutions)]
+        candidates += _random_pool(space, n, seed, resolutions).values()
+        blocks = [b for a in candidates for b in space.lower(a, batch=batch, **shape_args)]
+        build_table(store, profiler, device, blocks, seed=seed, progress=progress)
+    # The table as measured, without an earlier validation's error model: this run fits a
+    # new one, with the device's measured per-call overhead.
+    device = store.device(device.id)
+    table = LatencyTable(device, store.entries(device.id))
+    selected = select_validation_archs(
+        space, table, n, seed=seed, resolutions=resolutions, bands=bands,
+        num_classes=num_classes, in_channels=in_channels,
     )  # fmt: skip
+    judged = _split(selected)
+    measured = measure_readings(
+        space, profiler, [s.arch for s in selected], readings, seed=seed, batch=batch,
+        protocol=network_protocol, progress=progress, **shape_args,
+    )  # fmt: skip
+    samples = []
+    for chosen, is_judged, (medians, calls) in zip(selected, judged, measured, strict=True):
+        blocks = space.lower(chosen.arch, batch=batch, **shape_args)
+        samples.append(
+            ValidationSample(
+                arch=space.short_string(chosen.arch),
+                inputs=table.inputs(blocks),
+                readings_ms=medians,
+                calls_ms=calls,
+                judged=is_judged,
+                origin=chosen.origin,
+            )
+        )
+    error_model = fit_error_model(
+        samples, device.fingerprint.cache_bytes, table.overhead_ms, bands=bands
+    )
+    # What a perfect predictor would score against this truth: from the readings' spread,
+    # so only when each network was read more than once.
+    ceiling = (
+        truth_noise_ceiling([s.readings_ms for s in samples], seed=seed) if readings > 1 else None
+    )
+    record = _record(space, selected, samples, error_model, ceiling, readings)
     store.add_validation(device.id, record)
     stored = store.latest_validation(device.id)
     assert stored is not None  # just written
     return stored
 
 
-def _summarise(
-    space_name: str,
-    archs: Sequence[Any],
+def _record(
     space: SearchSpace,
-    predicted: Sequence[float],
-    measured: Sequence[float],
-    fit_fraction: float,
-    cache: Sequence[tuple[list[float], list[float], list[float], float]] = (),
-    cache_bytes: int = 0,
-    overhead_ms: float = 0.0,
-    remeasured: Sequence[float] = (),
+    selected: Sequence[SelectedArch],
+    samples: Sequence[ValidationSample],
+    error_model: ErrorModel,
+    ceiling: ErrorStats | None,
+    readings: int,
 ) -> ValidationRecord:
-    """The run's figures; ``remeasured`` holds second readings of the first networks."""
-    n = len(predicted)
-    n_fit = int(round(n * fit_fraction)) if n >= 4 else 0
-    n_fit = min(max(n_fit, 2), n - 2) if n_fit else 0
-    slope = intercept = None
-    raw_test = calibrated_test = None
-    if n_fit:
-        try:
-            calibration = Calibration.fit(predicted[:n_fit], measured[:n_fit])
-        except ValueError:
-            n_fit = 0
-        else:
-            slope, intercept = calibration.slope, calibration.intercept
-            test_pred, test_meas = predicted[n_fit:], measured[n_fit:]
-            raw_test = error_stats(test_pred, test_meas)
-            calibrated_test = error_stats([calibration.apply(p) for p in test_pred], test_meas)
-    cache_model = cache_test = None
-    if n_fit >= 3 and cache and cache_bytes > 0:
-        model = CacheModel.fit(cache_bytes, cache[:n_fit], measured[:n_fit], overhead_ms)
-        cache_model = model.to_dict()
-        cache_pred = [model.network_ms(*inputs) for inputs in cache]
-        cache_test = error_stats(cache_pred[n_fit:], measured[n_fit:])
-    details: dict[str, Any] = {
-        "networks": [
-            {"arch": space.short_string(a), "predicted_ms": p, "measured_ms": m}
-            for a, p, m in zip(archs, predicted, measured, strict=True)
-        ]
-    }
-    if cache_model is not None:
-        for network, value in zip(details["networks"], cache_pred, strict=True):
-            network["cache_aware_ms"] = value
-    if remeasured:
-        for network, value in zip(details["networks"], remeasured, strict=False):
-            network["remeasured_ms"] = value
-        ceiling = noise_ceiling(measured[: len(remeasured)], remeasured)
-        details["noise_ceiling"] = dataclasses.asdict(ceiling)
+    """The stored run: the sum model over all networks and on the judged ones, the residency
+    model on the judged ones, and per network what was predicted and measured."""
+    truth = [s.truth_ms for s in samples]
+    networks = []
+    for chosen, sample in zip(selected, samples, strict=True):
+        predicted = error_model.predict(sample.inputs)
+        networks.append(
+            {
+                "arch": sample.arch,
+                "origin": sample.origin,
+                "role": "judged" if sample.judged else "fit",
+                "band": predicted.band,
+                "sum_ms": chosen.sum_ms,
+                "predicted_ms": predicted.latency_ms,
+                "model": predicted.model,
+                "low_ms": predicted.low_ms,
+                "high_ms": predicted.high_ms,
+                "readings_ms": list(sample.readings_ms),
+                "truth_ms": sample.truth_ms,
+            }
+        )
+    residency = error_model.residency
     return ValidationRecord(
-        space=space_name,
+        space=space.identity,
         key_schema=BLOCK_KEY_SCHEMA,
-        raw=error_stats(predicted, measured),
-        slope=slope,
-        intercept=intercept,
-        n_fit=n_fit,
-        raw_test=raw_test,
-        calibrated_test=calibrated_test,
-        details=details,
-        cache_model=cache_model,
-        cache_test=cache_test,
+        raw=error_stats([s.sum_ms for s in selected], truth),
+        n_fit=sum(not s.judged for s in samples),
+        raw_test=error_model.sum_judged,
+        cache_test=error_model.residency_judged,
+        cache_model=None if residency is None else residency.to_dict(),
+        details={
+            "networks": networks,
+            "noise_ceiling": None if ceiling is None else dataclasses.asdict(ceiling),
+            "readings": readings,
+            "error_model": error_model.to_dict(),
+        },
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,37 +16,55 @@ from nasvit.latency_db import LatencyStore, LatencyTable, MeasurementProtocol
 from nasvit.latency_db.transfer import TableImportError, export_table, import_table
 
 
+def validated_space():
+    """A slice of efficientformer at resolution 32 with a few dozen blocks: validation measures
+    the blocks of its candidate networks first, and then whole networks."""
+    from nasvit.search_spaces import get_space
+
+    return get_space("efficientformer").restrict(
+        resolution=[32],
+        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
+        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
+        vit_num=[0, 1, 2],
+    )
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, quick_profiler, space):
+def built(tmp_path_factory, quick_profiler):
     """One validated table for the module (validation measures real networks: not cheap)."""
     from nasvit.evaluation.latency import resolve_device, validate_table
 
     store = LatencyStore.open(f"sqlite:///{tmp_path_factory.mktemp('built') / 'n.db'}")
     device, _ = resolve_device(store)
     record = validate_table(
-        space, store, quick_profiler, device, n=4, seed=1, resolutions=[32],
+        validated_space(), store, quick_profiler, device, n=6, seed=1, readings=2,
         network_protocol=MeasurementProtocol.quick(),
     )  # fmt: skip
     return store, device, record
 
 
-def test_validation_measures_networks_and_stores_the_run(built, space) -> None:
+def test_validation_measures_networks_and_stores_the_run(built) -> None:
     store, device, record = built
-    assert record.raw.n == 4 and record.n_fit == 2 and record.calibrated_test is not None
-    assert 0 <= record.raw.within_10 <= record.raw.within_10 <= 1
-    for network in record.details["networks"]:
-        ratio = network["predicted_ms"] / network["measured_ms"]
+    space = validated_space()
+    networks = record.details["networks"]
+    assert record.raw.n == len(networks) == 6 and record.space == space.identity
+    assert record.n_fit == sum(n["role"] == "fit" for n in networks) >= 3
+    judged = record.error_model.sum_judged  # the sum model on the judged networks
+    assert (record.raw_test.n, record.raw_test.mape) == (judged.n, pytest.approx(judged.mape))
+    assert record.slope is None and record.calibrated_test is None  # no linear calibration
+    for network in networks:
+        ratio = network["predicted_ms"] / network["truth_ms"]
         assert 0.1 < ratio < 10  # a loose sanity factor; accuracy is the bench's job
     assert store.latest_validation(device.id) == record
-    table = LatencyTable.load(store, device.name)
-    arch = space.parse(record.details["networks"][0]["arch"])
+    table = LatencyTable.load(store, device.name, space.identity)
+    arch = space.parse(networks[0]["arch"])
     prediction = table.predict(space.lower(arch))
-    assert prediction.expected_error is not None and prediction.latency_ms > 0
-    # The error attached to a prediction is the held-out error of the path it took.
-    assert prediction.expected_error == record.prediction_error
-    assert record.prediction_path in ("cache model", "linear calibration", "raw sum")
-    assert prediction.cache_aware is (record.prediction_path == "cache model")
-    assert prediction.calibrated is (record.prediction_path == "linear calibration")
+    assert prediction.latency_ms > 0 and prediction.validated
+    # The error attached to a prediction is the judged error of its band's model.
+    band = record.error_model.bands[prediction.band]
+    assert prediction.expected_error == band.judged and prediction.model == band.model
+    assert prediction.low_ms < prediction.high_ms and prediction.confidence == 0.9
+    assert record.prediction_error == record.error_model.judged
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
@@ -163,6 +182,11 @@ def test_cli_profile_show_export_and_errors(
     shown = runner.invoke(_cli(), ["latency", "show", "--json", "--database-url", url])
     devices = json.loads(shown.stdout)["devices"]
     assert devices[0]["name"] == "local-cpu-ort-1t" and devices[0]["entries"] == 5
+    assert devices[0]["validated"] is False and devices[0]["latest_validation"] is None
+    plain = runner.invoke(
+        _cli(), ["latency", "show", "--database-url", url], env={"COLUMNS": "250"}
+    )
+    assert "never validated" in plain.output and "MAPE" not in plain.output
     out = tmp_path / "t.json"
     exported = runner.invoke(
         _cli(), ["latency", "export", "--device", "local-cpu-ort-1t", "--out", str(out),
@@ -178,30 +202,45 @@ def test_cli_profile_show_export_and_errors(
         assert isinstance(failed.exception, NasvitError), args
 
 
-def test_show_reports_the_error_predictions_carry(built) -> None:
-    store, _, record = built
+def test_show_reports_the_error_per_band_or_never_validated(built, tmp_path: Path) -> None:
+    store, device, record = built
     url = store.engine.url.render_as_string(hide_password=False)
     shown = CliRunner().invoke(
         _cli(), ["latency", "show", "--database-url", url], env={"COLUMNS": "250"}
     )
     assert shown.exit_code == 0, shown.output
-    error = record.prediction_error  # not the raw sum's, unless that is the path taken
-    expected = f"{record.space}: {record.prediction_path}, MAPE {error.mape:.1f}%"
-    assert expected in shown.output
+    judged = record.prediction_error
+    assert f"{record.space}: judged MAPE {judged.mape:.1f}%" in shown.output
+    assert "judged error per band" in shown.output and "90% interval width" in shown.output
+    for band in record.error_model.describe_bands():
+        line = next(ln for ln in shown.output.splitlines() if ln.strip().startswith(
+            f"│ {band['band'] + 1} "))  # fmt: skip
+        assert band["model"] in line and f"{100 * band['interval_width']:.1f}%" in line
+    as_json = CliRunner().invoke(_cli(), ["latency", "show", "--json", "--database-url", url])
+    (row,) = json.loads(as_json.stdout)["devices"]
+    assert row["validated"] and len(row["latest_validation"]["bands"]) == 4
+
+    # A run stored before intervals existed has no error model: no figure is shown for it.
+    old = dataclasses.replace(record, details={"networks": []})
+    other = LatencyStore.open(f"sqlite:///{tmp_path / 'old.db'}")
+    other.add_validation(other.ensure_device(device.fingerprint, name="old").id, old)
+    url = other.engine.url.render_as_string(hide_password=False)
+    shown = CliRunner().invoke(
+        _cli(), ["latency", "show", "--database-url", url], env={"COLUMNS": "250"}
+    )
+    assert "never validated" in shown.output and "MAPE" not in shown.output
 
 
 def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path) -> None:
-    """The cache model is fitted on one space's network sizes: a table loaded for a restricted
+    """The error model is fitted on one space's network sizes: a table loaded for a restricted
     space takes that space's validation, not the family's (both recorded on one device)."""
-    import dataclasses
-
     from nasvit.evaluation.latency import resolve_device
 
     _, _, family = built
     narrow = space.restrict(resolution=[64])
     store = LatencyStore.open(f"sqlite:///{tmp_path / 'scoped.db'}")
     device, _ = resolve_device(store)
-    store.add_validation(device.id, family)
+    store.add_validation(device.id, dataclasses.replace(family, space=space.identity))
     store.add_validation(device.id, dataclasses.replace(family, space=narrow.identity))
     store.add_validation(device.id, dataclasses.replace(family, space="lighthubert"))
     assert LatencyTable.load(store, device.id, narrow.identity).validation.space == narrow.identity
@@ -211,71 +250,53 @@ def test_a_restricted_space_uses_its_own_validation(built, space, tmp_path: Path
     assert LatencyTable.load(store, device.id, other).validation.space == "lighthubert"
 
 
-@pytest.mark.parametrize("repeat", [0, 2])
-def test_validation_measures_networks_in_shuffled_order(space, tmp_path: Path, repeat: int) -> None:
-    """A drift of the machine over the run must not line up with the fit / held-out split:
-    networks are measured in a seeded random order and reported in sample order. With
-    ``repeat``, that many networks are measured a second time, shuffled in among the others,
-    and the run stores the noise ceiling of the pairs (also through the CLI)."""
-    from torch import nn
+def test_cli_validate_prints_the_error_per_band_and_the_noise_ceiling(
+    tmp_path: Path, quick_profiler
+) -> None:
+    """``nasvit latency validate`` on the tiny registered space (its blocks measured first, so
+    the command only reads networks): per-band figures, fit and judged counts, the judged
+    error overall and the truth's noise ceiling; a reading count below 1 is a usage error."""
+    from nasvit.evaluation.latency import build_space_table, resolve_device
+    from nasvit.search_spaces import get_space, registry
+    from nasvit.search_spaces.efficientformer import EfficientFormerSpace
 
-    from nasvit.evaluation.latency import resolve_device, sample_archs, validate_table
-    from nasvit.latency_db import noise_ceiling
-    from nasvit.latency_db.profilers import OnnxRuntimeProfiler
+    from nasvit_testing.tiny_space import TINY, TINY_CONFIG
 
-    def module_weight_bytes(module: nn.Module) -> int:  # tells the networks apart
-        return sum(t.numel() * t.element_size() for t in module.state_dict().values())
-
-    class Recording(OnnxRuntimeProfiler):
-        measured: list[tuple[int, float]] = []  # shared by with_protocol's copies
-
-        def measure(self, model, input_shape=None):
-            result = super().measure(model, input_shape)
-            weights = module_weight_bytes(model) if isinstance(model, nn.Module) else 0
-            if weights:  # a whole network, not a block or the empty overhead model
-                self.measured.append((weights, result.median_ms))
-            return result
-
-    store = LatencyStore.open(f"sqlite:///{tmp_path / 'order.db'}")
-    device, _ = resolve_device(store)
-    profiler = Recording(threads=1, protocol=MeasurementProtocol.quick())
-    archs = sample_archs(space, 5, 3, [32])
-    record = validate_table(
-        space, store, profiler, device, n=5, seed=3, resolutions=[32],
-        network_protocol=MeasurementProtocol.quick(), repeat=repeat,
-    )  # fmt: skip
-    in_sample_order = [module_weight_bytes(space.build_subnet(a)) for a in archs]
-    measured_weights = [w for w, _ in Recording.measured]
-    assert len(set(in_sample_order)) == 5  # distinct, so the order can be read off
-    scheduled = in_sample_order + in_sample_order[:repeat]
-    assert sorted(measured_weights) == sorted(scheduled)
-    assert measured_weights != scheduled
-    readings = {w: [ms for v, ms in Recording.measured if v == w] for w in in_sample_order}
-    networks = record.details["networks"]
-    reported = [n["measured_ms"] for n in networks]
-    assert reported == [readings[w][0] for w in in_sample_order]  # the first reading counts
-    assert [n["arch"] for n in networks] == [space.short_string(a) for a in archs]
-    if not repeat:
-        assert record.noise_ceiling is None and "remeasured_ms" not in networks[0]
-        return
-    again = [readings[w][1] for w in in_sample_order[:repeat]]
-    assert [n.get("remeasured_ms") for n in networks] == again + [None] * (5 - repeat)
-    assert record.noise_ceiling == noise_ceiling(reported[:repeat], again)
-    assert store.latest_validation(device.id).noise_ceiling == record.noise_ceiling
-    second_readings = [
-        i for i, (w, _) in enumerate(Recording.measured) if i > measured_weights.index(w)
-    ]
-    assert second_readings != [5, 6]  # interleaved, not appended after the others
-
+    store = LatencyStore.open(f"sqlite:///{tmp_path / 'cli.db'}")
     url = store.engine.url.render_as_string(hide_password=False)
-    args = ["latency", "validate", "--space", "efficientformer", "--n", "5", "--seed", "3",
-            "--resolutions", "32", "--repeat", "2", "--database-url", url]  # fmt: skip
-    shown = CliRunner().invoke(_cli(), args, env={"COLUMNS": "250"})
-    assert shown.exit_code == 0, shown.output
-    assert "noise ceiling (2 networks measured twice): a perfect predictor would score" in (
-        shown.output
+    args = ["latency", "validate", "--space", TINY, "--n", "6", "--readings", "2",
+            "--resolutions", "16", "--database-url", url]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry._FACTORIES, TINY, lambda: EfficientFormerSpace(TINY_CONFIG))
+        device, _ = resolve_device(store)
+        build_space_table(get_space(TINY), store, quick_profiler, device, [16])
+        shown = CliRunner().invoke(_cli(), args, env={"COLUMNS": "250"})
+        assert shown.exit_code == 0, shown.output
+        record = store.latest_validation(device.id)
+        as_json = CliRunner().invoke(_cli(), [*args, "--json"])
+        for bad in ("0", "-1"):
+            wide = {"COLUMNS": "250"}
+            refused = CliRunner().invoke(_cli(), [*args[:7], bad, *args[8:]], env=wide)
+            assert refused.exit_code == 2 and "--readings" in refused.output, refused.output
+            assert "greater than or equal to 1" in refused.output
+    output = shown.output
+    networks = record.details["networks"]
+    judged = sum(n["role"] == "judged" for n in networks)
+    stratified = sum(n["role"] == "judged" and n["origin"] == "stratified" for n in networks)
+    assert stratified and record.n_fit == 6 - judged >= 3
+    assert (
+        f"6 networks, 2 fresh-session reading(s) each, interleaved; fitted on {record.n_fit}, "
+        f"judged on {judged} (1 smallest, 1 largest, {stratified} stratified)" in output
     )
-    cli_record = store.latest_validation(device.id)
-    assert cli_record.id != record.id and cli_record.noise_ceiling.n == 2
-    negative = CliRunner().invoke(_cli(), [*args[:-4], "--repeat", "-1", *args[-2:]])
-    assert negative.exit_code == 2  # a negative count is a usage error
+    assert "judged networks per latency band" in output and "median bias" in output
+    assert f"judged overall ({judged} networks): MAPE {record.prediction_error.mape:.2f}%" in output
+    ceiling = record.noise_ceiling
+    assert (
+        "noise ceiling of that truth (median of 2 readings): a perfect predictor would score "
+        f"{100 * ceiling.within_10:.1f}% within ±10%"
+    ) in output
+    summary = json.loads(as_json.stdout)
+    assert summary["device"] == device.name and len(summary["bands"]) == 4
+    assert summary["noise_ceiling"]["n"] == 6
+    assert [len(n["readings_ms"]) for n in summary["details"]["networks"]] == [2] * 6
+    assert summary["details"]["error_model"]["n_fit"] == record.n_fit
