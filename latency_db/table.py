@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nasvit.errors import NasvitError
-from nasvit.guarantees import DEFAULT_CONFIDENCE, Guarantee, check_confidence
+from nasvit.guarantees import DEFAULT_CONFIDENCE, Guarantee, check_confidence, format_ms
 from nasvit.latency_db.error_model import (
     ErrorModel,
     NetworkInputs,
@@ -99,22 +99,19 @@ class Prediction:
         """The prediction's error as users read it; never a number for an unvalidated table."""
         if self.low_ms is None or self.high_ms is None:
             return NEVER_VALIDATED
-        text = f"{100 * self.confidence:g}% interval {_ms(self.low_ms)}-{_ms(self.high_ms)}"
+        interval = f"{format_ms(self.low_ms)}-{format_ms(self.high_ms)}"
+        text = f"{100 * self.confidence:g}% interval {interval}"
         if self.expected_error is not None:
             e = self.expected_error
             text += f"; band MAPE {e.mape:.1f}%, {100 * e.within_10:.0f}% within ±10%"
         return text
 
     def describe(self) -> str:
-        return f"{_ms(self.latency_ms)} ({self.error_text})"
+        return f"{format_ms(self.latency_ms)} ({self.error_text})"
 
 
 #: The error field of a prediction from a table no validation with intervals has judged.
 NEVER_VALIDATED = "never validated: run `nasvit latency validate` to learn this table's error"
-
-
-def _ms(value: float) -> str:
-    return f"{value * 1e3:.0f} us" if value < 1 else f"{value:.3g} ms"
 
 
 class LatencyTable:

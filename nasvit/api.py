@@ -48,6 +48,7 @@ def search(
     space: str | SearchSpace,
     budget: float | str,
     *,
+    budget_confidence: float | None = None,
     supernet: str | Path | None = None,
     device: str | None = None,
     controller: str = "nsga2",
@@ -62,7 +63,13 @@ def search(
         space: a space name, or a :class:`~nasvit.search_spaces.SearchSpace`: a restricted
             one (``get_space(name).restrict(...)``) is searched only within its restrictions.
             With ``supernet``, a SearchSpace must be the checkpoint's own space.
-        budget: milliseconds, or text with a unit: ``"2ms"``, ``"1500us"``, ``"0.002s"``.
+        budget: milliseconds, or text with a unit: ``"2ms"``, ``"1500us"``, ``"0.002s"``;
+            ``"2ms@p90"`` asks that 90% of single calls finish within 2 ms (percentiles 50, 75,
+            90, 95 and 99; also ``budget_percentile=90`` in ``options``).
+        budget_confidence: meet the budget at this confidence, strictly between 0 and 1 (e.g.
+            0.9): a candidate is feasible only when the upper bound of its prediction's
+            interval is within the budget. None judges the prediction itself. Not together
+            with a percentile. A confidence or a percentile needs a validated latency table.
         supernet: a supernet checkpoint (``nasvit train``); default the space's default
             supernet, trained once and cached under ``settings.home``.
         device: name or id of a device in the latency database; default this machine's CPU.
@@ -83,13 +90,17 @@ def search(
         artifacts (``best.onnx``, ``report.json``, ...) are in ``out``.
 
     Raises:
-        NasvitError: an unknown space, controller or option, a budget that cannot be read,
-            a checkpoint for another space, or no architecture within the budget.
+        NasvitError: an unknown space, controller or option, a budget that cannot be read
+            (or an unknown percentile), a confidence outside (0, 1), a checkpoint for another
+            space, or no architecture within the budget (when none measures within it,
+            :class:`~nasvit.errors.NoSubnetFitsError`).
 
     Example:
         >>> space = get_space("efficientformer").restrict(resolution=[64])  # doctest: +SKIP
         >>> result = nasvit.search(space, "2ms", evaluations=64, seed=1)  # doctest: +SKIP
-        >>> [(p.short, p.predicted_ms, p.accuracy) for p in result.front]  # doctest: +SKIP
+        >>> [(p.short, p.predicted_ms, p.low_ms, p.high_ms) for p in result.front]  # doctest: +SKIP
+        >>> nasvit.search(space, "2ms", budget_confidence=0.9)  # doctest: +SKIP
+        >>> nasvit.search(space, "2ms@p90")  # doctest: +SKIP
     """
     from nasvit.searching.pipeline import run_search
 
@@ -104,6 +115,7 @@ def search(
         space=name,
         restrictions=restrictions,
         budget=budget,
+        budget_confidence=budget_confidence,
         checkpoint=None if supernet is None else Path(supernet),
         device=device,
         controller=controller,
@@ -216,8 +228,10 @@ def predict_latency(
     settings: Settings | None = None,
     num_classes: int = 1000,
     in_channels: int = 3,
+    confidence: float | None = None,
 ) -> Prediction:
-    """The latency table's prediction for ``arch`` on ``device``, with its expected error.
+    """The latency table's prediction for ``arch`` on ``device``, with its interval and the
+    error the table's validation measured in its latency band.
 
     Args:
         arch: an Architecture, a dict of dimension values, or the short string
@@ -228,23 +242,32 @@ def predict_latency(
         num_classes: the network's classes. :func:`profile` measures 1000-class heads by
             default; a search profiles its supernet's (10 for the bundled digits).
         in_channels: the network's input channels (3 by default; 1 for digits).
+        confidence: the interval's confidence, strictly between 0 and 1 (default 0.9).
 
     Returns:
-        The prediction: ``latency_ms``, ``p90_ms``, and ``expected_error`` (the held-out error
-        of the table's latest validation, None if it was never validated).
+        The prediction: ``latency_ms``; ``low_ms`` and ``high_ms``, the interval at
+        ``confidence`` from the networks the table's validation judged; ``expected_error``,
+        their error in the prediction's latency band; and ``error_text``, the same in words.
+        A table that was never validated (``nasvit latency validate``) has no interval:
+        ``low_ms``, ``high_ms`` and ``expected_error`` are None and ``error_text`` says
+        "never validated" rather than a number.
 
     Raises:
-        NasvitError: an unknown space or device, an architecture outside the space, or a
-            table that lacks some of its blocks (the message says how to profile them).
+        NasvitError: an unknown space or device, an architecture outside the space, a
+            confidence outside (0, 1), or a table that lacks some of its blocks (the message
+            says how to profile them).
 
     Example:
         >>> nasvit.predict_latency("r64_w48-96-224-448_d3-2-6-4_v1_m4-4-4-4-4-4-4-4-4",
-        ...                        "efficientformer").latency_ms  # doctest: +SKIP
-        1.84
+        ...                        "efficientformer").describe()  # doctest: +SKIP
+        '1.84 ms (90% interval 1.69-2.05 ms; band MAPE 4.1%)'
     """
     from nasvit.evaluation.latency import resolve_device
+    from nasvit.guarantees import check_confidence
     from nasvit.latency_db import LatencyStore, LatencyTable, MissingBlocksError
 
+    if confidence is not None:
+        confidence = check_confidence(confidence)
     searched = _as_space(space)
     architecture = _as_architecture(arch, searched)
     blocks = searched.lower(architecture, num_classes=num_classes, in_channels=in_channels)
@@ -257,7 +280,7 @@ def predict_latency(
     finally:
         store.close()
     try:
-        return table.predict(blocks)
+        return table.predict(blocks, confidence=confidence)
     except MissingBlocksError as exc:
         raise NasvitError(
             f"cannot predict {searched.short_string(architecture)}: the latency table of device "

@@ -71,3 +71,9 @@ class DeviceNotLocalError(NasvitError):
     @property
     def description(self) -> str:
         return f"device '{self.device}' is not this machine: {', '.join(self.differences)}"
+
+
+class NoSubnetFitsError(NasvitError):
+    """No candidate of a search meets its budget: none is predicted within it, or none of
+    those exported and measured end to end measured within it. The message names the closest
+    candidate and its latency against the budget."""

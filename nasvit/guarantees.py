@@ -86,3 +86,10 @@ def check_percentile(value: object) -> int:
             f"unknown latency percentile {value!r}: use one of {allowed}", argument="budget"
         )
     return value
+
+
+def format_ms(value: float) -> str:
+    """``0.25`` -> "250 us", ``2.0`` -> "2 ms", ``1500`` -> "1.5 s"."""
+    if value < 1:
+        return f"{value * 1e3:.0f} us"
+    return f"{value:.3g} ms" if value < 1000 else f"{value / 1e3:.3g} s"

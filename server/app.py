@@ -12,6 +12,7 @@ status forbids, 413 an oversized body, 422 a well-formed request with unusable v
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from nasvit import __version__
 from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.server import schemas
 from nasvit.server.db import Database
 from nasvit.server.jobs import (
@@ -149,6 +151,8 @@ def job_view(record: JobRecord) -> schemas.Job:
         space=request["space"],
         device=request.get("device"),
         budget_ms=request["budget_ms"],
+        budget_confidence=request.get("budget_confidence"),
+        budget_percentile=request.get("budget_percentile"),
         controller=request["controller"],
         evaluations=request["evaluations"],
         seed=request["seed"],
@@ -166,8 +170,14 @@ def job_view(record: JobRecord) -> schemas.Job:
         worker=record.worker,
         attempt=record.attempt,
         cancel_requested=record.cancel_requested,
-        best=None if record.best is None else schemas.BestSummary(**record.best),
+        best=None if record.best is None else _best_view(record.best),
     )
+
+
+def _best_view(best: dict[str, Any]) -> schemas.BestSummary:
+    # The worker stores the pipeline's interval, which is at the default confidence.
+    interval = best.get("low_ms") is not None and best.get("high_ms") is not None
+    return schemas.BestSummary(**best, interval_confidence=DEFAULT_CONFIDENCE if interval else None)
 
 
 router = APIRouter(prefix=API_PREFIX, responses=_ERRORS)
@@ -180,8 +190,9 @@ def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.
     from nasvit.searching.request import SearchRequest
 
     try:
-        # The search request's own checks: the budget's text, a known space and controller.
-        budget_ms = SearchRequest.from_mapping(body.model_dump()).budget_ms
+        # The search request's own checks: the budget's text (with a percentile), a known
+        # space and controller, the confidence.
+        parsed = SearchRequest.from_mapping(body.model_dump())
         if body.evaluations > services.settings.max_evaluations:
             raise NasvitError(
                 f"evaluations must be at most {services.settings.max_evaluations} on this "
@@ -194,7 +205,10 @@ def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.
     request = {
         "space": body.space,
         "budget": body.budget,
-        "budget_ms": budget_ms,
+        "budget_ms": parsed.budget_ms,
+        # Stored parsed: a worker reads them back, and job views show them.
+        "budget_confidence": parsed.budget_confidence,
+        "budget_percentile": parsed.budget_percentile,
         "device": body.device,
         "controller": body.controller,
         "evaluations": body.evaluations,
@@ -319,26 +333,46 @@ def get_space_detail(name: str) -> schemas.SpaceDetail:
 # ---------------------------------------------------------------------- devices
 def _device_view(store: Any, record: Any) -> schemas.Device:
     validation = store.latest_validation(record.id)
-    summary = None
-    if validation is not None:
-        summary = schemas.ValidationSummary(
-            space=validation.space,
-            created_at=validation.created_at,
-            raw=schemas.ErrorFigures.model_validate(validation.raw, from_attributes=True),
-            calibrated_test=None
-            if validation.calibrated_test is None
-            else schemas.ErrorFigures.model_validate(
-                validation.calibrated_test, from_attributes=True
-            ),
-            calibration_helps=validation.calibration_helps,
-        )
     return schemas.Device(
         id=record.id,
         name=record.name,
         entries=store.entry_count(record.id),
         fingerprint=record.fingerprint.to_dict(),
-        latest_validation=summary,
+        latest_validation=None if validation is None else _validation_view(validation),
     )
+
+
+def _figures(stats: Any) -> schemas.ErrorFigures:
+    return schemas.ErrorFigures.model_validate(stats, from_attributes=True)
+
+
+def _validation_view(validation: Any) -> schemas.ValidationSummary:
+    """What a validation run says about the table's predictions (a ValidationRecord)."""
+    model = validation.error_model
+    ceiling = validation.noise_ceiling
+    bands = None
+    if model is not None:
+        # An interval over too few residuals can be unbounded; JSON has no infinity.
+        bands = [
+            schemas.BandFigures.model_validate(
+                {k: None if _infinite(v) else v for k, v in band.items()}
+            )
+            for band in model.describe_bands()
+        ]
+    return schemas.ValidationSummary(
+        space=validation.space,
+        created_at=validation.created_at,
+        validated=model is not None,
+        prediction_path=validation.prediction_path,
+        prediction_error=_figures(validation.prediction_error),
+        raw=_figures(validation.raw),
+        noise_ceiling=None if ceiling is None else _figures(ceiling),
+        bands=bands,
+    )
+
+
+def _infinite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _device(store: Any, device_id: str) -> Any:

@@ -9,11 +9,13 @@ read incrementally (only the bytes appended since the last read), because dashbo
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.searching.pareto import hypervolume, non_dominated_mask
 from nasvit.searching.pipeline import TRIALS_FILE
 
@@ -81,6 +83,8 @@ class ResultReader:
 def _parse_trial(line: bytes) -> dict[str, Any] | None:
     try:
         trial = json.loads(line)
+        low, high = _optional_ms(trial, "low_ms"), _optional_ms(trial, "high_ms")
+        interval = low is not None and high is not None
         return {
             "index": int(trial["index"]),
             "short": str(trial["short"]),
@@ -89,10 +93,24 @@ def _parse_trial(line: bytes) -> dict[str, Any] | None:
             "loss": float(trial["loss"]),
             "score": float(trial["score"]),
             "predicted_ms": float(trial["latency_ms"]),
+            # Trials of a table never validated, or written before intervals existed, have
+            # none; the pipeline's intervals are at the default confidence.
+            "low_ms": low if interval else None,
+            "high_ms": high if interval else None,
+            "interval_confidence": DEFAULT_CONFIDENCE if interval else None,
+            "judged_ms": _optional_ms(trial, "judged_ms"),
             "feasible": bool(trial["feasible"]),
         }
     except (ValueError, KeyError, TypeError):
         return None  # not a trial line; never let one bad line break the endpoint
+
+
+def _optional_ms(trial: dict[str, Any], name: str) -> float | None:
+    value = trial.get(name)
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None  # JSON answers cannot carry infinity
 
 
 def measured_latencies(report: dict[str, Any] | None) -> dict[int, float]:
@@ -123,9 +141,11 @@ def pareto_summary(
     trials: list[dict[str, Any]], report: dict[str, Any] | None, budget_ms: float
 ) -> dict[str, Any]:
     """The feasible front (sorted by predicted latency), the hypervolume within the budget, and
-    the hypervolume after each evaluation (sampled), as the pipeline's report computes them."""
+    the hypervolume after each evaluation (sampled), as the pipeline's report computes them.
+    Feasible is the pipeline's own verdict (what the budget was judged against, the upper
+    bound or the percentile the job asked for, or the prediction, was within it)."""
     all_points = points(trials, report)
-    feasible = [p for p in all_points if p["predicted_ms"] <= budget_ms]
+    feasible = [p for p in all_points if p["feasible"]]
     on_front = non_dominated_mask([(p["score"], p["predicted_ms"]) for p in feasible])
     front = sorted(
         (p for p, keep in zip(feasible, on_front, strict=True) if keep),

@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from nasvit.guarantees import BUDGET_PERCENTILES
 from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, EntryValue, Transfer
 from nasvit.searching.request import request_option
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+if TYPE_CHECKING:
+    Percentile = int
+else:  # the schema's enum, from the one list of allowed percentiles
+    Percentile = Literal[BUDGET_PERCENTILES]
 
 
 class Problem(BaseModel):
@@ -26,6 +31,8 @@ def _from_request(name: str, **limits: Any) -> Any:
         ... if option.required else option.default,
         ge=option.ge,
         le=option.le,
+        gt=option.gt,
+        lt=option.lt,
         description=option.help,
         **limits,
     )
@@ -37,15 +44,24 @@ class SearchCreate(BaseModel):
     Fields, defaults and bounds are the search request's own (``budget`` is its text form);
     string lengths are limited here. The service caps ``evaluations`` with its
     ``max_evaluations`` setting; the names (space, controller, device) are checked when the
-    job is created."""
+    job is created. A budget holds at the prediction by default, at ``budget_confidence``, or
+    at a percentile of single calls (``budget_percentile``, or ``"2ms@p90"`` as the budget)."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"space": "efficientformer", "budget": "2ms"}]},
+        json_schema_extra={
+            "examples": [
+                {"space": "efficientformer", "budget": "2ms"},
+                {"space": "efficientformer", "budget": "2ms", "budget_confidence": 0.9},
+                {"space": "efficientformer", "budget": "2ms@p90"},
+            ]
+        },
     )
 
     space: str = _from_request("space", min_length=1, max_length=100)
     budget: str = _from_request("budget_ms", min_length=1, max_length=50)
+    budget_confidence: float | None = _from_request("budget_confidence")
+    budget_percentile: Percentile | None = _from_request("budget_percentile")
     device: str | None = _from_request("device", min_length=1, max_length=200)
     controller: str = _from_request("controller", max_length=50)
     evaluations: int = _from_request("evaluations")
@@ -60,11 +76,27 @@ class Progress(BaseModel):
     fraction: float = Field(description="done / total within the current stage.")
 
 
+_INTERVAL = (
+    "The prediction's interval at the table's confidence (``interval_confidence``); null when "
+    "the table was never validated."
+)
+_JUDGED = (
+    "What the budget was compared with: the upper bound at the job's confidence, the "
+    "predicted percentile of calls, or the prediction for a plain budget."
+)
+
+
 class BestSummary(BaseModel):
     short: str
     accuracy: float
     predicted_ms: float
     measured_ms: float | None = None
+    low_ms: float | None = Field(None, description=_INTERVAL)
+    high_ms: float | None = Field(None, description=_INTERVAL)
+    interval_confidence: float | None = Field(
+        None, description="The confidence of low_ms/high_ms (null when there is no interval)."
+    )
+    judged_ms: float | None = Field(None, description=_JUDGED)
 
 
 class Job(BaseModel):
@@ -73,6 +105,12 @@ class Job(BaseModel):
     space: str
     device: str | None
     budget_ms: float
+    budget_confidence: float | None = Field(
+        None, description="The budget holds at this confidence (null: not asked)."
+    )
+    budget_percentile: int | None = Field(
+        None, description="The budget holds at this percentile of single calls (null: not asked)."
+    )
     controller: str
     evaluations: int
     seed: int
@@ -103,8 +141,16 @@ class Point(BaseModel):
     loss: float
     score: float = Field(description="Accuracy with the loss as a tie-break (what is ranked).")
     predicted_ms: float
-    measured_ms: float | None
-    feasible: bool
+    low_ms: float | None = Field(None, description=_INTERVAL)
+    high_ms: float | None = Field(None, description=_INTERVAL)
+    interval_confidence: float | None = Field(
+        None, description="The confidence of low_ms/high_ms (null when there is no interval)."
+    )
+    judged_ms: float | None = Field(None, description=_JUDGED)
+    measured_ms: float | None = Field(
+        description="Measured end to end (the median of fresh sessions); null if not exported."
+    )
+    feasible: bool = Field(description="judged_ms is within the budget.")
     dominated: bool = Field(description="Another trial is at least as good in both objectives.")
 
 
@@ -162,12 +208,47 @@ class ErrorFigures(BaseModel):
     spearman: float | None = None
 
 
+class BandFigures(BaseModel):
+    """One latency band of a validation's error model (bands are over the block sum)."""
+
+    band: int
+    low_ms: float
+    high_ms: float
+    model: str = Field(description='"sum" or "residency": the model predictions use here.')
+    n_judged: int = Field(description="Held-out networks judged in this band.")
+    mape: float | None = None
+    within_10: float | None = None
+    median_bias: float | None = None
+    interval_width: float | None = Field(
+        None,
+        description="Relative width of the interval at the model's confidence (null: unbounded).",
+    )
+    pooled_interval: bool = Field(
+        description="Too few judged networks here: the interval uses all bands' residuals."
+    )
+
+
 class ValidationSummary(BaseModel):
     space: str
     created_at: datetime | None
-    raw: ErrorFigures
-    calibrated_test: ErrorFigures | None = None
-    calibration_helps: bool
+    validated: bool = Field(
+        description="An error model was fitted: predictions carry intervals and budgets may "
+        "name a confidence or a percentile."
+    )
+    prediction_path: str = Field(description="The model predictions use, per band.")
+    prediction_error: ErrorFigures = Field(
+        description="The error of predictions on held-out networks (an old run without an "
+        "error model: the block sum's over all its networks)."
+    )
+    raw: ErrorFigures = Field(description="The plain block sum over all measured networks.")
+    noise_ceiling: ErrorFigures | None = Field(
+        None,
+        description="What a perfect predictor would score against this run's truth (the "
+        "median of each network's readings); null when no network was read twice.",
+    )
+    bands: list[BandFigures] | None = Field(
+        None, description="Per latency band; null for a run without an error model."
+    )
 
 
 class Device(BaseModel):

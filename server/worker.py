@@ -15,6 +15,7 @@ that finishes its last step before that is recorded as succeeded.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -52,6 +53,11 @@ def _job_error(error: NasvitError) -> str:
             "without a device"
         )
     return str(error)
+
+
+def _finite(value: float | None) -> float | None:
+    # An interval over too few residuals may be unbounded; JSON columns hold no infinity.
+    return value if value is not None and math.isfinite(value) else None
 
 
 def default_worker_name() -> str:
@@ -193,7 +199,7 @@ class Worker:
             )
         except _Stop as stop:
             return self._stopped(claim, stop.reason)
-        except NasvitError as exc:
+        except NasvitError as exc:  # e.g. NoSubnetFitsError: no candidate measured in budget
             return self._finish(claim, "failed", error=_job_error(exc))
         except KeyboardInterrupt:
             self.jobs.release(claim)  # the trials so far stay; the next claim resumes
@@ -206,11 +212,15 @@ class Worker:
         finally:
             heartbeat.finished.set()
             heartbeat.join()
+        best = result.best
         summary: dict[str, Any] = {
-            "short": result.best.short,
-            "accuracy": result.best.accuracy,
-            "predicted_ms": result.best.latency_ms,
+            "short": best.short,
+            "accuracy": best.accuracy,
+            "predicted_ms": best.latency_ms,
             "measured_ms": result.best_measured_ms,
+            "low_ms": _finite(best.low_ms),
+            "high_ms": _finite(best.high_ms),
+            "judged_ms": _finite(best.judged_ms),
         }
         return self._finish(claim, "succeeded", best=summary)
 

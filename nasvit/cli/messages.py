@@ -10,7 +10,11 @@ from __future__ import annotations
 from nasvit.errors import DeviceNotLocalError, NasvitError, OutputExistsError
 
 # Library arguments -> the flag that sets them, where the two names differ in more than dashes.
-_FLAGS: dict[str, str] = {}
+_FLAGS: dict[str, str] = {
+    "budget_ms": "--budget",
+    "budget_percentile": "--budget",  # the percentile is part of the budget's text: 2ms@p90
+    "budget_confidence": "--confidence",
+}
 
 
 def _flag(argument: str) -> str:

@@ -10,7 +10,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from nasvit.searching.request import RequestOption, request_option
+from nasvit.guarantees import DEFAULT_CONFIDENCE
+from nasvit.searching.budget import format_ms
+from nasvit.searching.request import (
+    FrontPoint,
+    RequestOption,
+    SearchRequest,
+    SearchResult,
+    request_option,
+)
 from nasvit.settings import Settings
 
 console = Console()
@@ -20,6 +28,7 @@ err_console = Console(stderr=True)
 # service's request schema reads the same definitions.
 SPACE = request_option("space")
 BUDGET = request_option("budget_ms")
+CONFIDENCE = request_option("budget_confidence")
 DEVICE = request_option("device")
 CONTROLLER = request_option("controller")
 EVALUATIONS = request_option("evaluations")
@@ -42,6 +51,11 @@ def _bounded(flag: str, option: RequestOption) -> Any:
 def search_command(
     space: Annotated[str, typer.Option("--space", help=SPACE.help)],
     budget: Annotated[str, typer.Option("--budget", help=BUDGET.help)],
+    # No click range here: the bounds are open (0 < C < 1), which typer cannot state, and the
+    # request's own check words the error with the allowed range.
+    confidence: Annotated[
+        float | None, typer.Option("--confidence", help=CONFIDENCE.help)
+    ] = CONFIDENCE.default,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE.help)] = DEVICE.default,
     controller: Annotated[
         str, typer.Option("--controller", help=CONTROLLER.help)
@@ -69,25 +83,28 @@ def search_command(
     """Search SPACE for the most accurate architectures under BUDGET on the device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from nasvit.searching.budget import format_ms, parse_budget
-    from nasvit.searching.pipeline import SearchRequest, run_search
-
-    budget_ms = parse_budget(budget)
-    request = SearchRequest(  # checks the space, the controller and the bounds
-        space=space,
-        budget_ms=budget_ms,
-        device=device,
-        controller=controller,
-        evaluations=evaluations,
-        workers=workers,
-        seed=seed,
-        checkpoint=ckpt,
-        data=data,
-        out=out,
-        resume=resume,
-        ray_address=ray_address,
-        validate_networks=validate_networks,
+    # Reads the budget's text (2ms, 2ms@p90) and checks the space, the controller, the
+    # confidence and the bounds, as the API and the service do.
+    request = SearchRequest.from_mapping(
+        {
+            "space": space,
+            "budget": budget,
+            "budget_confidence": confidence,
+            "device": device,
+            "controller": controller,
+            "evaluations": evaluations,
+            "workers": workers,
+            "seed": seed,
+            "checkpoint": ckpt,
+            "data": data,
+            "out": out,
+            "resume": resume,
+            "ray_address": ray_address,
+            "validate_networks": validate_networks,
+        }
     )
+    from nasvit.searching.pipeline import run_search  # heavy: only for a valid request
+
     bar = Progress(
         "{task.description}",
         BarColumn(),
@@ -110,6 +127,7 @@ def search_command(
         return
     table = Table(
         "latency (predicted)",
+        f"{100 * DEFAULT_CONFIDENCE:g}% interval",
         "measured",
         "accuracy",
         "",
@@ -117,23 +135,65 @@ def search_command(
         title=f"Pareto front ({len(result.trials)} evaluations)",
     )
     for point in result.front:
-        marker = (
-            "best"
-            if point.short == result.best.short
-            else ("" if point.feasible else "over budget")
-        )
         table.add_row(
             format_ms(point.predicted_ms),
+            _interval(point.low_ms, point.high_ms),
             "" if point.measured_ms is None else format_ms(point.measured_ms),
             f"{point.accuracy:.3f}",
-            marker,
+            _marker(point, result.best.short, request.budget_ms),
             point.short,
         )
     console.print(table)
-    best = result.report["best"]
+    console.print(best_summary(result, request))
     console.print(
-        f"best under {format_ms(budget_ms)}: [bold]{result.best.short}[/bold]\n"
-        f"  accuracy {best['accuracy']:.3f} (val), {best['test_accuracy']:.3f} (test); latency "
-        f"{format_ms(best['predicted_ms'])} predicted, {format_ms(best['measured_ms'])} measured "
-        f"end to end\n  artifacts in {out}/: best.onnx best.json pareto.csv trials.csv report.json"
+        f"  artifacts in {out}/: best.onnx best.json pareto.csv trials.csv report.json",
+        highlight=False,
+    )
+
+
+def _interval(low_ms: float | None, high_ms: float | None) -> str:
+    if low_ms is None or high_ms is None:
+        return "not validated"
+    return f"{format_ms(low_ms)}-{format_ms(high_ms)}"
+
+
+def _marker(point: FrontPoint, best: str, budget_ms: float) -> str:
+    # A measurement outranks the prediction: a point measured over the budget says so even
+    # when its prediction was feasible.
+    if point.short == best:
+        return "best"
+    if point.measured_ms is not None and point.measured_ms > budget_ms:
+        return "measured over budget"
+    return "" if point.feasible else "over budget"
+
+
+def best_summary(result: SearchResult, request: SearchRequest) -> str:
+    """The chosen subnet in one line: what it scored, what it measured, what was predicted
+    with its interval, and how that compares with the budget as it was stated. "under" is
+    only said of a measurement within the budget (for a percentile budget, that percentile of
+    the measured calls)."""
+    best, measured = result.best, result.best_measured_ms
+    reported = result.report.get("best", {})
+    test_accuracy = reported.get("test_accuracy")
+    accuracy = f"{best.accuracy:.3f} acc" + (
+        "" if test_accuracy is None else f" ({test_accuracy:.3f} test)"
+    )
+    guarantee = request.guarantee
+    # What the decision compared with the budget: the median of the readings, or the
+    # percentile of their calls.
+    statistic = float(reported.get("statistic_ms", measured))
+    details = []
+    if guarantee.percentile is not None:
+        details.append(f"p{guarantee.percentile} of calls {format_ms(statistic)}")
+    details.append(f"predicted {format_ms(best.latency_ms)}")
+    if best.low_ms is None or best.high_ms is None:
+        details.append("no interval: the table was never validated")
+    else:
+        confidence = f"{100 * DEFAULT_CONFIDENCE:g}%"
+        details.append(f"{confidence} interval {_interval(best.low_ms, best.high_ms)}")
+    budget = f"{format_ms(request.budget_ms)}{guarantee.describe()}"
+    verdict = "under" if statistic <= request.budget_ms else "OVER"
+    return (
+        f"best: [bold]{best.short}[/bold] {accuracy}, measured {format_ms(measured)} "
+        f"({', '.join(details)}) {verdict} {budget}"
     )

@@ -1,4 +1,5 @@
-"""Latency budgets as users write them: "2ms", "2 ms", "1500us", "0.002s"."""
+"""Latency budgets as users write them: "2ms", "2 ms", "1500us", "0.002s", and with a
+percentile of single calls: "2ms@p90", "2 ms @ p99"."""
 
 from __future__ import annotations
 
@@ -6,9 +7,14 @@ import math
 import re
 
 from nasvit.errors import NasvitError
+from nasvit.guarantees import BUDGET_PERCENTILES, check_percentile
+from nasvit.guarantees import format_ms as format_ms  # re-exported: callers format budgets here
 
 _UNITS_TO_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*$", re.IGNORECASE)
+# "<budget> @ p<digits>"; what follows "@" is checked apart so a bad percentile gets its own
+# message (naming the allowed ones) instead of "cannot read latency budget".
+_PERCENTILE = re.compile(r"^\s*p([0-9]+)\s*$", re.IGNORECASE)
 
 
 def parse_budget(text: str) -> float:
@@ -17,13 +23,34 @@ def parse_budget(text: str) -> float:
     if match is None:
         raise NasvitError(
             f"cannot read latency budget '{text}': write a number and a unit, "
-            "e.g. 2ms, 2 ms, 1500us or 0.002s"
+            "e.g. 2ms, 2 ms, 1500us or 0.002s",
+            argument="budget",
         )
     value = float(match.group(1)) * _UNITS_TO_MS[match.group(2).lower()]
     if not math.isfinite(value) or value <= 0:
-        raise NasvitError(f"latency budget must be positive, got '{text}'")
+        raise NasvitError(f"latency budget must be positive, got '{text}'", argument="budget")
     return value
 
 
-def format_ms(value: float) -> str:
-    return f"{value * 1e3:.0f} us" if value < 1 else f"{value:.3g} ms"
+def parse_budget_spec(text: str) -> tuple[float, int | None]:
+    """The budget in milliseconds and the percentile it names (None without ``@pNN``).
+
+    ``"2ms"`` -> ``(2.0, None)``; ``"2ms@p90"`` and ``"2 ms @ p90"`` -> ``(2.0, 90)``.
+
+    Raises:
+        NasvitError: a budget :func:`parse_budget` refuses, or a percentile not in
+            :data:`nasvit.guarantees.BUDGET_PERCENTILES`.
+    """
+    budget, at, percentile = text.partition("@")
+    budget_ms = parse_budget(budget)
+    if not at:
+        return budget_ms, None
+    match = _PERCENTILE.match(percentile)
+    if match is None:
+        allowed = ", ".join(f"p{p}" for p in BUDGET_PERCENTILES)
+        raise NasvitError(
+            f"unknown latency percentile '{percentile.strip()}' in budget '{text}': "
+            f"use one of {allowed} (e.g. 2ms@p90)",
+            argument="budget",
+        )
+    return budget_ms, check_percentile(int(match.group(1)))

@@ -21,14 +21,15 @@ from nasvit.searching.request import (
     Trial,
 )
 from nasvit.searching.stages import (
+    MAX_END_TO_END_EXPORTS,
     NEAR_BUDGET_MEASUREMENTS,
     NEAR_BUDGET_SHARE,
     TRIALS_FILE,
     StageTimer,
+    TableLatency,
     check_end_to_end,
     make_executor,
     open_trial_store,
-    predicted_latency,
     prepare_supernet,
     prepare_table,
     run_search_loop,
@@ -38,6 +39,7 @@ from nasvit.searching.stages import (
 from nasvit.settings import Settings, load_settings
 
 __all__ = [
+    "MAX_END_TO_END_EXPORTS",
     "NEAR_BUDGET_MEASUREMENTS",
     "NEAR_BUDGET_SHARE",
     "TRIALS_FILE",
@@ -71,8 +73,9 @@ def run_search(
 
     Raises:
         OutputExistsError: ``request.out`` holds a search and ``request.resume`` is False.
-        NasvitError: bad input, or no architecture meets the budget (the message names the
-            fastest one found).
+        NoSubnetFitsError: no architecture is predicted within the budget, or none of the
+            candidates measured end to end measures within it (the message names the closest).
+        NasvitError: bad input.
     """
     from nasvit.data import load_dataset
     from nasvit.evaluation.evaluator import SubnetEvaluator
@@ -95,8 +98,8 @@ def run_search(
     trial_store = open_trial_store(request, model.space, url)
     executor = make_executor(request, model, evaluator, request.ray_address or settings.ray_address)
     with closing(executor), timer.stage("search_s"):
-        predict = predicted_latency(latency.table, model)
-        loop = run_search_loop(request, model.space, executor, predict, trial_store, report)
+        estimates = TableLatency(latency.table, model, request.guarantee)
+        loop = run_search_loop(request, model.space, executor, estimates, trial_store, report)
     with timer.stage("end_to_end_s"):
         check = check_end_to_end(request, model, evaluator, latency.profiler, loop.trials)
     result = summarise(request, model, latency, loop, check, timer.finish())

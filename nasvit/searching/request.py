@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.guarantees import BUDGET_PERCENTILES, Guarantee
 from nasvit.searching.defaults import DEFAULT_EVALUATIONS, DEFAULT_VALIDATE_NETWORKS
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ class RequestOption:
         required: the option has no default.
         ge: smallest allowed value of an integer option (None: unbounded).
         le: largest allowed value of an integer option (None: unbounded).
+        gt: a number option must be above this (None: unbounded); checked by :meth:`validate`.
+        lt: a number option must be below this (None: unbounded); checked by :meth:`validate`.
+        choices: the only values the option may take besides None (None: any).
     """
 
     name: str
@@ -48,10 +52,23 @@ class RequestOption:
     required: bool = False
     ge: int | None = None
     le: int | None = None
+    gt: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
 
 
-def _option(help: str, default: Any, *, ge: int | None = None, le: int | None = None) -> Any:
-    return field(default=default, metadata={_SPEC: RequestOption("", help, default, False, ge, le)})
+def _option(
+    help: str,
+    default: Any,
+    *,
+    ge: int | None = None,
+    le: int | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
+    spec = RequestOption("", help, default, False, ge, le, gt, lt, choices)
+    return field(default=default, metadata={_SPEC: spec})
 
 
 def _required(help: str) -> Any:
@@ -67,7 +84,22 @@ class SearchRequest:
     """
 
     space: str = _required("Search space name.")
-    budget_ms: float = _required("Latency budget: 2ms, 1500us, 0.002s.")
+    budget_ms: float = _required("Latency budget: 2ms, 1500us, 0.002s; 2ms@p90 for a percentile.")
+    # The bounds and choices below are what check_confidence and check_percentile
+    # (nasvit.guarantees) accept; they are stated here for the CLI and the service's schema.
+    budget_confidence: float | None = _option(
+        "Meet the budget at this confidence (between 0 and 1, e.g. 0.9): the prediction's "
+        "upper bound must fit.",
+        None,
+        gt=0.0,
+        lt=1.0,
+    )
+    budget_percentile: int | None = _option(
+        "Meet the budget at this percentile of single calls (50, 75, 90, 95 or 99); the "
+        "budget's text may say it instead: 2ms@p90.",
+        None,
+        choices=BUDGET_PERCENTILES,
+    )
     device: str | None = _option(
         "Name or id of a device in the latency database (default: this machine's CPU).", None
     )
@@ -107,7 +139,9 @@ class SearchRequest:
 
         Raises:
             NasvitError: unknown space or controller, restrictions the space refuses, a budget
-                that is not a positive number, or a number out of its bounds.
+                that is not a positive number, a confidence outside (0, 1), a percentile not
+                in :data:`~nasvit.guarantees.BUDGET_PERCENTILES`, both of these, or a number
+                out of its bounds.
         """
         from nasvit.searching.controllers import CONTROLLERS
 
@@ -118,6 +152,7 @@ class SearchRequest:
             )
         if self.budget_ms <= 0:
             raise NasvitError(f"latency budget must be positive, got {self.budget_ms} ms")
+        self._check_guarantee()
         if self.controller not in CONTROLLERS:
             raise UnknownNameError("controller", self.controller, CONTROLLERS)
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
@@ -125,6 +160,20 @@ class SearchRequest:
         for option in request_options():
             if option.ge is not None or option.le is not None:
                 _check_bounds(option, getattr(self, option.name))
+
+    @property
+    def guarantee(self) -> Guarantee:
+        """How the budget must hold (see :mod:`nasvit.guarantees`)."""
+        return Guarantee(self.budget_confidence, self.budget_percentile)
+
+    def _check_guarantee(self) -> None:
+        # Guarantee holds the checks; its errors name the guarantee's own fields, so they are
+        # re-raised naming this request's options (the CLI words those as its flags).
+        try:
+            Guarantee(self.budget_confidence, self.budget_percentile)
+        except NasvitError as exc:
+            option = "budget_percentile" if exc.argument == "budget" else "budget_confidence"
+            raise NasvitError(str(exc), argument=option) from None
 
     def search_space(self) -> SearchSpace:
         """The registered space, restricted by ``restrictions`` when given."""
@@ -137,20 +186,33 @@ class SearchRequest:
     def from_mapping(cls, values: Mapping[str, Any], **overrides: Any) -> SearchRequest:
         """A request from plain values: a job's stored JSON, keyword options of the Python API.
 
-        ``budget`` (text such as ``"2ms"``, or a number of milliseconds) may stand for
-        ``budget_ms``; ``checkpoint`` and ``out`` may be strings. ``overrides`` win over
-        ``values``.
+        ``budget`` (text such as ``"2ms"`` or ``"2ms@p90"``, or a number of milliseconds) may
+        stand for ``budget_ms`` (and ``budget_percentile``); ``checkpoint`` and ``out`` may be
+        strings. ``overrides`` win over ``values``.
 
         Raises:
-            NasvitError: an unknown or missing option, or one that fails :meth:`validate`.
+            NasvitError: an unknown or missing option, a budget text naming another percentile
+                than ``budget_percentile``, or an option that fails :meth:`validate`.
         """
-        from nasvit.searching.budget import parse_budget
+        from nasvit.searching.budget import parse_budget_spec
 
         merged = {**values, **overrides}
         if "budget" in merged:
             budget = merged.pop("budget")
+            budget_ms, percentile = (
+                parse_budget_spec(budget) if isinstance(budget, str) else (budget, None)
+            )
             if "budget_ms" not in merged:
-                merged["budget_ms"] = parse_budget(budget) if isinstance(budget, str) else budget
+                merged["budget_ms"] = budget_ms
+            if percentile is not None:
+                stated = merged.get("budget_percentile")
+                if stated is not None and stated != percentile:
+                    raise NasvitError(
+                        f"the budget '{budget}' is at p{percentile} but budget_percentile is "
+                        f"{stated!r}: state the percentile once",
+                        argument="budget_percentile",
+                    )
+                merged["budget_percentile"] = percentile
         names = [f.name for f in fields(cls)]
         for name in merged:
             if name not in names:
@@ -201,7 +263,14 @@ class Trial:
     loss: float
     score: float  # what is ranked: accuracy with the loss as a tie-break
     latency_ms: float  # predicted by the latency table
-    feasible: bool  # latency_ms within the budget
+    feasible: bool  # judged_ms (latency_ms for a plain budget) within the budget
+    # The prediction's interval at the table's confidence (None: table never validated, or a
+    # trial stored before intervals existed).
+    low_ms: float | None = None
+    high_ms: float | None = None
+    # What the budget was compared with: the upper bound at the request's confidence, the
+    # predicted percentile of calls, or latency_ms for a plain budget.
+    judged_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -215,8 +284,13 @@ class FrontPoint:
         loss: validation loss.
         predicted_ms: the latency table's prediction.
         measured_ms: whole-network latency measured end to end, or None if it was not exported.
-        feasible: ``predicted_ms`` is within the budget.
+        feasible: the trial's judged latency is within the budget.
         arch: the architecture, as a dict of dimension values.
+        low_ms, high_ms: the prediction's interval at the table's confidence (None: the
+            table was never validated).
+        judged_ms: what the budget was compared with (see :class:`Trial`).
+        measured_readings_ms: every end-to-end reading (fresh sessions); ``measured_ms`` is
+            their median. Empty if it was not exported.
     """
 
     index: int
@@ -227,11 +301,19 @@ class FrontPoint:
     measured_ms: float | None
     feasible: bool
     arch: dict[str, Any]
+    low_ms: float | None = None
+    high_ms: float | None = None
+    judged_ms: float | None = None
+    measured_readings_ms: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The point as ``report.json`` and ``pareto.csv`` hold it (the short string stands
         for the architecture there)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "arch"}
+        return {
+            f.name: list(value) if isinstance(value := getattr(self, f.name), tuple) else value
+            for f in fields(self)
+            if f.name != "arch"
+        }
 
 
 @dataclass(frozen=True)
@@ -239,9 +321,12 @@ class SearchResult:
     """What a finished search gives back (its artifacts are in the request's output folder).
 
     Attributes:
-        best: the most accurate trial within the budget (confirmed by measurement when one of
-            the top candidates measured within it).
-        best_measured_ms: the best's whole-network latency, measured end to end.
+        best: the most accurate trial judged within the budget that also measured within it
+            end to end (a search where none does raises
+            :class:`~nasvit.errors.NoSubnetFitsError` instead).
+        best_measured_ms: the best's whole-network latency measured end to end: the median of
+            its readings (``report["end_to_end"]`` holds every reading and the statistic
+            compared with the budget).
         front: the Pareto front of all trials, by predicted latency.
         trials: every trial, in evaluation order.
         report: the content of ``report.json``.

@@ -112,6 +112,29 @@ function formatMs(value) {
   return `${Number(value.toPrecision(4))} ms`;
 }
 
+// "2 ms", "2 ms at p90" or "2 ms at 90% confidence": the budget as the job stated it.
+function formatBudget(job) {
+  let text = formatMs(job.budget_ms);
+  if (job.budget_percentile !== null && job.budget_percentile !== undefined) {
+    text += ` at p${job.budget_percentile}`;
+  } else if (job.budget_confidence !== null && job.budget_confidence !== undefined) {
+    text += ` at ${Number((100 * job.budget_confidence).toPrecision(4))}% confidence`;
+  }
+  return text;
+}
+
+const known = (value) => value !== null && value !== undefined;
+
+// "1.02 ms [0.95, 1.12] at 90%": the prediction with its interval, when the table has one.
+function formatPrediction(point) {
+  const predicted = formatMs(point.predicted_ms);
+  if (!known(point.low_ms) || !known(point.high_ms)) return `${predicted} (no interval)`;
+  const bound = (value) => Number(value.toPrecision(3));
+  const confidence = known(point.interval_confidence)
+    ? ` at ${Number((100 * point.interval_confidence).toPrecision(4))}%` : "";
+  return `${predicted} [${bound(point.low_ms)}, ${bound(point.high_ms)}]${confidence}`;
+}
+
 function formatTime(iso) {
   if (!iso) return "—";
   const date = new Date(iso);
@@ -119,7 +142,7 @@ function formatTime(iso) {
 }
 
 function jobLabel(job) {
-  return `${job.space} · ${job.device || "this CPU"} · ${formatMs(job.budget_ms)} (${job.id.slice(0, 8)})`;
+  return `${job.space} · ${job.device || "this CPU"} · ${formatBudget(job)} (${job.id.slice(0, 8)})`;
 }
 
 function setMessage(text, isError = false) {
@@ -175,7 +198,7 @@ function renderJobs(listing) {
     row.append(element("td", job.id.slice(0, 8), "mono"));
     row.append(element("td", job.space));
     row.append(element("td", job.device || "this CPU"));
-    row.append(element("td", formatMs(job.budget_ms)));
+    row.append(element("td", formatBudget(job)));
     row.append(element("td", job.controller));
     const statusCell = element("td");
     statusCell.append(element("span", job.status, `status status-${job.status}`));
@@ -193,13 +216,17 @@ function renderJobs(listing) {
 // ---- per-job plots ------------------------------------------------------------------------
 
 function hoverData(point) {
-  const measured = point.measured_ms === null || point.measured_ms === undefined
-    ? "not measured" : formatMs(point.measured_ms);
-  return [point.short, formatMs(point.predicted_ms), measured, point.index];
+  const measured = known(point.measured_ms) ? formatMs(point.measured_ms) : "not measured";
+  // The value the budget was judged on, where it is not the prediction itself (a budget at a
+  // confidence or a percentile).
+  const judged = known(point.judged_ms) && point.judged_ms !== point.predicted_ms
+    ? `<br>judged ${formatMs(point.judged_ms)} against the budget` : "";
+  return [point.short, formatPrediction(point), measured, point.index, judged];
 }
 
 const HOVER_TEMPLATE = "<b>%{customdata[0]}</b><br>accuracy %{y:.4f}<br>"
-  + "predicted %{customdata[1]}<br>measured %{customdata[2]}<extra>trial %{customdata[3]}</extra>";
+  + "predicted %{customdata[1]}<br>measured %{customdata[2]}%{customdata[4]}"
+  + "<extra>trial %{customdata[3]}</extra>";
 
 function pointsTrace(name, points, x, marker, extra = {}) {
   return {
@@ -248,7 +275,7 @@ function drawPareto(detail) {
     yaxis: { title: { text: "validation accuracy" } },
     shapes: [budgetShape(budget)],
     annotations: [{
-      x: budget, y: 1, xref: "x", yref: "paper", text: `budget ${formatMs(budget)}`,
+      x: budget, y: 1, xref: "x", yref: "paper", text: `budget ${formatBudget(detail.job)}`,
       showarrow: false, xanchor: "left", yanchor: "top", font: { color: BUDGET_COLOR },
     }],
     legend: { orientation: "h", y: -0.2 },
@@ -302,7 +329,7 @@ function renderSummary(detail) {
   status.textContent = job.status;
   status.className = `status status-${job.status}`;
   const parts = [
-    `space ${job.space}`, `device ${job.device || "this CPU"}`, `budget ${formatMs(job.budget_ms)}`,
+    `space ${job.space}`, `device ${job.device || "this CPU"}`, `budget ${formatBudget(job)}`,
     `controller ${job.controller}`, `${job.evaluations} evaluations`, `seed ${job.seed}`,
   ];
   const progress = job.progress || {};
@@ -313,7 +340,7 @@ function renderSummary(detail) {
   if (detail.pareto) parts.push(`hypervolume ${Number(detail.pareto.hypervolume.toPrecision(4))}`);
   if (job.best) {
     parts.push(`best ${job.best.short}: accuracy ${job.best.accuracy.toFixed(4)}, predicted `
-      + `${formatMs(job.best.predicted_ms)}, measured ${formatMs(job.best.measured_ms)}`);
+      + `${formatPrediction(job.best)}, measured ${formatMs(job.best.measured_ms)}`);
   }
   if (job.error) parts.push(`error: ${job.error}`);
   document.getElementById("job-summary").textContent = parts.join(" · ");

@@ -229,6 +229,9 @@ def test_profile_measures_what_is_missing_and_predictions_come_from_that_table(
     expected = table.predict(space.lower(arch, **SHAPE))
     assert isinstance(prediction, Prediction) and prediction == expected
     assert prediction.latency_ms > 0 and prediction.expected_error is None  # never validated
+    # No interval and no error figure: the error field says the table was never validated.
+    assert not prediction.validated and (prediction.low_ms, prediction.high_ms) == (None, None)
+    assert "never validated" in prediction.error_text and "%" not in prediction.describe()
     # The same architecture as a dict, as its short string, and on the named device.
     for same in (arch.to_dict(), space.short_string(arch)):
         assert nasvit.predict_latency(same, space, settings=settings, **SHAPE) == expected
@@ -240,9 +243,38 @@ def test_profile_measures_what_is_missing_and_predictions_come_from_that_table(
         nasvit.predict_latency(arch, space, settings=settings)
 
 
+@pytest.mark.slow  # uses the module's validated table
+def test_predictions_of_a_validated_table_carry_intervals(home) -> None:
+    from nasvit.evaluation.latency import resolve_device
+    from nasvit.latency_db import LatencyStore, LatencyTable
+
+    settings = Settings(home=home)
+    space = tiny_space()
+    arch = space.largest()
+    prediction = nasvit.predict_latency(arch, space, settings=settings, **SHAPE)
+    assert prediction.validated and prediction.confidence == 0.9
+    assert prediction.low_ms < prediction.high_ms and prediction.band is not None
+    assert "90% interval" in prediction.error_text and "never validated" not in (
+        prediction.describe()
+    )
+    store = LatencyStore.open(settings.resolved_database_url)
+    table = LatencyTable.load(store, resolve_device(store)[0].id, space.identity)
+    store.close()
+    band = table.error_model.bands[prediction.band]
+    assert prediction.expected_error == band.judged and prediction.model == band.model
+    narrower = nasvit.predict_latency(arch, space, settings=settings, confidence=0.5, **SHAPE)
+    assert narrower.confidence == 0.5 and narrower.latency_ms == prediction.latency_ms
+    assert prediction.low_ms <= narrower.low_ms <= narrower.high_ms <= prediction.high_ms
+    assert "50% interval" in narrower.error_text
+
+
 def test_predict_latency_refuses_bad_input(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path)
     space = tiny_space()
+    for confidence in (0.0, 1.0, 1.5):
+        with pytest.raises(NasvitError, match="confidence must be between 0 and 1") as raised:
+            nasvit.predict_latency(space.largest(), space, settings=settings, confidence=confidence)
+        assert raised.value.argument == "confidence"
     with pytest.raises(NasvitError, match="unknown device 'phone'"):
         nasvit.predict_latency(space.largest(), space, "phone", settings=settings)
     with pytest.raises(NasvitError, match="cannot read 'x1'"):
@@ -373,9 +405,10 @@ def test_the_artifacts_stage_writes_the_result(tmp_path: Path) -> None:
     assert rows[1] == ["0", trials[0].short, "0.9000", "0.3000", "2.0000", "True"]
     with (tmp_path / "pareto.csv").open() as handle:
         pareto = list(csv.reader(handle))
-    columns = ["index", "short", "accuracy", "loss", "predicted_ms", "measured_ms", "feasible"]
+    columns = ["index", "short", "accuracy", "loss", "predicted_ms", "measured_ms", "feasible",
+               "low_ms", "high_ms", "judged_ms", "measured_readings_ms"]  # fmt: skip
     assert pareto[0] == columns
-    assert pareto[1] == ["1", trials[1].short, "0.8", "0.3", "1.0", "", "True"]
+    assert pareto[1] == ["1", trials[1].short, "0.8", "0.3", "1.0", "", "True", "", "", "", ""]
     assert pareto[2][5] == "1.25"
 
 

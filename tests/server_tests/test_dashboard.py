@@ -251,6 +251,12 @@ def test_live_page_follows_the_job_to_its_pareto_front(page: Any, service: Servi
     hover.wait_for(timeout=10_000)
     label = hover.text_content() or ""  # an SVG node: text_content, not inner_text
     assert job["best"]["short"] in label and "predicted" in label and "measured" in label
+    # ... and the prediction's interval, when the table has an error model.
+    [best_trial] = [t for t in trials["items"] if t["short"] == job["best"]["short"]][:1]
+    if best_trial["low_ms"] is None:
+        assert "(no interval)" in label
+    else:
+        assert f"at {100 * best_trial['interval_confidence']:g}%" in label and "[" in label
 
     # Clicking it downloads the job's best.onnx (fetched with the token).
     with page.expect_download(timeout=30_000) as download_info:
