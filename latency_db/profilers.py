@@ -339,7 +339,7 @@ class OnnxRuntimeProfiler:
         chained = replicate_onnx(single, OVERHEAD_COPIES)
         feed_value = _feed_value(input_shape)
         estimates = []
-        for _ in range(max(self.protocol.sessions, 3)):
+        for _ in range(self.protocol.sessions):  # one pair of fresh sessions each
             medians = []
             for model in (single, chained):
                 session = self._session(model)
@@ -348,7 +348,7 @@ class OnnxRuntimeProfiler:
                     partial(session.run, None, feed)))))  # fmt: skip
             one, many = medians
             estimates.append(max((OVERHEAD_COPIES * one - many) / (OVERHEAD_COPIES - 1), 0.0))
-        return Measurement.from_sessions([estimates])
+        return Measurement.from_sessions([[estimate] for estimate in estimates])
 
 
 class CudaOnnxRuntimeProfiler(OnnxRuntimeProfiler):
