@@ -338,17 +338,20 @@ class OnnxRuntimeProfiler:
         single = export_onnx_bytes(nn.Conv2d(channels, channels, 1).eval(), input_shape)
         chained = replicate_onnx(single, OVERHEAD_COPIES)
         feed_value = _feed_value(input_shape)
-        estimates = []
-        for _ in range(self.protocol.sessions):  # one pair of fresh sessions each
-            medians = []
+        per_session = []
+        for _ in range(self.protocol.sessions):  # a pair of fresh sessions each
+            runs = []
             for model in (single, chained):
                 session = self._session(model)
                 feed = {session.get_inputs()[0].name: feed_value}
-                medians.append(float(np.median(self.protocol.time_session(
-                    partial(session.run, None, feed)))))  # fmt: skip
-            one, many = medians
-            estimates.append(max((OVERHEAD_COPIES * one - many) / (OVERHEAD_COPIES - 1), 0.0))
-        return Measurement.from_sessions([[estimate] for estimate in estimates])
+                runs.append(self.protocol.time_session(partial(session.run, None, feed)))
+            # One estimate per pair of runs; the summary's median absorbs their noise.
+            per_session.append([
+                (OVERHEAD_COPIES * one - many) / (OVERHEAD_COPIES - 1)
+                for one, many in zip(*runs, strict=False)
+            ])  # fmt: skip
+        measured = Measurement.from_sessions(per_session)
+        return replace(measured, median_ms=max(measured.median_ms, 0.0))
 
 
 class CudaOnnxRuntimeProfiler(OnnxRuntimeProfiler):

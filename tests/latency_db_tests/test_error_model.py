@@ -228,7 +228,7 @@ def test_per_call_overhead_is_measured_from_chained_copies() -> None:
     profiler = OnnxRuntimeProfiler()
     overhead = profiler.measure_overhead()
     single = profiler.measure(_one_by_one_conv(), (1, 8, 8, 8))
-    assert overhead.n == overhead.sessions == profiler.protocol.sessions
+    assert overhead.sessions == profiler.protocol.sessions and overhead.n >= overhead.sessions
     # Positive, and a fraction of one call of the tiny block it was measured with.
     assert 0.0 < overhead.median_ms < single.median_ms
 
