@@ -19,9 +19,11 @@ warm time, the measured overheads saved) and at most the cold (DRAM-streamed) su
 The error is learned from whole networks measured in a validation run, split in two sets: the
 *fit* set fits the residency model, and the *judged* set, never fitted on, decides everything
 else. The range of the sum model is cut into log-uniform **bands**; in each band the residency
-model is used only if it beat the sum model on the judged networks there. The judged networks'
-log residuals ``log(measured / predicted)`` give split-conformal **intervals**: per band when the
-band has :data:`MIN_BAND_NETWORKS` judged networks, else pooled over all bands. A network's
+model is used only if it beat the sum model on the judged networks there. Out-of-sample log
+residuals ``log(measured / predicted)`` give split-conformal **intervals**: the judged networks'
+as predicted, and the fit networks' from residency models refitted without each of them (a
+jackknife), so all validation networks count; per band when the band has
+:data:`MIN_BAND_NETWORKS` of them, else pooled over all bands. A network's
 "measured" latency, its *truth*, is the median of several readings in fresh sessions
 interleaved over the run; :func:`truth_noise_ceiling` says how good that truth itself is.
 """
@@ -297,8 +299,8 @@ class Band:
         low_ms, high_ms: the band's edges (sum-model latency).
         model: "sum" or "residency": the model predictions in this band use.
         n_judged: judged networks in the band.
-        residuals: sorted ``log(truth / prediction)`` the band's intervals come from: its own
-            judged networks', or all bands' when it has fewer than MIN_BAND_NETWORKS.
+        residuals: sorted out-of-sample ``log(truth / prediction)`` the band's intervals come
+            from: its own networks', or all bands' when it has fewer than MIN_BAND_NETWORKS.
         pooled: the residuals are the pooled ones.
         call_log_factors: per budget percentile, the percentile of ``log(call / prediction)``
             over every timed call of those networks (the spread of single calls included).
@@ -423,6 +425,7 @@ class ErrorModel:
                 "within_10": band.judged.within_10 if band.judged else None,
                 "median_bias": band.median_bias,
                 "interval_width": float(math.exp(high[0]) - math.exp(low[0])),
+                "n_residuals": len(band.residuals),
                 "pooled_interval": band.pooled,
             })  # fmt: skip
         return rows
@@ -521,45 +524,56 @@ def fit_error_model(
             NetworkMatrix.of([s.inputs for s in fit]), fit_truth, cache_bytes, overhead_ms
         )
 
-    matrix = NetworkMatrix.of([s.inputs for s in judged])
-    truth = np.array([s.truth_ms for s in judged])
-    sums = sum_model(matrix, overhead_ms)
+    # Every network's prediction by each model, out of sample: the sum model fits nothing; the
+    # residency model predicts the judged networks as fitted, and each fit network from a refit
+    # without it (a jackknife), so the intervals rest on all validation networks, not half.
+    truth = np.array([s.truth_ms for s in samples])
+    is_judged = np.array([s.judged for s in samples])
+    sums = sum_model(everything, overhead_ms)
     band_index = band_of(edges, sums)
     candidates = {"sum": sums}
+    out_of_sample = np.ones(len(samples), dtype=bool)
     if residency is not None:
-        candidates["residency"] = residency_model(matrix, residency, overhead_ms)
+        candidates["residency"] = residency_model(everything, residency, overhead_ms)
+        jackknife = _jackknife(samples, cache_bytes, overhead_ms)
+        if jackknife is None:
+            out_of_sample = is_judged.copy()
+        else:
+            candidates["residency"][~is_judged] = jackknife
     errors = {name: np.abs(p / truth - 1) for name, p in candidates.items()}
 
     # Per band, the residency model only where it beat the sum model on that band's judged
     # networks; where a band has too few judged networks to tell, whichever did better over
     # all of them.
-    overall = min(candidates, key=lambda name: (errors[name].mean(), name != "sum"))
-    chosen_names = []
-    for b in range(bands):
-        in_band = band_index == b
-        if in_band.sum() < MIN_CHOICE_NETWORKS:
-            chosen_names.append(overall)
-            continue
-        best = min(candidates, key=lambda name: (errors[name][in_band].mean(), name != "sum"))
-        chosen_names.append(best)
+    def better(members: np.ndarray) -> str:
+        return min(candidates, key=lambda name: (errors[name][members].mean(), name != "sum"))
+
+    overall = better(is_judged)
+    chosen_names = [
+        better(is_judged & (band_index == b))
+        if (is_judged & (band_index == b)).sum() >= MIN_CHOICE_NETWORKS
+        else overall
+        for b in range(bands)
+    ]
     chosen = np.array([candidates[chosen_names[b]][i] for i, b in enumerate(band_index)])
+    usable = out_of_sample | np.array([chosen_names[b] == "sum" for b in band_index])
     residuals = np.log(truth / chosen)
     call_residuals = [
         np.log(np.asarray(s.calls_ms or s.readings_ms, dtype=float) / p)
-        for s, p in zip(judged, chosen, strict=True)
+        for s, p in zip(samples, chosen, strict=True)
     ]
 
     def call_factors(members: np.ndarray) -> dict[int, float]:
         pooled = np.concatenate([call_residuals[i] for i in np.flatnonzero(members)])
         return {p: float(np.percentile(pooled, p)) for p in BUDGET_PERCENTILES}
 
-    everyone = np.ones(len(judged), dtype=bool)
     band_records = []
     for b in range(bands):
         in_band = band_index == b
-        count = int(in_band.sum())
-        own = count >= MIN_BAND_NETWORKS
-        members = in_band if own else everyone
+        judged_here = in_band & is_judged
+        count = int(judged_here.sum())
+        own = int((in_band & usable).sum()) >= MIN_BAND_NETWORKS
+        members = (in_band & usable) if own else usable
         band_records.append(
             Band(
                 low_ms=edges[b],
@@ -569,20 +583,45 @@ def fit_error_model(
                 residuals=tuple(float(r) for r in np.sort(residuals[members])),
                 pooled=not own,
                 call_log_factors=call_factors(members),
-                judged=error_stats(chosen[in_band], truth[in_band]) if count else None,
-                median_bias=float(np.median(chosen[in_band] / truth[in_band] - 1))
+                judged=error_stats(chosen[judged_here], truth[judged_here]) if count else None,
+                median_bias=float(np.median(chosen[judged_here] / truth[judged_here] - 1))
                 if count
                 else None,
             )
         )
+    judged_truth = truth[is_judged]
     return ErrorModel(
         overhead_ms=overhead_ms,
         residency=residency,
         edges_ms=edges,
         bands=tuple(band_records),
-        sum_judged=error_stats(sums, truth),
-        residency_judged=error_stats(candidates["residency"], truth) if residency else None,
-        judged=error_stats(chosen, truth),
+        sum_judged=error_stats(sums[is_judged], judged_truth),
+        residency_judged=error_stats(candidates["residency"][is_judged], judged_truth)
+        if residency
+        else None,
+        judged=error_stats(chosen[is_judged], judged_truth),
         n_fit=len(fit),
         confidence=confidence,
     )
+
+
+def _jackknife(
+    samples: Sequence[ValidationSample], cache_bytes: int, overhead_ms: float
+) -> np.ndarray | None:
+    """Each fit network's residency prediction from a model fitted on the other fit networks
+    (None when fewer than four: a refit needs three)."""
+    fit = [s for s in samples if not s.judged]
+    if len(fit) < 4:
+        return None
+    predictions = []
+    for left_out in range(len(fit)):
+        others = [s for i, s in enumerate(fit) if i != left_out]
+        model = fit_residency(
+            NetworkMatrix.of([s.inputs for s in others]),
+            np.array([s.truth_ms for s in others]),
+            cache_bytes,
+            overhead_ms,
+        )
+        one = NetworkMatrix.of([fit[left_out].inputs])
+        predictions.append(float(residency_model(one, model, overhead_ms)[0]))
+    return np.array(predictions)

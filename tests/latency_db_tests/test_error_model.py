@@ -136,6 +136,11 @@ def test_intervals_are_calibrated_on_fresh_networks_and_the_band_choice_is_hones
     model = fit_error_model(samples, CACHE, OVERHEAD)
     assert model.n_fit == 60 and model.judged.n == 60
     assert len(model.bands) == 4 and sum(b.n_judged for b in model.bands) == 60
+    # Intervals rest on all 120 networks, the fit ones predicted by jackknife refits: a band
+    # holds its own networks' residuals, or the pooled 120.
+    own = [b for b in model.bands if not b.pooled]
+    assert own and all(len(b.residuals) == 120 for b in model.bands if b.pooled)
+    assert sum(len(b.residuals) for b in own) > sum(b.n_judged for b in own)
     # The judged figures of the per-band choice are never worse than the sum model's.
     assert model.judged.mape <= model.sum_judged.mape + 1e-9
     # Fresh networks from the same machine, their truth the median of three readings as in
