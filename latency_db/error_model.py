@@ -49,9 +49,12 @@ NetworkInputs = tuple[Sequence[float], Sequence[float], Sequence[float], float]
 #: stream several caches' worth of weights ran up to 16% over their cold sums here.
 MAX_EXCESS = 0.25
 DEFAULT_BANDS = 4
-#: Judged networks a band needs for intervals of its own (a 90% split-conformal bound needs at
-#: least 9); bands with fewer share the pooled residuals of all bands.
-MIN_BAND_NETWORKS = 10
+#: Residuals a band needs for intervals of its own: with fewer, the finite-sample ranks of 80%,
+#: 90% and 95% intervals all fall on the smallest and largest residual (coverage then differs
+#: from the level asked for); bands with fewer share the pooled residuals of all bands.
+MIN_BAND_NETWORKS = 20
+#: Residuals a band needs to centre its predictions on their median (else the pooled median).
+MIN_CENTRE_NETWORKS = 10
 #: Judged networks a band needs to choose its own model (else the choice over all bands).
 MIN_CHOICE_NETWORKS = 3
 #: Weight of the penalty pulling the residency model toward the sum model (mean squared log
@@ -306,6 +309,10 @@ class Band:
             over every timed call of those networks (the spread of single calls included).
         judged: the chosen model's error on the band's judged networks (None: none judged).
         median_bias: median of ``prediction / truth - 1`` there (None: none judged).
+        centre: the log factor the band's predictions are scaled by: the median of its
+            out-of-sample residuals, so a prediction is the middle of its interval's
+            distribution (``residuals`` and ``call_log_factors`` are relative to the centred
+            prediction).
     """
 
     low_ms: float
@@ -317,6 +324,7 @@ class Band:
     call_log_factors: dict[int, float]
     judged: ErrorStats | None = None
     median_bias: float | None = None
+    centre: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -360,13 +368,15 @@ class ErrorModel:
     # ---- predictions
     def points(self, matrix: NetworkMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prediction, sum model, band index) of each network."""
-        sums = sum_model(matrix, self.overhead_ms)
+        lower, upper = physical_bounds(matrix, self.overhead_ms)
+        sums = lower  # the sum model is the lower bound
         bands = band_of(self.edges_ms, sums)
-        if self.residency is None or all(b.model == "sum" for b in self.bands):
-            return sums, sums, bands
-        residency = residency_model(matrix, self.residency, self.overhead_ms)
-        use_residency = self._uses_residency[bands]
-        return np.where(use_residency, residency, sums), sums, bands
+        chosen = sums
+        if self.residency is not None and any(b.model == "residency" for b in self.bands):
+            residency = residency_model(matrix, self.residency, self.overhead_ms)
+            chosen = np.where(self._uses_residency[bands], residency, sums)
+        centred = np.clip(chosen * np.exp(self._centres[bands]), lower, upper)
+        return centred, sums, bands
 
     def interval_logs(self, bands: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
         """Two-sided split-conformal log offsets at ``confidence`` for each band index."""
@@ -407,6 +417,10 @@ class ErrorModel:
     @cached_property
     def _uses_residency(self) -> np.ndarray:
         return np.array([b.model == "residency" for b in self.bands])
+
+    @cached_property
+    def _centres(self) -> np.ndarray:
+        return np.array([b.centre for b in self.bands])
 
     # ---- what users read
     def describe_bands(self) -> list[dict[str, Any]]:
@@ -557,6 +571,17 @@ def fit_error_model(
     ]
     chosen = np.array([candidates[chosen_names[b]][i] for i, b in enumerate(band_index)])
     usable = out_of_sample | np.array([chosen_names[b] == "sum" for b in band_index])
+    raw_residuals = np.log(truth / chosen)
+    # Each band's predictions are centred on the median of its out-of-sample residuals, so a
+    # model's bias in one band (e.g. +4% for the largest networks) does not stay in the point.
+    pooled_centre = float(np.median(raw_residuals[usable]))
+    centres = []
+    for b in range(bands):
+        members = (band_index == b) & usable
+        own = members.sum() >= MIN_CENTRE_NETWORKS
+        centres.append(float(np.median(raw_residuals[members])) if own else pooled_centre)
+    lower, upper = physical_bounds(everything, overhead_ms)
+    chosen = np.clip(chosen * np.exp(np.array(centres)[band_index]), lower, upper)
     residuals = np.log(truth / chosen)
     call_residuals = [
         np.log(np.asarray(s.calls_ms or s.readings_ms, dtype=float) / p)
@@ -587,6 +612,7 @@ def fit_error_model(
                 median_bias=float(np.median(chosen[judged_here] / truth[judged_here] - 1))
                 if count
                 else None,
+                centre=centres[b],
             )
         )
     judged_truth = truth[is_judged]
