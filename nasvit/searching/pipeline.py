@@ -21,9 +21,8 @@ from nasvit.searching.request import (
     Trial,
 )
 from nasvit.searching.stages import (
+    END_TO_END_READINGS,
     MAX_END_TO_END_EXPORTS,
-    NEAR_BUDGET_MEASUREMENTS,
-    NEAR_BUDGET_SHARE,
     TRIALS_FILE,
     StageTimer,
     TableLatency,
@@ -40,8 +39,7 @@ from nasvit.settings import Settings, load_settings
 
 __all__ = [
     "MAX_END_TO_END_EXPORTS",
-    "NEAR_BUDGET_MEASUREMENTS",
-    "NEAR_BUDGET_SHARE",
+    "END_TO_END_READINGS",
     "TRIALS_FILE",
     "FrontPoint",
     "ProgressHook",
