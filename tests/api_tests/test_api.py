@@ -25,17 +25,14 @@ from nasvit.search_spaces import Architecture, SearchSpace, get_space
 from nasvit.searching.request import FrontPoint, SearchRequest, SearchResult, Trial
 from nasvit.settings import Settings
 
+from nasvit_testing.toy_spaces import small_efficientformer
+
 SHAPE = {"num_classes": 10, "in_channels": 1}  # digits: what the checkpoint's supernet takes
 BUDGET_MS = 50.0  # every candidate of the tiny space fits: the front is what is checked
 
 
 def tiny_space() -> SearchSpace:
-    return get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
+    return small_efficientformer()
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,14 @@ from nasvit.errors import NasvitError
 from nasvit.latency_db import LatencyStore, LatencyTable, MeasurementProtocol
 from nasvit.latency_db.transfer import TableImportError, export_table, import_table
 
+from nasvit_testing.toy_spaces import small_efficientformer
+
 
 def validated_space():
     """A slice of efficientformer at resolution 32 with a few dozen blocks: validation measures
     the blocks of its candidate networks first, and then whole networks."""
-    from nasvit.search_spaces import get_space
 
-    return get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
+    return small_efficientformer()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,29 @@ from nasvit_testing.ports import free_port
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 LEASE_SECONDS = "6"
 HEARTBEAT_SECONDS = "1"
+
+
+@contextmanager
+def served_in_thread(app: Any) -> Iterator[str]:
+    """Serve ``app`` with a real uvicorn on a free loopback port, in a thread of this process
+    (so the test can reach the app's services); yields the base URL, stops the server after."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 @dataclass

@@ -75,3 +75,17 @@ def staged(max_depth: int = 3) -> ModelFreeSpace:
             )
         ],
     )
+
+
+def small_efficientformer() -> SearchSpace:
+    """A small slice of the efficientformer space at resolution 32: real blocks, a table of a
+    few dozen entries, subnets of well under a millisecond (shared by the pipeline, API,
+    latency and service tests)."""
+    from nasvit.search_spaces import get_space
+
+    return get_space("efficientformer").restrict(
+        resolution=[32],
+        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
+        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
+        vit_num=[0, 1, 2],
+    )

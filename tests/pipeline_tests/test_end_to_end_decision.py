@@ -24,9 +24,11 @@ from nasvit.errors import NasvitError, NoSubnetFitsError
 from nasvit.evaluation.ranking import ranking_score
 from nasvit.guarantees import Guarantee
 from nasvit.latency_db import Measurement, MeasurementProtocol, OnnxRuntimeProfiler
-from nasvit.search_spaces import Architecture, SearchSpace, get_space
+from nasvit.search_spaces import Architecture, SearchSpace
 from nasvit.searching.budget import format_ms
 from nasvit.searching.request import SearchRequest, Trial
+
+from nasvit_testing.toy_spaces import small_efficientformer
 
 SHAPE_ARGS = {"num_classes": 10, "in_channels": 1}
 # Far above what any of these subnets measures (0.1-0.3 ms), far below a slowed one.
@@ -61,12 +63,7 @@ class SlowedProfiler(OnnxRuntimeProfiler):
 def model() -> Any:
     from nasvit.searching.stages import PreparedSupernet
 
-    space = get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
+    space = small_efficientformer()
     torch.manual_seed(0)
     return PreparedSupernet(space, space.build_supernet(**SHAPE_ARGS), "digits", 0)
 

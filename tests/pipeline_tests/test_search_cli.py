@@ -22,6 +22,8 @@ from nasvit.search_spaces import get_space
 from nasvit.searching.trial_store import study_name_for
 from nasvit.training.checkpoint import save_supernet
 
+from nasvit_testing.toy_spaces import small_efficientformer
+
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 
 
@@ -33,12 +35,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    space = get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
+    space = small_efficientformer()
     torch.manual_seed(0)
     supernet = space.build_supernet(num_classes=10, in_channels=1)
     return save_supernet(tmp_path_factory.mktemp("ckpt") / "tiny.pt", space, supernet)

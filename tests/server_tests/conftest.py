@@ -17,6 +17,7 @@ import pytest
 
 from nasvit_testing.postgres import fresh_postgres_db
 from nasvit_testing.service import Deployment, environment, start_deployment
+from nasvit_testing.toy_spaces import small_efficientformer
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +29,10 @@ def search_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from nasvit.evaluation.latency import resolve_device, validate_table
     from nasvit.latency_db import LatencyStore, MeasurementProtocol, build_table, make_profiler
     from nasvit.latency_db.transfer import export_table
-    from nasvit.search_spaces import get_space
     from nasvit.training.checkpoint import save_supernet
 
     folder = tmp_path_factory.mktemp("server-assets")
-    space = get_space("efficientformer").restrict(
-        resolution=[32],
-        widths=[[16, 32], [32, 48], [64, 96], [128, 192]],
-        depths=[[1, 2], [1, 2], [1, 2, 3], [1, 2, 3]],
-        vit_num=[0, 1, 2],
-    )
+    space = small_efficientformer()
     torch.manual_seed(0)
     supernet = space.build_supernet(num_classes=10, in_channels=1)
     checkpoint = save_supernet(folder / "tiny.pt", space, supernet)

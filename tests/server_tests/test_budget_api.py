@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +21,7 @@ from nasvit.guarantees import BUDGET_PERCENTILES, DEFAULT_CONFIDENCE
 from nasvit.searching.request import SearchResult, Trial
 from nasvit.settings import Settings
 
-from nasvit_testing.ports import free_port
+from nasvit_testing.service import served_in_thread
 
 GOOD = {"space": "efficientformer", "budget": "2ms"}
 
@@ -39,29 +37,14 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[httpx.Client]:
     """An HTTP client with a write token, on the app served by a real uvicorn."""
-    import uvicorn
 
     from nasvit.server.app import create_app
 
     app = create_app(settings)
     token = app.state.services.tokens.create("budget-tests")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
     headers = {"Authorization": f"Bearer {token}"}
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers) as http:
-            yield http
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with served_in_thread(app) as url, httpx.Client(base_url=url, headers=headers) as http:
+        yield http
 
 
 def _job_count(client: httpx.Client) -> int:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from nasvit_testing.ports import free_port
+from nasvit_testing.service import served_in_thread
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
@@ -64,7 +63,6 @@ def service(
 ) -> Iterator[Service]:
     """create_app on real uvicorn (loopback), reads need a token, two searches queued: the
     default controller and random sampling, to compare."""
-    import uvicorn
 
     from nasvit.server.app import create_app
     from nasvit.settings import Settings
@@ -82,17 +80,7 @@ def service(
     )
     settings = Settings(home=home, checkpoints={"efficientformer": checkpoint}, read_access="token")
     app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with served_in_thread(app) as url:
         created = subprocess.run(
             [NASVIT, "token", "create", "dashboard-test"],
             capture_output=True,
@@ -102,7 +90,6 @@ def service(
         )
         assert created.returncode == 0, created.stderr
         token = created.stdout.strip()
-        url = f"http://127.0.0.1:{port}"
         job_ids = []
         for body in JOBS:
             submitted = httpx.post(
@@ -113,9 +100,6 @@ def service(
             assert submitted.status_code == 202, submitted.text
             job_ids.append(submitted.json()["id"])
         yield Service(url=url, env=worker_env, token=token, home=home, job_ids=job_ids)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")

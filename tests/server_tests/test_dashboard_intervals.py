@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 
 from nasvit.searching.request import Trial
 
-from nasvit_testing.ports import free_port
+from nasvit_testing.service import served_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +31,6 @@ SLOW = Trial(2, {}, "r32_slow", 0.4, 1.6, 0.4, 1.5, True, 1.3, 1.7, 1.65)
 @pytest.fixture(scope="module")
 def served_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(the page's URL, the job id) of a finished job with a budget at 90% confidence."""
-    import uvicorn
 
     from nasvit.server.app import create_app
     from nasvit.server.jobs import JobStore
@@ -48,18 +45,7 @@ def served_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         os.environ.update(saved)
     services = app.state.services
     token = services.tokens.create("intervals")
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with served_in_thread(app) as url:
         body = {"space": "efficientformer", "budget": "2ms", "budget_confidence": 0.9}
         created = httpx.post(
             f"{url}/api/v1/searches", json=body, headers={"Authorization": f"Bearer {token}"}
@@ -83,9 +69,6 @@ def served_job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
                 "judged_ms": 1.15}  # fmt: skip
         assert jobs.finish(claim, "succeeded", best=best)
         yield url, job_id
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _hover(page: Any, trace: int) -> str:
