@@ -368,15 +368,21 @@ class ErrorModel:
     # ---- predictions
     def points(self, matrix: NetworkMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(prediction, sum model, band index) of each network."""
+        points, lower, _, bands = self._points_and_bounds(matrix)
+        return points, lower, bands  # the sum model is the lower bound
+
+    def _points_and_bounds(
+        self, matrix: NetworkMatrix
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(prediction, lower bound, upper bound, band index) of each network."""
         lower, upper = physical_bounds(matrix, self.overhead_ms)
-        sums = lower  # the sum model is the lower bound
-        bands = band_of(self.edges_ms, sums)
-        chosen = sums
+        bands = band_of(self.edges_ms, lower)
+        chosen = lower
         if self.residency is not None and any(b.model == "residency" for b in self.bands):
             residency = residency_model(matrix, self.residency, self.overhead_ms)
-            chosen = np.where(self._uses_residency[bands], residency, sums)
+            chosen = np.where(self._uses_residency[bands], residency, lower)
         centred = np.clip(chosen * np.exp(self._centres[bands]), lower, upper)
-        return centred, sums, bands
+        return centred, lower, upper, bands
 
     def interval_logs(self, bands: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
         """Two-sided split-conformal log offsets at ``confidence`` for each band index."""
@@ -397,15 +403,13 @@ class ErrorModel:
 
     def predict(self, inputs: NetworkInputs, confidence: float | None = None) -> NetworkPrediction:
         """One network's prediction with its interval at ``confidence`` (default: the model's)."""
-        matrix = NetworkMatrix.of([inputs])
-        points, sums, bands = self.points(matrix)
-        lower, upper = physical_bounds(matrix, self.overhead_ms)
+        points, lower, upper, bands = self._points_and_bounds(NetworkMatrix.of([inputs]))
         low, high = self.interval_logs(bands, confidence or self.confidence)
         point = float(points[0])
         band = int(bands[0])
         return NetworkPrediction(
             latency_ms=point,
-            sum_ms=float(sums[0]),
+            sum_ms=float(lower[0]),
             lower_bound_ms=float(lower[0]),
             upper_bound_ms=float(upper[0]),
             model=self.bands[band].model,
@@ -529,7 +533,9 @@ def fit_error_model(
     if not judged:
         raise ValueError("an error model needs judged (held-out) networks")
     everything = NetworkMatrix.of([s.inputs for s in samples])
-    edges = band_edges(sum_model(everything, overhead_ms), bands)
+    lower, upper = physical_bounds(everything, overhead_ms)
+    sums = lower  # the sum model is the lower bound
+    edges = band_edges(sums, bands)
 
     residency = None
     if len(fit) >= 3 and cache_bytes > 0:
@@ -543,7 +549,6 @@ def fit_error_model(
     # without it (a jackknife), so the intervals rest on all validation networks, not half.
     truth = np.array([s.truth_ms for s in samples])
     is_judged = np.array([s.judged for s in samples])
-    sums = sum_model(everything, overhead_ms)
     band_index = band_of(edges, sums)
     candidates = {"sum": sums}
     out_of_sample = np.ones(len(samples), dtype=bool)
@@ -580,7 +585,6 @@ def fit_error_model(
         members = (band_index == b) & usable
         own = members.sum() >= MIN_CENTRE_NETWORKS
         centres.append(float(np.median(raw_residuals[members])) if own else pooled_centre)
-    lower, upper = physical_bounds(everything, overhead_ms)
     chosen = np.clip(chosen * np.exp(np.array(centres)[band_index]), lower, upper)
     residuals = np.log(truth / chosen)
     call_residuals = [
