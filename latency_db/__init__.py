@@ -14,7 +14,6 @@ from nasvit.latency_db.error_model import (
     band_edges,
     error_stats,
     fit_error_model,
-    noise_ceiling,
     truth_noise_ceiling,
 )
 from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
@@ -77,7 +76,6 @@ __all__ = [
     "build_table",
     "error_stats",
     "fit_error_model",
-    "noise_ceiling",
     "truth_noise_ceiling",
     "last_level_cache_bytes",
     "make_profiler",

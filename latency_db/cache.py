@@ -105,7 +105,8 @@ class CacheModel:
 
     and the block's in-network latency is ``warm_i + cold_share_i * g * (cold_i - warm_i)``
     with ``g = 1 + excess * max(0, W_total / C - 1)``; a network of ``N`` blocks is their sum
-    minus ``(N - 1) * overhead_ms``, since each block was timed in a call of its own. ``g``
+    minus ``(N - 1)`` measured per-call overheads, since each block was timed in a call of its
+    own (:func:`~nasvit.latency_db.error_model.residency_model`). ``g``
     is there because a network that streams several caches' worth of weights can run slower
     than the streamed copies its cold timings came from: in one run of 100 lighthubert r32/r64
     subnets, the ViT-B-sized ones (150-330 MB) ran 5-16% over their cold sums, more the larger
@@ -118,9 +119,9 @@ class CacheModel:
     ``onset`` (where evictions start, in cache sizes), ``width`` (how many cache sizes later
     everything is evicted) and ``excess`` are fitted per device on whole-network measurements
     (:func:`~nasvit.latency_db.error_model.fit_residency`); ``power`` and
-    ``activation_weight`` stay at 1 there, and ``overhead_ms`` is the device's *measured*
-    per-call overhead, never fitted: a fitted one once sat on its bound at 3x the measured
-    value and put the smallest subnet at a fifth of its latency. An LRU cache of its own would
+    ``activation_weight`` stay at 1 there, and the per-call overhead is the device's
+    *measured* one, never fitted: a fitted one once sat on its bound at 3x the measured value
+    and put the smallest subnet at a fifth of its latency. An LRU cache of its own would
     have ``onset`` near 1; a VM's share of a last-level cache that other tenants use too evicts
     much earlier, and pseudo-LRU, prefetchers and a victim L3 spread the transition.
 
@@ -129,8 +130,9 @@ class CacheModel:
         onset, width, power: shape of the transition (see above).
         activation_weight: how strongly activations count towards the pressure.
         excess: how much the cold gap grows per cache size of weights beyond the first.
-        overhead_ms: per-call overhead saved per block after the first; None means the
-            device's measured overhead.
+        overhead_ms: the measured per-call overhead the model was fitted with (a record:
+            predictions take the error model's, the same value); None in models stored
+            before it was kept.
     """
 
     cache_bytes: int
@@ -167,27 +169,12 @@ class CacheModel:
         weight_bytes: Sequence[float],
         activation_bytes: float = 0.0,
     ) -> float:
-        """Sum over blocks of warm plus the evicted share of the cold gap (no overhead
-        correction: see :meth:`network_ms`)."""
+        """Sum over blocks of warm plus the evicted share of the cold gap (before the per-call
+        overheads and the physical bounds, which
+        :func:`~nasvit.latency_db.error_model.residency_model` applies)."""
         warm = np.asarray(warm_ms, dtype=float)
         gap = np.maximum(np.asarray(cold_ms, dtype=float) - warm, 0.0)
         return float((warm + self.cold_shares(weight_bytes, activation_bytes) * gap).sum())
-
-    def overhead(self, measured_overhead_ms: float) -> float:
-        """The per-block overhead correction: fitted, else the device's measured one."""
-        return measured_overhead_ms if self.overhead_ms is None else self.overhead_ms
-
-    def network_ms(
-        self,
-        warm_ms: Sequence[float],
-        cold_ms: Sequence[float],
-        weight_bytes: Sequence[float],
-        activation_bytes: float = 0.0,
-        measured_overhead_ms: float = 0.0,
-    ) -> float:
-        """A network's latency: :meth:`predict` minus ``(N - 1)`` per-call overheads."""
-        correction = (len(warm_ms) - 1) * self.overhead(measured_overhead_ms)
-        return self.predict(warm_ms, cold_ms, weight_bytes, activation_bytes) - correction
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

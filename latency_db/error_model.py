@@ -116,22 +116,6 @@ def _stats_of_errors(relative_errors: np.ndarray, n: int) -> ErrorStats:
     )
 
 
-def noise_ceiling(first_ms: Sequence[float], again_ms: Sequence[float]) -> ErrorStats:
-    """What a perfect predictor would score against *one* reading, from pairs of readings.
-
-    Two readings ``m1 = t (1 + e1)``, ``m2 = t (1 + e2)`` with independent, identically
-    distributed errors differ by about ``e2 - e1``, whose spread is sqrt(2) times one
-    reading's; so ``|m2 / m1 - 1| / sqrt(2)`` samples one reading's error.
-    """
-    first = np.asarray(first_ms, dtype=float)
-    again = np.asarray(again_ms, dtype=float)
-    if first.shape != again.shape or first.size == 0:
-        raise ValueError("need two measurements of each network, at least one network")
-    if (first <= 0).any() or (again <= 0).any():
-        raise ValueError("measured latencies must be positive")
-    return _stats_of_errors(np.abs(again / first - 1.0) / np.sqrt(2.0), int(first.size))
-
-
 def truth_noise_ceiling(
     readings_ms: Sequence[Sequence[float]], seed: int = 0, draws: int = 4000
 ) -> ErrorStats:

@@ -20,8 +20,6 @@ from nasvit.latency_db.error_model import (
     ErrorModel,
     NetworkInputs,
     NetworkMatrix,
-    error_stats,
-    noise_ceiling,
     physical_bounds,
     sum_model,
 )
@@ -36,8 +34,6 @@ __all__ = [
     "Prediction",
     "activation_bytes",
     "cache_inputs",
-    "error_stats",
-    "noise_ceiling",
 ]
 
 _SHOWN_MISSING = 3
@@ -319,17 +315,14 @@ def activation_bytes(blocks: Sequence[BlockSpec], itemsize: int = 4) -> int:
 
 
 def cache_inputs(
-    rows: Sequence[EntryRecord], blocks: Sequence[BlockSpec], spread: bool = False
+    rows: Sequence[EntryRecord], blocks: Sequence[BlockSpec]
 ) -> tuple[list[float], list[float], list[float], float]:
-    """``(warm_ms, cold_ms, weight_bytes, activation_bytes)`` of a network for
-    :meth:`CacheModel.predict`; a block without a cold timing counts as cold = warm, without
-    weight bytes as 0. ``spread`` adds half the IQR to each timing (the p90-style budget)."""
-    warm = [r.median_ms + (r.iqr_ms / 2 if spread else 0.0) for r in rows]
+    """``(warm_ms, cold_ms, weight_bytes, activation_bytes)`` of a network for the models of
+    :mod:`~nasvit.latency_db.error_model`; a block without a cold timing counts as cold =
+    warm, without weight bytes as 0."""
+    warm = [r.median_ms for r in rows]
     cold = [
-        w
-        if r.cold_median_ms is None
-        else r.cold_median_ms + ((r.cold_iqr_ms or 0.0) / 2 if spread else 0.0)
-        for w, r in zip(warm, rows, strict=True)
+        w if r.cold_median_ms is None else r.cold_median_ms for w, r in zip(warm, rows, strict=True)
     ]
     weights = [float(r.weight_bytes or 0) for r in rows]
     return warm, cold, weights, float(activation_bytes(blocks))

@@ -20,7 +20,7 @@ from nasvit.latency_db import (
     build_table,
 )
 from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
-from nasvit.latency_db.error_model import Band, ErrorModel
+from nasvit.latency_db.error_model import Band, ErrorModel, NetworkMatrix, residency_model
 from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.table import MissingBlocksError
 from nasvit.nn.blocks import BlockSpec
@@ -59,11 +59,12 @@ def test_residency_model_is_warm_when_the_network_fits_and_cold_when_far_larger(
 
 
 def test_stored_models_without_newer_fields_load_with_neutral_defaults() -> None:
-    # Models stored before the overhead and the excess existed: the device's measured
-    # overhead, no excess.
+    # Models stored before the overhead and the excess existed: no excess, and predictions
+    # save the measured overhead they are given.
     old = CacheModel.from_dict({"cache_bytes": 32 * MB, "onset": 0.5, "width": 3.0})
-    assert old.network_ms([1.0, 1.0], [1.0, 1.0], [MB, MB], 0.0, 0.1) == pytest.approx(1.9)
-    assert old.excess == 0.0
+    network = NetworkMatrix.of([([1.0, 1.0], [1.0, 1.0], [MB, MB], 0.0)])
+    assert residency_model(network, old, 0.1)[0] == pytest.approx(1.9)
+    assert old.excess == 0.0 and old.overhead_ms is None
 
 
 def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(

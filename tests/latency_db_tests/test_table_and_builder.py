@@ -18,7 +18,6 @@ from nasvit.latency_db import (
     ValidationRecord,
     build_table,
     error_stats,
-    noise_ceiling,
 )
 from nasvit.latency_db.error_model import Band, ErrorModel
 from nasvit.nn.blocks import BlockSpec
@@ -208,28 +207,6 @@ def test_a_space_uses_its_own_validation_when_the_device_has_one(
     assert predict("never-validated").latency_ms == pytest.approx(1.7)
     assert predict(None).latency_ms == pytest.approx(1.7)
     assert sqlite_store.latest_validation(device, "unknown") is None
-
-
-def test_noise_ceiling_recovers_what_the_truth_would_score_against_one_measurement() -> None:
-    # Networks measured twice with 4% Gaussian noise: the ceiling estimated from the pairs
-    # alone must match how often the true latencies fall within ±5% / ±10% of one measurement.
-    rng = np.random.default_rng(0)
-    true_ms = rng.uniform(0.5, 20.0, 20_000)
-    first = true_ms * (1 + rng.normal(0, 0.04, true_ms.size))
-    again = true_ms * (1 + rng.normal(0, 0.04, true_ms.size))
-    truth = error_stats(true_ms, first)
-    ceiling = noise_ceiling(first, again)
-    assert ceiling.n == true_ms.size and ceiling.spearman is None
-    assert ceiling.within_10 == pytest.approx(truth.within_10, abs=0.01)  # both about 0.988
-    assert ceiling.within_5 == pytest.approx(truth.within_5, abs=0.02)  # both about 0.79
-    assert ceiling.mape == pytest.approx(truth.mape, rel=0.05)
-    # Noise-free measurements leave no gap; a pair 20% apart is outside ±10% for one reading.
-    assert noise_ceiling([1.0, 2.0], [1.0, 2.0]).within_5 == 1.0
-    assert noise_ceiling([1.0], [1.2]).within_10 == 0.0
-    with pytest.raises(ValueError):
-        noise_ceiling([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError):
-        noise_ceiling([1.0], [0.0])
 
 
 def test_error_statistics() -> None:
