@@ -248,15 +248,32 @@ class LatencyTable:
         Raises:
             NasvitError: a confidence or percentile is asked of a never-validated table.
         """
-        points, bands = self._points(networks)
-        if guarantee.plain:
-            return points
-        if self.error_model is None:
+        return self._judged(*self._points(networks), guarantee)
+
+    def judged(self, prediction: Prediction, guarantee: Guarantee) -> float:
+        """:meth:`judged_many`'s value for one network this table already predicted."""
+        band = np.array([prediction.band or 0])
+        return float(self._judged(np.array([prediction.latency_ms]), band, guarantee)[0])
+
+    def check_guarantee(self, guarantee: Guarantee) -> None:
+        """Raise unless this table can judge ``guarantee``: a confidence or a percentile needs
+        the intervals of a validation.
+
+        Raises:
+            NasvitError: the guarantee is not plain and the table was never validated.
+        """
+        if not guarantee.plain and self.error_model is None:
             raise NasvitError(
-                f"a budget{guarantee.describe()} needs the table's error, but the latency "
-                f"table of device '{self.device.name}' was never validated; validate it first",
+                f"a budget{guarantee.describe()} needs a validated latency table (its errors "
+                f"give the bound), and the table of device '{self.device.name}' was never "
+                "validated: validate it on a few networks first",
                 argument="validate_networks",
             )
+
+    def _judged(self, points: np.ndarray, bands: np.ndarray, guarantee: Guarantee) -> np.ndarray:
+        self.check_guarantee(guarantee)
+        if self.error_model is None or guarantee.plain:
+            return points
         return np.asarray(points * np.exp(self.error_model.judged_logs(bands, guarantee)))
 
     def _points(self, networks: Sequence[Sequence[BlockSpec]]) -> tuple[np.ndarray, np.ndarray]:

@@ -224,13 +224,7 @@ class TableLatency:
     """
 
     def __init__(self, table: LatencyTable, model: PreparedSupernet, guarantee: Guarantee):
-        if not guarantee.plain and not table.validated:
-            raise NasvitError(
-                f"a budget{guarantee.describe()} needs a validated latency table (its errors "
-                "give the bound) and this device's table was never validated: validate it on "
-                "a few networks first",
-                argument="validate_networks",
-            )
+        table.check_guarantee(guarantee)  # before any candidate is evaluated
         self.table, self.model, self.guarantee = table, model, guarantee
         self._estimates: dict[Architecture, LatencyEstimate] = {}
 
@@ -239,13 +233,11 @@ class TableLatency:
             model = self.model
             blocks = model.space.lower(arch, **model.shape_args)
             prediction = self.table.predict(blocks, confidence=DEFAULT_CONFIDENCE)
-            judged = (
-                prediction.latency_ms
-                if self.guarantee.plain
-                else float(self.table.judged_many([blocks], self.guarantee)[0])
-            )
             self._estimates[arch] = LatencyEstimate(
-                prediction.latency_ms, prediction.low_ms, prediction.high_ms, judged
+                prediction.latency_ms,
+                prediction.low_ms,
+                prediction.high_ms,
+                self.table.judged(prediction, self.guarantee),
             )
         return self._estimates[arch]
 
