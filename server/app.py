@@ -12,7 +12,6 @@ status forbids, 413 an oversized body, 422 a well-formed request with unusable v
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -352,13 +351,7 @@ def _validation_view(validation: Any) -> schemas.ValidationSummary:
     ceiling = validation.noise_ceiling
     bands = None
     if model is not None:
-        # An interval over too few residuals can be unbounded; JSON has no infinity.
-        bands = [
-            schemas.BandFigures.model_validate(
-                {k: None if _infinite(v) else v for k, v in band.items()}
-            )
-            for band in model.describe_bands()
-        ]
+        bands = [schemas.BandFigures.model_validate(band) for band in model.describe_bands()]
     return schemas.ValidationSummary(
         space=validation.space,
         created_at=validation.created_at,
@@ -369,10 +362,6 @@ def _validation_view(validation: Any) -> schemas.ValidationSummary:
         noise_ceiling=None if ceiling is None else _figures(ceiling),
         bands=bands,
     )
-
-
-def _infinite(value: Any) -> bool:
-    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _device(store: Any, device_id: str) -> Any:

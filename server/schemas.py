@@ -219,12 +219,11 @@ class BandFigures(BaseModel):
     mape: float | None = None
     within_10: float | None = None
     median_bias: float | None = None
-    interval_width: float | None = Field(
-        None,
-        description="Relative width of the interval at the model's confidence (null: unbounded).",
+    interval_width: float = Field(
+        description="Relative width of the interval at the model's confidence."
     )
     pooled_interval: bool = Field(
-        description="Too few judged networks here: the interval uses all bands' residuals."
+        description="Too few residuals in this band: the interval uses all bands' residuals."
     )
 
 

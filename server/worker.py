@@ -15,7 +15,6 @@ that finishes its last step before that is recorded as succeeded.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -53,11 +52,6 @@ def _job_error(error: NasvitError) -> str:
             "without a device"
         )
     return str(error)
-
-
-def _finite(value: float | None) -> float | None:
-    # An interval over too few residuals may be unbounded; JSON columns hold no infinity.
-    return value if value is not None and math.isfinite(value) else None
 
 
 def default_worker_name() -> str:
@@ -218,9 +212,9 @@ class Worker:
             "accuracy": best.accuracy,
             "predicted_ms": best.latency_ms,
             "measured_ms": result.best_measured_ms,
-            "low_ms": _finite(best.low_ms),
-            "high_ms": _finite(best.high_ms),
-            "judged_ms": _finite(best.judged_ms),
+            "low_ms": best.low_ms,
+            "high_ms": best.high_ms,
+            "judged_ms": best.judged_ms,
         }
         return self._finish(claim, "succeeded", best=summary)
 
