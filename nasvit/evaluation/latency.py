@@ -428,10 +428,11 @@ def validate_table(
         raise NasvitError(f"readings must be at least 1, got {readings}", argument="readings")
     batch = device.fingerprint.batch
     shape_args = {"num_classes": num_classes, "in_channels": in_channels}
-    n = max(n, len(_fixed_archs(space, resolutions)) + MIN_FIT_NETWORKS)
+    fixed = [arch for _, arch in _fixed_archs(space, resolutions)]
+    n = max(n, len(fixed) + MIN_FIT_NETWORKS)
     if measure_missing:
-        candidates = [a for _, a in _fixed_archs(space, resolutions)]
-        candidates += _random_pool(space, n, seed, resolutions).values()
+        # The networks select_validation_archs draws from: the fixed ones and the same pool.
+        candidates = fixed + list(_random_pool(space, n, seed, resolutions).values())
         blocks = [b for a in candidates for b in space.lower(a, batch=batch, **shape_args)]
         build_table(store, profiler, device, blocks, seed=seed, progress=progress)
     # The table as measured, without an earlier validation's error model: this run fits a
