@@ -5,8 +5,10 @@ It knows architectures only as lists of :class:`~nasvit.nn.blocks.BlockSpec`; th
 spaces lives in :mod:`nasvit.evaluation.latency`.
 """
 
+from nasvit.agent.hardware import CacheFlusher, last_level_cache_bytes
+from nasvit.agent.measurement import Measurement, MeasurementProtocol
 from nasvit.latency_db.builder import BuildReport, ProgressCallback, build_table
-from nasvit.latency_db.cache import CacheFlusher, CacheModel, last_level_cache_bytes
+from nasvit.latency_db.cache import CacheModel
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.error_model import (
     ErrorModel,
@@ -16,7 +18,6 @@ from nasvit.latency_db.error_model import (
     fit_error_model,
     truth_noise_ceiling,
 )
-from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
 from nasvit.latency_db.profilers import (
     RUNTIMES,
     CudaOnnxRuntimeProfiler,

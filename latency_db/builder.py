@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from nasvit.latency_db.measurement import Measurement
+from nasvit.agent.measurement import Measurement
+from nasvit.agent.timing import measure_with_drift_check
 from nasvit.latency_db.profilers import Profiler
 from nasvit.latency_db.records import DeviceRecord, NewEntry, timing_values
 from nasvit.latency_db.replicate import COLD_PROTOCOL
@@ -177,20 +178,24 @@ def build_table(
                     progress(min(start + batch_size, len(todo)), len(todo))
                 continue
             prepared = [profiler.prepare(b) for b in batch]
-            for attempt in range(max_remeasures + 1):
-                results: list[tuple[Measurement, Measurement | None]] = []
-                for offset, item in enumerate(prepared):
-                    results.append(_measure(profiler, item, cold_min_bytes, overhead))
-                    if progress and attempt == 0:
-                        progress(min(start + offset + 1, len(todo)), len(todo))
-                drift = abs(profiler.measure(reference).median_ms / baseline - 1.0)
-                max_drift = max(max_drift, drift)
-                if drift <= drift_tolerance:
-                    break
-                if attempt == max_remeasures:
-                    accepted += 1
-                else:
-                    remeasured += 1
+
+            def measured_one(index: int, first: int = start) -> None:
+                if progress:
+                    progress(min(first + index + 1, len(todo)), len(todo))
+
+            outcome = measure_with_drift_check(
+                prepared,
+                lambda item: _measure(profiler, item, cold_min_bytes, overhead),
+                lambda: profiler.measure(reference).median_ms,
+                baseline,
+                tolerance=drift_tolerance,
+                max_remeasures=max_remeasures,
+                on_measured=measured_one,
+            )
+            results = outcome.results
+            max_drift = max(max_drift, outcome.max_drift)
+            remeasured += outcome.remeasured
+            accepted += int(outcome.accepted)
             entries = [
                 NewEntry(
                     key=b.key,

@@ -21,74 +21,11 @@ bytes the rest of the network streams through the cache in between, relative to 
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-#: Flush buffer used when the cache size cannot be read.
-DEFAULT_FLUSH_BYTES = 64 * 2**20
-
-
-def _parse_size(text: str) -> int:
-    """``"32768K"`` / ``"32 MiB"`` / ``"1024"`` -> bytes (0 when unreadable)."""
-    text = text.strip().split("(")[0].strip().replace(" ", "")
-    units = {"K": 2**10, "KB": 2**10, "KIB": 2**10, "M": 2**20, "MB": 2**20, "MIB": 2**20}
-    units |= {"G": 2**30, "GB": 2**30, "GIB": 2**30}
-    number = text.rstrip("KMGIBkmgib")
-    unit = text[len(number) :].upper()
-    try:
-        return int(float(number) * units.get(unit, 1))
-    except ValueError:
-        return 0
-
-
-def last_level_cache_bytes() -> int:
-    """Size of the largest (last-level) data/unified cache of CPU 0 in bytes; 0 if unknown.
-
-    Read from ``/sys/devices/system/cpu/cpu0/cache/index*/`` (Linux), else from ``lscpu``.
-    """
-    best = 0
-    root = Path("/sys/devices/system/cpu/cpu0/cache")
-    for index in sorted(root.glob("index*")) if root.is_dir() else []:
-        try:
-            kind = (index / "type").read_text().strip()
-            size = _parse_size((index / "size").read_text())
-        except OSError:
-            continue
-        if kind in ("Unified", "Data"):
-            best = max(best, size)
-    if best:
-        return best
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    for line in out.splitlines():
-        if line.startswith("L3 cache:"):
-            return _parse_size(line.split(":", 1)[1])
-    return 0
-
-
-class CacheFlusher:
-    """Evicts the caches by reading through a buffer (twice the last-level cache by default).
-
-    Reading, not writing: a written buffer leaves the cache full of dirty lines, and the timed
-    run that follows would pay their write-backs, which a network (whose evicted lines are
-    mostly clean weights) does not."""
-
-    def __init__(self, nbytes: int | None = None):
-        if nbytes is None:
-            cache = last_level_cache_bytes()
-            nbytes = 2 * cache if cache else DEFAULT_FLUSH_BYTES
-        self.nbytes = int(nbytes)
-        self._buffer = np.ones(max(self.nbytes // 4, 1), dtype=np.float32)
-
-    def __call__(self) -> float:
-        return float(self._buffer.sum())
 
 
 @dataclass(frozen=True)

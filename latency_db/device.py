@@ -10,34 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from nasvit.latency_db.cache import last_level_cache_bytes
+from nasvit.agent.hardware import machine_fingerprint
 from nasvit.latency_db.profilers import RuntimeSettings
 
 _SHORT_RUNTIME = {"onnxruntime": "ort", "torch": "torch"}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def _memory_gib() -> int:
-    try:
-        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        return round(pages / 2**30)
-    except (ValueError, OSError, AttributeError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -75,22 +54,20 @@ class DeviceFingerprint:
 
     @classmethod
     def local(cls, settings: RuntimeSettings, batch: int = 1) -> DeviceFingerprint:
-        """The fingerprint of this machine running ``settings``."""
+        """The fingerprint of this machine running ``settings`` (what an agent reports for
+        its device, from the same code)."""
         return cls(
-            cpu_model=_cpu_model(),
-            cores=os.cpu_count() or 1,
-            memory_gib=_memory_gib(),
-            os=f"{platform.system()} {platform.machine()}",
-            runtime=settings.runtime,
-            runtime_version=settings.version,
-            provider=settings.provider,
-            threads=settings.threads,
-            optimization=settings.optimization,
-            precision=settings.precision,
-            accelerator=settings.accelerator,
-            batch=batch,
-            cache_bytes=last_level_cache_bytes(),
-            clock=settings.clock,
+            **machine_fingerprint(
+                runtime=settings.runtime,
+                runtime_version=settings.version,
+                provider=settings.provider,
+                threads=settings.threads,
+                optimization=settings.optimization,
+                precision=settings.precision,
+                accelerator=settings.accelerator,
+                batch=batch,
+                clock=settings.clock,
+            )
         )
 
     def to_dict(self) -> dict[str, str | int]:

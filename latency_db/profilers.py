@@ -19,7 +19,6 @@ import copy
 import io
 import warnings
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -27,27 +26,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from nasvit.agent.hardware import CacheFlusher
+from nasvit.agent.measurement import Measurement, MeasurementProtocol
+from nasvit.agent.timing import OPTIMIZATION_LEVELS, OrtTimer, default_clock, stream_copies
 from nasvit.errors import NasvitError, UnknownNameError
-from nasvit.latency_db.cache import CacheFlusher
-from nasvit.latency_db.measurement import Measurement, MeasurementProtocol
-from nasvit.latency_db.replicate import replicate_onnx, stream_copies
+from nasvit.latency_db.replicate import replicate_onnx
 from nasvit.nn.blocks import BlockSpec
 
 #: A model a profiler can time. ONNX input (bytes or a path) only suits the onnxruntime profilers.
 ModelSource = BlockSpec | nn.Module | bytes | Path
 
 ONNX_OPSET = 17
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-#: A streamed timing runs enough copies of a block for one run to last about this long, at most
-#: this many copies (see :mod:`nasvit.latency_db.replicate`).
-STREAM_RUN_MS = 1.0
-MAX_STREAM_COPIES = 32
 #: Chained copies of a tiny block that measure the per-call overhead (``measure_overhead``).
 OVERHEAD_COPIES = 16
-
-
-def _feed_value(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal(shape, np.float32)
 
 
 P = TypeVar("P", bound="Profiler")
@@ -173,26 +164,6 @@ def export_onnx_bytes(module: nn.Module, input_shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-def ort_session_options(threads: int, optimization: str) -> Any:
-    """onnxruntime options for timing: explicit intra-op threads, one inter-op thread,
-    sequential execution, the given graph optimisation level, warnings silenced."""
-    import onnxruntime as ort
-
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = levels[optimization]
-    options.log_severity_level = 3
-    return options
-
-
 class Identity(nn.Module):
     """An empty model that still exports one node (onnxruntime rejects graphs without nodes)."""
 
@@ -211,7 +182,11 @@ class PreparedOnnx:
 
 
 class OnnxRuntimeProfiler:
-    """onnxruntime with explicit threading: ``threads`` intra-op, one inter-op, sequential."""
+    """onnxruntime with explicit threading: ``threads`` intra-op, one inter-op, sequential.
+
+    The timing itself is :class:`nasvit.agent.timing.OrtTimer`'s, the code a device agent
+    runs; this class adds what needs torch and onnx (exporting blocks, building the chained and
+    replicated models)."""
 
     provider = "CPUExecutionProvider"
 
@@ -225,32 +200,37 @@ class OnnxRuntimeProfiler:
         """``clock`` defaults to the calling thread's CPU time with one thread (the sequential
         executor runs the graph on the calling thread; robust on shared machines) and to wall
         time otherwise; see :attr:`MeasurementProtocol.clock`."""
-        import onnxruntime as ort
-
         if optimization not in OPTIMIZATION_LEVELS:
             raise UnknownNameError("graph optimisation level", optimization, OPTIMIZATION_LEVELS)
         if threads < 1:
             raise NasvitError(f"threads must be >= 1, got {threads}")
-        if self.provider not in ort.get_available_providers():
-            raise ProfilerUnavailableError(
-                f"onnxruntime {ort.__version__} has no {self.provider} on this machine"
-            )
-        self._ort = ort
+        chosen = clock or default_clock(threads, self.provider)
+        if chosen == "thread" and threads != 1:
+            raise NasvitError("the thread clock only measures single-threaded runs")
+        try:
+            self.timer = OrtTimer(threads, optimization, self.provider, protocol, chosen)
+        except RuntimeError as exc:  # the provider is missing from this onnxruntime build
+            raise ProfilerUnavailableError(str(exc)) from None
         self.threads = threads
         self.optimization = optimization
-        single = threads == 1 and self.provider == "CPUExecutionProvider"
-        self.clock = clock or ("thread" if single else "wall")
-        if self.clock == "thread" and threads != 1:
-            raise NasvitError("the thread clock only measures single-threaded runs")
-        self.protocol = replace(protocol or MeasurementProtocol(), clock=self.clock)
-        self._flusher: CacheFlusher | None = None
+        self.clock = chosen
+
+    @property
+    def protocol(self) -> MeasurementProtocol:
+        return self.timer.protocol
+
+    @protocol.setter
+    def protocol(self, protocol: MeasurementProtocol) -> None:
+        self.timer = self.timer.with_protocol(protocol)
 
     @property
     def flusher(self) -> CacheFlusher:
         """The cache flusher of cold measurements (allocated on first use)."""
-        if self._flusher is None:
-            self._flusher = CacheFlusher()
-        return self._flusher
+        return self.timer.flusher
+
+    @flusher.setter
+    def flusher(self, flusher: CacheFlusher) -> None:
+        self.timer.flusher = flusher
 
     @property
     def name(self) -> str:
@@ -260,17 +240,12 @@ class OnnxRuntimeProfiler:
     def settings(self) -> RuntimeSettings:
         return RuntimeSettings(
             runtime="onnxruntime",
-            version=self._ort.__version__,
+            version=self.timer.version,
             provider=self.provider,
             threads=self.threads,
             optimization=self.optimization,
             clock=self.clock,
         )
-
-    def _session(self, model: bytes) -> Any:
-        ort = self._ort
-        options = ort_session_options(self.threads, self.optimization)
-        return ort.InferenceSession(model, options, providers=[self.provider])
 
     def prepare(
         self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
@@ -289,7 +264,8 @@ class OnnxRuntimeProfiler:
     def measure(
         self, model: ModelSource | PreparedOnnx, input_shape: tuple[int, ...] | None = None
     ) -> Measurement:
-        return self._measure(self.prepare(model, input_shape))
+        prepared = self.prepare(model, input_shape)
+        return self.timer.measure(prepared.model, prepared.input_shape)
 
     def measure_warm_cold(
         self,
@@ -301,57 +277,32 @@ class OnnxRuntimeProfiler:
 
         The streamed timing runs ``k`` copies of the block with their own weights in one session
         (:mod:`nasvit.latency_db.replicate`), each call after a cache flush, so every copy reads
-        its weights from DRAM with a hot input, as inside a network larger than the cache. It is
-        stored per call like the warm timing: ``(run - call_overhead_ms) / k +
-        call_overhead_ms``, so warm and cold entries add up the same way.
+        its weights from DRAM with a hot input, as inside a network larger than the cache
+        (:meth:`nasvit.agent.timing.OrtTimer.measure_streamed`).
         """
         prepared = self.prepare(model, input_shape)
-        warm = self._measure(prepared)
-        copies = stream_copies(warm.median_ms, MAX_STREAM_COPIES, STREAM_RUN_MS)
-        session = self._session(replicate_onnx(prepared.model, copies))
-        feed = {session.get_inputs()[0].name: _feed_value(prepared.input_shape)}
-        runs = self.protocol.time_flushed_runs(lambda: session.run(None, feed), self.flusher)
-        per_call = [(t - call_overhead_ms) / copies + call_overhead_ms for t in runs]
-        return warm, Measurement.from_sessions([per_call])
-
-    def _measure(self, prepared: PreparedOnnx) -> Measurement:
-        feed_value = _feed_value(prepared.input_shape)
-        runs = []
-        for _ in range(self.protocol.sessions):
-            session = self._session(prepared.model)
-            feed = {session.get_inputs()[0].name: feed_value}
-            runs.append(self.protocol.time_session(partial(session.run, None, feed)))
-        return Measurement.from_sessions(runs)
+        warm = self.timer.measure(prepared.model, prepared.input_shape)
+        copies = stream_copies(warm.median_ms)
+        replicated = replicate_onnx(prepared.model, copies)
+        cold = self.timer.measure_streamed(
+            replicated, prepared.input_shape, copies, call_overhead_ms
+        )
+        return warm, cold
 
     def measure_overhead(self, input_shape: tuple[int, ...] = (1, 8, 8, 8)) -> Measurement:
-        """What a network saves per block by running its blocks in one call, measured.
+        """What a network saves per block by running its blocks in one call, measured with a
+        1x1 convolution alone and as :data:`OVERHEAD_COPIES` chained copies
+        (:meth:`nasvit.agent.timing.OrtTimer.measure_overhead`)."""
+        single, chained = overhead_models(input_shape)
+        return self.timer.measure_overhead(single, chained, input_shape, OVERHEAD_COPIES)
 
-        A tiny block (a 1x1 convolution) is timed alone (``t1``) and as ``k`` chained copies in
-        one model (``tk``), in alternating fresh sessions: ``k * t1`` pays the per-call cost
-        ``k`` times, ``tk`` once, so each pair of sessions gives ``(k * t1 - tk) / (k - 1)``.
-        Why not an empty model: its call does not overlap work as a block's call does (on 2
-        vCPUs an ``x + 0`` model took 4.1 us per call while networks of small blocks saved
-        about 2 us per block), and a per-call overhead that is too large puts small networks
-        far below their measured latency.
-        """
-        channels = input_shape[1]
-        single = export_onnx_bytes(nn.Conv2d(channels, channels, 1).eval(), input_shape)
-        chained = replicate_onnx(single, OVERHEAD_COPIES)
-        feed_value = _feed_value(input_shape)
-        per_session = []
-        for _ in range(self.protocol.sessions):  # a pair of fresh sessions each
-            runs = []
-            for model in (single, chained):
-                session = self._session(model)
-                feed = {session.get_inputs()[0].name: feed_value}
-                runs.append(self.protocol.time_session(partial(session.run, None, feed)))
-            # One estimate per pair of runs; the summary's median absorbs their noise.
-            per_session.append([
-                (OVERHEAD_COPIES * one - many) / (OVERHEAD_COPIES - 1)
-                for one, many in zip(*runs, strict=False)
-            ])  # fmt: skip
-        measured = Measurement.from_sessions(per_session)
-        return replace(measured, median_ms=max(measured.median_ms, 0.0))
+
+def overhead_models(input_shape: tuple[int, ...] = (1, 8, 8, 8)) -> tuple[bytes, bytes]:
+    """The two models of an overhead measurement: a tiny block (a 1x1 convolution) and
+    :data:`OVERHEAD_COPIES` chained copies of it."""
+    channels = input_shape[1]
+    single = export_onnx_bytes(nn.Conv2d(channels, channels, 1).eval(), input_shape)
+    return single, replicate_onnx(single, OVERHEAD_COPIES)
 
 
 class CudaOnnxRuntimeProfiler(OnnxRuntimeProfiler):

@@ -16,12 +16,12 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from nasvit.agent.measurement import Measurement
 from nasvit.latency_db.device import DeviceFingerprint
 
 # ErrorStats is defined with the error model and re-exported here, where records live.
 from nasvit.latency_db.error_model import ErrorModel
 from nasvit.latency_db.error_model import ErrorStats as ErrorStats
-from nasvit.latency_db.measurement import Measurement
 from nasvit.sql import aware
 
 

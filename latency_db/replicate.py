@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 #: Version of the streamed (cold) timing protocol, stored with every cold timing. Entries from
 #: another protocol (or none: measured before versions were stored, when a cold timing was one
 #: flushed run after a twin session) are re-measured by the table builder. Version 2: an
@@ -91,11 +89,3 @@ def replicate_onnx(model: bytes, copies: int) -> bytes:
     result.ir_version = source.ir_version
     serialized: bytes = result.SerializeToString()
     return serialized
-
-
-def stream_copies(warm_ms: float, max_copies: int, min_run_ms: float) -> int:
-    """How many copies a streamed timing runs: enough for one run of them to last about
-    ``min_run_ms`` (judged by the warm timing; streamed runs are slower), at least two and at
-    most ``max_copies``. The copies need not outgrow the cache: every timed run starts after a
-    cache flush, so each copy's weights come from DRAM anyway."""
-    return max(2, min(max_copies, int(np.ceil(min_run_ms / max(warm_ms, 1e-6)))))

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from nasvit.latency_db.profilers import export_onnx_bytes, ort_session_options
+from nasvit.agent.timing import ort_session_options
+from nasvit.latency_db.profilers import export_onnx_bytes
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: str | Path) -> Path:

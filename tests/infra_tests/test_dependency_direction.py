@@ -1,6 +1,6 @@
 """Layering inside the ``nasvit`` namespace, and an import graph without cycles.
 
-Bottom to top: leaves (errors, settings, sql, data, onnx_export, guarantees) -> nn ->
+Bottom to top: leaves (errors, settings, sql, data, onnx_export, guarantees, agent) -> nn ->
 search_spaces and latency_db -> evaluation -> training -> searching (controllers below the
 pipeline) -> api -> cli and server. CONTRIBUTING.md explains the layers.
 
@@ -49,6 +49,7 @@ LEAVES = (
     "nasvit.data",
     "nasvit.onnx_export",
     "nasvit.guarantees",
+    "nasvit.agent",
 )
 _BELOW_EVALUATION = (*LEAVES, "nasvit.nn", "nasvit.search_spaces", "nasvit.latency_db")
 
@@ -75,10 +76,17 @@ RULES: tuple[Rule, ...] = (
             "nasvit.settings",
             "nasvit.sql",
             "nasvit.guarantees",
+            "nasvit.agent",
         ),
         why="latency_db knows blocks only through nasvit.nn.blocks; no search space, no server",
     ),
     Rule(package="nasvit.errors", allowed=(), why="errors is a leaf: everything imports it"),
+    Rule(
+        package="nasvit.agent",
+        allowed=("nasvit.agent",),
+        why="the device agent runs alone on a device (served as one zipapp): nothing else of "
+        "nasvit travels with it",
+    ),
     Rule(
         package="nasvit.guarantees",
         allowed=("nasvit.errors",),
@@ -97,7 +105,7 @@ RULES: tuple[Rule, ...] = (
     Rule(package="nasvit.data", allowed=("nasvit.errors",), why="datasets are a leaf"),
     Rule(
         package="nasvit.onnx_export",
-        allowed=("nasvit.errors", "nasvit.latency_db"),
+        allowed=("nasvit.errors", "nasvit.latency_db", "nasvit.agent"),
         why="ONNX export is a leaf over the profilers' exporter",
     ),
     Rule(
@@ -334,3 +342,28 @@ def test_cycle_finder_reports_a_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
     cycle = find_cycle({"a": {"b"}, "b": {"a"}, "c": {"a"}})
     assert cycle is not None and set(cycle) == {"a", "b"}
+
+
+#: What the agent's modules may import besides the standard library and nasvit.agent: a device
+#: installs onnxruntime and numpy, nothing else (no torch, no onnx, no HTTP library).
+AGENT_THIRD_PARTY = frozenset({"numpy", "onnxruntime"})
+
+
+def test_the_agent_imports_only_the_standard_library_numpy_and_onnxruntime() -> None:
+    import sys
+
+    files = [
+        s for s in source_files() if s.module is not None and _within(s.module, "nasvit.agent")
+    ]
+    assert any(s.module == "nasvit.agent.timing" for s in files), "scan found no agent sources"
+    foreign = []
+    for source in files:
+        assert source.module is not None
+        tree = ast.parse(source.path.read_text(encoding="utf-8"), filename=str(source.path))
+        for line, name in imported_names(tree, source.module, source.is_package):
+            top = name.split(".")[0]
+            if top in ("nasvit", "__future__") or top in sys.stdlib_module_names:
+                continue
+            if top not in AGENT_THIRD_PARTY:
+                foreign.append(f"{source.path.name}:{line}: {name}")
+    assert not foreign, "the agent imports more than numpy and onnxruntime:\n" + "\n".join(foreign)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from nasvit.agent.hardware import CacheFlusher, _parse_size, last_level_cache_bytes
 from nasvit.guarantees import BUDGET_PERCENTILES
 from nasvit.latency_db import (
     DeviceFingerprint,
@@ -19,7 +20,7 @@ from nasvit.latency_db import (
     ValidationRecord,
     build_table,
 )
-from nasvit.latency_db.cache import CacheFlusher, CacheModel, _parse_size, last_level_cache_bytes
+from nasvit.latency_db.cache import CacheModel
 from nasvit.latency_db.error_model import Band, ErrorModel, NetworkMatrix, residency_model
 from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.table import MissingBlocksError
@@ -73,7 +74,7 @@ def test_cold_measurement_runs_on_fresh_sessions_and_is_stored(
     """The mechanism, not the timing: warm and cold come from the same sessions, the builder
     stores weight bytes for every block and cold timings for blocks above the threshold."""
     profiler = OnnxRuntimeProfiler(protocol=MeasurementProtocol.quick())
-    profiler._flusher = CacheFlusher(4 * MB)  # keep the test cheap
+    profiler.flusher = CacheFlusher(4 * MB)  # keep the test cheap
     big = BlockSpec("test.linear", (1, 512), (1, 512), {"n": 512},
                     lambda: torch.nn.Linear(512, 512))  # fmt: skip
     small = BlockSpec("test.linear", (1, 8), (1, 8), {"n": 8}, lambda: torch.nn.Linear(8, 8))
@@ -97,7 +98,7 @@ def test_cold_timings_of_another_protocol_are_re_measured(sqlite_store: LatencyS
     """A database from before the cold protocol was versioned: its measured cold timings are
     re-measured and overwritten in place (one row per key); imported ones are kept."""
     profiler = OnnxRuntimeProfiler(protocol=MeasurementProtocol.quick())
-    profiler._flusher = CacheFlusher(4 * MB)
+    profiler.flusher = CacheFlusher(4 * MB)
     blocks = [
         BlockSpec("test.linear", (1, n), (1, n), {"n": n}, lambda n=n: torch.nn.Linear(n, n))
         for n in (256, 320, 384)
@@ -256,8 +257,9 @@ def test_replicated_model_runs_each_copy_with_its_own_weights() -> None:
     import onnx
     import onnxruntime as ort
 
+    from nasvit.agent.timing import stream_copies
     from nasvit.latency_db.profilers import export_onnx_bytes
-    from nasvit.latency_db.replicate import replicate_onnx, stream_copies
+    from nasvit.latency_db.replicate import replicate_onnx
 
     torch.manual_seed(0)
     block = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU()).eval()
