@@ -82,3 +82,25 @@ __all__ = [
     "make_profiler",
     "with_protocol",
 ]
+
+from nasvit.latency_db.work import (
+    BlockModel,
+    CompleteResult,
+    Lease,
+    LeaseError,
+    NetworkJob,
+    WorkItem,
+    WorkQueue,
+    WorkResultError,
+)
+
+__all__ += [
+    "BlockModel",
+    "CompleteResult",
+    "Lease",
+    "LeaseError",
+    "NetworkJob",
+    "WorkItem",
+    "WorkQueue",
+    "WorkResultError",
+]

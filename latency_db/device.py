@@ -56,8 +56,8 @@ class DeviceFingerprint:
     def local(cls, settings: RuntimeSettings, batch: int = 1) -> DeviceFingerprint:
         """The fingerprint of this machine running ``settings`` (what an agent reports for
         its device, from the same code)."""
-        return cls(
-            **machine_fingerprint(
+        return cls.from_dict(
+            machine_fingerprint(
                 runtime=settings.runtime,
                 runtime_version=settings.version,
                 provider=settings.provider,

@@ -18,7 +18,9 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     Text,
@@ -48,6 +50,13 @@ class Device(Base):
     overhead_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     overhead_iqr_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     overhead_n: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Migration 0004: set once an agent registered the device; from then on every measurement
+    # for it goes through work items (see nasvit.latency_db.work).
+    agent_registered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_agent: Mapped[str | None] = mapped_column(String(255), nullable=True)
 
 
 def _entry_column(value: EntryValue) -> Column[Any]:
@@ -130,3 +139,52 @@ class ValidationRun(Base):
     cache_test_within_5: Mapped[float | None] = mapped_column(Float, nullable=True)
     cache_test_within_10: Mapped[float | None] = mapped_column(Float, nullable=True)
     cache_test_spearman: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WorkModelRow(Base):
+    """An ONNX model a work item times, content-addressed; kept in the database so the server,
+    the pipeline and the CLI share no filesystem. Deleted once no unfinished item needs it."""
+
+    __tablename__ = "latency_work_models"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WorkItemRow(Base):
+    """One timing a device's agent is to make (see :mod:`nasvit.latency_db.work`)."""
+
+    __tablename__ = "latency_work_items"
+    __table_args__ = (
+        # Enqueueing the same block twice is a no-op (insert-or-ignore on this key).
+        UniqueConstraint("device_id", "kind", "key", name="uq_latency_work_items_device_kind_key"),
+        # The claim's query: a device's claimable items in (priority, id) order.
+        Index("ix_latency_work_items_queue", "device_id", "status", "priority", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("latency_devices.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(512))
+    batch: Mapped[str] = mapped_column(String(64))
+    space: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    extra_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reference_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    lease_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    leased_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

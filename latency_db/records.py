@@ -27,7 +27,9 @@ from nasvit.sql import aware
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """A stored device; ``overhead_ms`` is None until the builder measured it."""
+    """A stored device; ``overhead_ms`` is None until the builder (or the device's agent)
+    measured it. ``agent_registered_at`` is set once an agent registered the device, and
+    ``last_seen_at``/``last_agent`` say when and which agent last talked to the server."""
 
     id: str
     name: str
@@ -36,6 +38,15 @@ class DeviceRecord:
     overhead_ms: float | None = None
     overhead_iqr_ms: float | None = None
     overhead_n: int | None = None
+    agent_registered_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    last_agent: str | None = None
+
+    @property
+    def agent_managed(self) -> bool:
+        """Whether an agent measures this device: its timings then come only from work items
+        (see :mod:`nasvit.latency_db.work`), never from the machine running the pipeline."""
+        return self.agent_registered_at is not None
 
 
 class Transfer(Enum):

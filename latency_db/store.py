@@ -55,7 +55,25 @@ def _device_record(row: Device) -> DeviceRecord:
         overhead_ms=row.overhead_ms,
         overhead_iqr_ms=row.overhead_iqr_ms,
         overhead_n=row.overhead_n,
+        agent_registered_at=aware(row.agent_registered_at),
+        last_seen_at=aware(row.last_seen_at),
+        last_agent=row.last_agent,
     )
+
+
+def dialect_insert(session: Session) -> Callable[[Any], PostgresInsert | SqliteInsert]:
+    """The session's backend's ``insert``: ON CONFLICT (insert-or-ignore, upserts) has no
+    portable SQLAlchemy form, and both supported backends spell it the same way."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgres_insert
+
+        return postgres_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise NasvitError(f"unsupported database backend '{dialect}'")  # pragma: no cover
 
 
 def _entry_record(row: RowMapping) -> EntryRecord:
@@ -196,14 +214,7 @@ class LatencyStore:
         if session is None:
             with self.transaction() as own:
                 return self.add_entries(device_id, entries, own, replace)
-        dialect = session.get_bind().dialect.name
-        insert: Callable[[type[LatencyEntry]], PostgresInsert | SqliteInsert]
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # pragma: no cover - other backends are not supported yet
-            raise NasvitError(f"unsupported database backend '{dialect}'")
+        insert = dialect_insert(session)
         count = self._count(session, device_id)
         now = utcnow()
         for start in range(0, len(entries), _CHUNK):

@@ -188,20 +188,36 @@ def profile(
         >>> nasvit.profile("efficientformer", resolutions=[64]).measured  # doctest: +SKIP
         412
     """
-    from nasvit.evaluation.latency import build_space_table, resolve_device
+    from nasvit.evaluation.latency import build_space_table, resolve_measurer
     from nasvit.latency_db import LatencyStore
+    from nasvit.latency_db.remote import AgentMeasurer
 
     searched = _as_space(space)
-    store = LatencyStore.open(load_settings(settings).resolved_database_url)
+    settings = load_settings(settings)
+    store = LatencyStore.open(settings.resolved_database_url)
     try:
-        record, profiler = resolve_device(store, device, runtime, threads, optimization)
+        record, measurer = resolve_measurer(
+            store,
+            device,
+            runtime,
+            threads,
+            optimization,
+            settings=settings,
+            space=searched.identity,
+        )
+        # A remote device's blocks are timed by its agents: the stage says who is waited for.
+        stage = (
+            f"waiting for device {record.name}: blocks"
+            if isinstance(measurer, AgentMeasurer)
+            else "profiling blocks"
+        )
         report = build_space_table(
             searched,
             store,
-            profiler,
+            measurer,
             record,
             resolutions,
-            progress=None if progress is None else lambda d, t: progress("profiling blocks", d, t),
+            progress=None if progress is None else lambda d, t: progress(stage, d, t),
             num_classes=num_classes,
             in_channels=in_channels,
         )

@@ -73,6 +73,22 @@ class DeviceNotLocalError(NasvitError):
         return f"device '{self.device}' is not this machine: {', '.join(self.differences)}"
 
 
+class DeviceSilentError(NasvitError):
+    """A device whose agents stopped answering while work for it waited.
+
+    Attributes:
+        device: the device's name.
+    """
+
+    def __init__(self, device: str, silent_s: float, pending: str):
+        self.device = device
+        super().__init__(
+            f"device '{device}' has not been seen for {silent_s:.0f} s while {pending} waited "
+            f"for it; start its agent (`nasvit agent --server URL --token DEVICE_TOKEN`) and "
+            "try again"
+        )
+
+
 class NoSubnetFitsError(NasvitError):
     """No candidate of a search meets its budget: none is predicted within it, or none of
     those exported and measured end to end measured within it. The message names the closest

@@ -45,6 +45,13 @@ class Settings(BaseSettings):
         checkpoints: supernet checkpoint per space (JSON in ``NASVIT_CHECKPOINTS``); a space
             without one uses its default supernet, trained once under ``home``.
         max_evaluations: the most candidates one service search may ask for.
+        device_timeout_seconds: a search (or ``nasvit profile``) waiting on a device's agent
+            fails once no agent of that device has been seen for this long.
+        device_lease_seconds: how long an agent holds the work items it claimed; an agent
+            killed mid-batch leaves them to the next claim after this.
+        agent_poll_seconds: how often an idle agent asks for work (the server tells agents).
+        agent_protocol: ``standard`` (agents time as ``nasvit profile`` does) or ``quick``
+            (fewer sessions and runs: noisier tables, for smoke tests).
     """
 
     model_config = SettingsConfigDict(env_prefix="NASVIT_", extra="ignore")
@@ -60,6 +67,10 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(10.0, gt=0)
     checkpoints: dict[str, Path] = Field(default_factory=dict)
     max_evaluations: int = Field(100_000, ge=1)
+    device_timeout_seconds: float = Field(600.0, gt=0)
+    device_lease_seconds: float = Field(120.0, gt=0)
+    agent_poll_seconds: float = Field(1.0, gt=0)
+    agent_protocol: Literal["standard", "quick"] = "standard"
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> Settings:

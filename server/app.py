@@ -5,43 +5,49 @@ Searches never run inside a request: ``POST /api/v1/searches`` stores a queued j
 plain ``def`` functions (FastAPI runs them in its thread pool) over synchronous SQLAlchemy.
 
 Bad input always gets a 4xx with ``{"detail": "<what was wrong>"}``: 400 malformed JSON, 401
-missing or wrong token, 404 unknown job / space / device / artifact, 409 an action the job's
-status forbids, 413 an oversized body, 422 a well-formed request with unusable values.
+missing or wrong token (or the wrong kind of token), 403 another device's device token, 404
+unknown job / space / device / artifact, 409 an action the job's status (or an agent's lease)
+forbids, 413 an oversized body, 422 a well-formed request with unusable values.
+
+The OpenAPI document states what the server enforces: bounds and patterns of every body, and
+each operation's real security (read endpoints: optional while reads are public).
+Devices and agents have their own routers (:mod:`nasvit.server.devices`,
+:mod:`nasvit.server.agents`).
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import SQLAlchemyError
 
 from nasvit import __version__
 from nasvit.errors import NasvitError, UnknownNameError
 from nasvit.guarantees import DEFAULT_CONFIDENCE
-from nasvit.server import schemas
-from nasvit.server.db import Database
-from nasvit.server.jobs import (
-    FINISHED,
-    JobNotFoundError,
-    JobRecord,
-    JobStateError,
-    JobStore,
-    TokenStore,
+from nasvit.server import agents, devices, schemas
+from nasvit.server.jobs import FINISHED, JobNotFoundError, JobRecord, JobStateError
+from nasvit.server.results import pareto_summary, points
+from nasvit.server.services import (
+    API_TOKEN_SCHEME,
+    Reader,
+    Services,
+    ServicesDep,
+    Writer,
+    require_reader,
 )
-from nasvit.server.results import ResultReader, pareto_summary, points
 from nasvit.settings import Settings, load_settings
+
+# Re-exported: callers and tests reach the services of an app through this module.
+__all__ = ["API_PREFIX", "Services", "app_from_environment", "create_app"]
 
 API_PREFIX = "/api/v1"
 #: Files of a job folder the API hands out (anything else there is internal).
@@ -55,88 +61,8 @@ ARTIFACTS = {
 }
 
 
-@dataclass
-class Services:
-    """What the handlers use; one per app, on ``app.state.services``."""
-
-    settings: Settings
-    database: Database
-    jobs: JobStore
-    tokens: TokenStore
-    results: ResultReader = field(default_factory=ResultReader)
-    _latency: Any = None
-    _latency_lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def latency_store(self) -> Any:
-        """The latency database (opened, and migrated, on first use)."""
-        with self._latency_lock:
-            if self._latency is None:
-                from nasvit.latency_db import LatencyStore
-
-                self._latency = LatencyStore.open(self.settings.resolved_database_url)
-            return self._latency
-
-    def job_folder(self, job_id: str) -> Path:
-        return self.settings.resolved_artifact_root / job_id
-
-    def close(self) -> None:
-        self.database.close()
-        if self._latency is not None:
-            self._latency.close()
-
-
-# The dependencies are ``async def`` on purpose: FastAPI runs a sync dependency in its thread
-# pool, and a thread hop per dependency per request is what dominates cheap polling requests
-# (and their tail latency, through GIL hand-offs between many pool threads).
-async def get_services(request: Request) -> Services:
-    return request.app.state.services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="An API token from `nasvit token create NAME`, sent as `Authorization: Bearer`.",
-)
-
-
-def _check_token(services: Services, credentials: HTTPAuthorizationCredentials | None) -> str:
-    if credentials is None:
-        raise HTTPException(
-            401,
-            "missing API token: send 'Authorization: Bearer <token>' "
-            "(create one with `nasvit token create NAME`)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    name = services.tokens.verify(credentials.credentials)
-    if name is None:
-        raise HTTPException(
-            401, "invalid or revoked API token", headers={"WWW-Authenticate": "Bearer"}
-        )
-    return name
-
-
-async def require_writer(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """Write endpoints always need a live token."""
-    return _check_token(services, credentials)
-
-
-async def require_reader(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str | None:
-    """Read endpoints need a token only when ``read_access`` is ``token``."""
-    if services.settings.read_access == "public":
-        return None
-    return _check_token(services, credentials)
-
-
-Reader = Depends(require_reader)
-Writer = Depends(require_writer)
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.Problem} for code in (400, 401, 404, 409, 413, 422)
+    code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 409, 413, 422)
 }
 
 
@@ -179,7 +105,7 @@ def _best_view(best: dict[str, Any]) -> schemas.BestSummary:
     return schemas.BestSummary(**best, interval_confidence=DEFAULT_CONFIDENCE if interval else None)
 
 
-router = APIRouter(prefix=API_PREFIX, responses=_ERRORS)
+router = APIRouter()
 
 
 # ---------------------------------------------------------------------- searches
@@ -329,110 +255,6 @@ def get_space_detail(name: str) -> schemas.SpaceDetail:
     return schemas.SpaceDetail.model_validate(summary)
 
 
-# ---------------------------------------------------------------------- devices
-def _device_view(store: Any, record: Any) -> schemas.Device:
-    validation = store.latest_validation(record.id)
-    return schemas.Device(
-        id=record.id,
-        name=record.name,
-        entries=store.entry_count(record.id),
-        fingerprint=record.fingerprint.to_dict(),
-        latest_validation=None if validation is None else _validation_view(validation),
-    )
-
-
-def _figures(stats: Any) -> schemas.ErrorFigures:
-    return schemas.ErrorFigures.model_validate(stats, from_attributes=True)
-
-
-def _validation_view(validation: Any) -> schemas.ValidationSummary:
-    """What a validation run says about the table's predictions (a ValidationRecord)."""
-    model = validation.error_model
-    ceiling = validation.noise_ceiling
-    bands = None
-    if model is not None:
-        bands = [schemas.BandFigures.model_validate(band) for band in model.describe_bands()]
-    return schemas.ValidationSummary(
-        space=validation.space,
-        created_at=validation.created_at,
-        validated=model is not None,
-        prediction_path=validation.prediction_path,
-        prediction_error=_figures(validation.prediction_error),
-        raw=_figures(validation.raw),
-        noise_ceiling=None if ceiling is None else _figures(ceiling),
-        bands=bands,
-    )
-
-
-def _device(store: Any, device_id: str) -> Any:
-    try:
-        return store.device(device_id)
-    except UnknownNameError as exc:
-        raise HTTPException(404, str(exc)) from None
-
-
-@router.get("/devices", tags=["devices"], dependencies=[Reader])
-def list_devices(services: ServicesDep) -> list[schemas.Device]:
-    store = services.latency_store()
-    return [_device_view(store, record) for record in store.devices()]
-
-
-@router.get("/devices/{device_id}/table", tags=["devices"], dependencies=[Reader])
-def get_device_table(
-    device_id: str,
-    services: ServicesDep,
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> schemas.EntryPage:
-    """The device's measured block latencies (by key), a page at a time."""
-    store = services.latency_store()
-    record = _device(store, device_id)
-    entries = sorted(store.entries(record.id).values(), key=lambda e: e.key)
-    page = [
-        schemas.Entry.model_validate(e, from_attributes=True)
-        for e in entries[offset : offset + limit]
-    ]
-    return schemas.EntryPage(
-        device=_device_view(store, record),
-        items=page,
-        total=len(entries),
-        offset=offset,
-        limit=limit,
-    )
-
-
-@router.post("/devices/{device_id}/measurements", tags=["devices"], dependencies=[Writer])
-def upload_measurements(
-    device_id: str, body: schemas.MeasurementUpload, services: ServicesDep
-) -> schemas.UploadResult:
-    """Add measured block latencies to a device's table. The upload is validated as a whole
-    (like ``nasvit latency import``) before anything is written; keys the device already has
-    keep their first measurement."""
-    from nasvit.latency_db.transfer import FORMAT, import_table
-
-    store = services.latency_store()
-    record = _device(store, device_id)
-    document = {
-        "format": FORMAT,
-        "device": {
-            "name": record.name,
-            "id": record.id,
-            "fingerprint": record.fingerprint.to_dict(),
-        },
-        "entries": [entry.model_dump(exclude_none=True) for entry in body.entries],
-    }
-    with tempfile.TemporaryDirectory(prefix="nasvit-upload-") as folder:
-        path = Path(folder) / "measurements.json"
-        path.write_text(json.dumps(document))
-        try:
-            result = import_table(store, path, device_name=record.name)
-        except NasvitError as exc:
-            raise HTTPException(422, str(exc)) from None
-    return schemas.UploadResult(
-        device=result.device, inserted=result.inserted, skipped=result.skipped
-    )
-
-
 # ---------------------------------------------------------------------- health
 @router.get(
     "/health", tags=["service"], responses={503: {"model": schemas.Health}}, response_model=None
@@ -530,20 +352,113 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def api_routes() -> Iterator[tuple[str, APIRoute]]:
+    """Every API endpoint: its full path template and its route (the routers this module
+    mounts under :data:`API_PREFIX`)."""
+    for mounted in (router, devices.router, agents.router):
+        for route in mounted.routes:
+            if isinstance(route, APIRoute):
+                yield API_PREFIX + route.path_format, route
+
+
+class OptionsAllow:
+    """Answer ``OPTIONS`` on an API path with 204 and the ``Allow`` header listing every method
+    of the path. (Starlette answers 405 naming only the first route's method: ``/searches``
+    would claim POST alone.)
+
+    A CORS preflight that gets here found no CORS middleware in front (it answers the ones it
+    is configured for): cross-origin calls are closed, so it gets 405, still with ``Allow``."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]):
+        self.app = app
+        self.routes = [route for _, route in api_routes()]
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        methods = set(self._methods(scope["path"]))
+        if not methods:
+            await self.app(scope, receive, send)  # not an API path: 404 as usual
+            return
+        if b"access-control-request-method" in dict(scope.get("headers") or []):
+            detail = "cross-origin requests are not enabled on this server (NASVIT_CORS_ORIGINS)"
+            await _answer(send, 405, ", ".join(sorted(methods)), json.dumps({"detail": detail}))
+        else:
+            await _answer(send, 204, ", ".join(sorted(methods | {"OPTIONS"})), "")
+
+    def _methods(self, path: str) -> Iterator[str]:
+        if not path.startswith(API_PREFIX + "/"):
+            return
+        tail = path[len(API_PREFIX) :]
+        for route in self.routes:
+            if route.path_regex.match(tail):
+                yield from route.methods or ()
+
+
+async def _answer(send: Callable, status: int, allow: str, detail: str) -> None:
+    body = detail.encode()
+    headers = [(b"allow", allow.encode())]
+    if body:
+        headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
+
+
+def document_enforcement(app: FastAPI, settings: Settings) -> None:
+    """Make the OpenAPI document state what this server checks beyond the bodies' own types:
+
+    - each read endpoint's real security: a token is optional (``[{}, {"HTTPBearer": []}]``)
+      while reads are public, required when ``read_access`` is ``token`` (FastAPI marks
+      every endpoint with a bearer dependency as requiring it);
+    - a search's known spaces and controllers (``enum``), and this server's
+      ``max_evaluations`` (``maximum``), which the handler checks.
+    """
+    from nasvit.search_spaces import space_names
+    from nasvit.searching.controllers import CONTROLLERS
+
+    generate = app.openapi
+    reading: list[dict[str, list[str]]] = [{API_TOKEN_SCHEME: []}]
+    if settings.read_access == "public":
+        reading = [{}, *reading]  # {}: no token is also fine
+    readers = [
+        (path, route.methods or set())
+        for path, route in api_routes()
+        if route.include_in_schema and _depends_on(route.dependant, require_reader)
+    ]
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # cached by FastAPI; the edits below are idempotent
+        for path, methods in readers:
+            for method in methods:
+                schema["paths"][path][method.lower()]["security"] = reading
+        search = schema["components"]["schemas"]["SearchCreate"]["properties"]
+        search["space"]["enum"] = space_names()
+        search["controller"]["enum"] = list(CONTROLLERS)
+        search["evaluations"]["maximum"] = settings.max_evaluations
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 # ---------------------------------------------------------------------- factory
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API (and dashboard) over the database ``settings`` names, migrated to head
     (default: the ``NASVIT_*`` environment's settings). Everything the app opens (the job
     tables, the latency store) is opened with these settings."""
     settings = load_settings(settings)
-    database = Database.open(settings.resolved_database_url)
-    services = Services(settings, database, JobStore(database), TokenStore(database))
+    services = Services.open(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         services.close()
 
+    reads = "need no token" if settings.read_access == "public" else "need an API token too"
     app = FastAPI(
         title="nasvit",
         version=__version__,
@@ -551,14 +466,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=(
             "Submit searches, watch their Pareto fronts, download the chosen ONNX model. "
             "Write endpoints need `Authorization: Bearer <token>` "
-            "(`nasvit token create NAME`)."
+            f"(`nasvit token create NAME`); on this server, read endpoints {reads}. "
+            "Device agents (`nasvit agent`) use a device token (`nasvit device add NAME`) "
+            "on the agents endpoints."
         ),
         lifespan=lifespan,
     )
     app.state.services = services
-    app.include_router(router)
+    app.include_router(router, prefix=API_PREFIX, responses=_ERRORS)
+    app.include_router(devices.router, prefix=API_PREFIX, responses=_ERRORS)
+    app.include_router(agents.router, prefix=API_PREFIX, responses=_ERRORS)
+    document_enforcement(app, settings)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NasvitError, _nasvit_error)
+    app.add_middleware(OptionsAllow)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # closed unless origins are named
         app.add_middleware(

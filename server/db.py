@@ -1,4 +1,4 @@
-"""The service's tables (jobs, API tokens) and its connection to the database.
+"""The service's tables (jobs, API tokens, device tokens) and its connection to the database.
 
 The tables share a database with the latency store but have their own Alembic environment
 (``server/migrations``, version table ``nasvit_server_alembic_version``), so either schema can
@@ -62,6 +62,22 @@ class TokenRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DeviceTokenRow(Base):
+    """A device token: lets an agent register one device and act for it, nothing else.
+
+    ``name`` labels the token (for listing and revoking); ``device`` is the device name the token
+    acts for, which need not exist yet (the agent's registration creates it)."""
+
+    __tablename__ = "device_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    device: Mapped[str] = mapped_column(String(200), index=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

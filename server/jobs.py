@@ -1,4 +1,4 @@
-"""Jobs and API tokens in SQL: the service layer under the HTTP API and the workers.
+"""Jobs, API tokens and device tokens in SQL: the service layer under the HTTP API and the workers.
 
 No FastAPI here: the API, the workers and the CLI all call these methods.
 
@@ -18,6 +18,7 @@ both the claim itself is a conditional UPDATE whose row count says whether it wo
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -29,17 +30,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from nasvit.errors import NasvitError, UnknownNameError
-from nasvit.server.db import Database, JobRow, TokenRow
+from nasvit.server.db import Database, DeviceTokenRow, JobRow, TokenRow
 from nasvit.sql import aware, utcnow
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 TOKEN_PREFIX = "nsv_"
+DEVICE_TOKEN_PREFIX = "nsd_"
+#: A device name a device token may act for: it appears in URLs, so URL-safe characters only.
+DEVICE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
 _JOBS = JobRow.__table__
 _SELECT_ONE = select(_JOBS).where(_JOBS.c.id == bindparam("job_id"))
 _TOKENS = TokenRow.__table__
 _SELECT_TOKEN = select(_TOKENS.c.name, _TOKENS.c.revoked_at).where(
     _TOKENS.c.sha256 == bindparam("sha256")
+)
+_DEVICE_TOKENS = DeviceTokenRow.__table__
+_SELECT_DEVICE_TOKEN = select(_DEVICE_TOKENS.c.device, _DEVICE_TOKENS.c.revoked_at).where(
+    _DEVICE_TOKENS.c.sha256 == bindparam("sha256")
 )
 
 
@@ -357,3 +365,103 @@ class TokenStore:
         if row is None or row.revoked_at is not None:
             return None
         return row.name
+
+
+# ---------------------------------------------------------------------- device tokens
+@dataclass(frozen=True)
+class DeviceTokenRecord:
+    name: str  # the token's label
+    device: str  # the device name it acts for
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if a device token may act for it (see :data:`DEVICE_NAME_PATTERN`)."""
+    if not re.fullmatch(DEVICE_NAME_PATTERN, name):
+        raise NasvitError(
+            f"device name {name!r} cannot have a device token: use 1 to 200 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+class DeviceTokenStore:
+    """Device tokens (``nsd_...``), stored as SHA-256 digests like API tokens. A device token
+    lets an agent register its device and do that device's work, and nothing else: it is never
+    an API token, and an API token is never a device token (the prefixes tell them apart
+    before any lookup)."""
+
+    def __init__(self, database: Database):
+        self.db = database
+
+    def create(self, device: str, label: str | None = None) -> tuple[str, str]:
+        """Issue a token for ``device``; returns (its label, the token). The plain text is
+        returned once and never stored. The label defaults to the device name, numbered
+        (``pi-2``) when the device already has a token."""
+        check_device_name(device)
+        if label is not None:
+            label = label.strip()
+            if not label or len(label) > 200:
+                raise NasvitError("a device token's label must have 1 to 200 characters")
+        token = DEVICE_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        try:
+            with self.db.write() as session:
+                chosen = label or self._free_label(session, device)
+                session.add(
+                    DeviceTokenRow(
+                        name=chosen, device=device, sha256=_digest(token), created_at=utcnow()
+                    )
+                )
+        except IntegrityError:
+            # An explicit label in use, or another request took the same default at once.
+            taken = label or device
+            raise NasvitError(
+                f"a device token labelled '{taken}' exists; choose another label"
+            ) from None
+        return chosen, token
+
+    @staticmethod
+    def _free_label(session: Session, device: str) -> str:
+        labels = set(
+            session.scalars(
+                select(DeviceTokenRow.name).where(
+                    or_(DeviceTokenRow.name == device, DeviceTokenRow.name.like(f"{device}-%"))
+                )
+            )
+        )
+        if device not in labels:
+            return device
+        number = 2
+        while f"{device}-{number}" in labels:
+            number += 1
+        return f"{device}-{number}"
+
+    def list(self, device: str | None = None) -> list[DeviceTokenRecord]:
+        with self.db.read() as session:
+            query = select(DeviceTokenRow).order_by(DeviceTokenRow.created_at, DeviceTokenRow.id)
+            if device is not None:
+                query = query.where(DeviceTokenRow.device == device)
+            return [
+                DeviceTokenRecord(r.name, r.device, aware(r.created_at), aware(r.revoked_at))
+                for r in session.scalars(query)
+            ]
+
+    def revoke(self, label: str) -> None:
+        with self.db.write() as session:
+            row = session.scalar(select(DeviceTokenRow).where(DeviceTokenRow.name == label))
+            if row is None:
+                known = session.scalars(select(DeviceTokenRow.name)).all()
+                raise UnknownNameError("device token", label, known)
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+
+    def verify(self, token: str) -> str | None:
+        """The device name the live device token ``token`` acts for, or None."""
+        if not token.startswith(DEVICE_TOKEN_PREFIX):
+            return None
+        with self.db.read_engine.connect() as connection:
+            row = connection.execute(_SELECT_DEVICE_TOKEN, {"sha256": _digest(token)}).one_or_none()
+        if row is None or row.revoked_at is not None:
+            return None
+        return str(row.device)

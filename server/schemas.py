@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    create_model,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from nasvit.agent.measurement import CLOCKS, MeasurementProtocol
+from nasvit.errors import NasvitError
 from nasvit.guarantees import BUDGET_PERCENTILES
+from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, EntryValue, Transfer
+from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
+from nasvit.searching.budget import _UNITS_TO_MS, parse_budget_spec
 from nasvit.searching.request import request_option
+from nasvit.server.jobs import DEVICE_NAME_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 if TYPE_CHECKING:
@@ -21,6 +41,72 @@ else:  # the schema's enum, from the one list of allowed percentiles
 
 class Problem(BaseModel):
     detail: str = Field(description="What was wrong with the request, in words.")
+
+
+#: The largest value of a 32-bit integer column: a bigger number would fail in the database (a
+#: 5xx), so the schema refuses it first.
+INT32_MAX = 2**31 - 1
+#: The bound of 64-bit columns: 2**53, the largest integer a JSON number read as a double (as
+#: JavaScript and the OpenAPI document's own numbers are) holds exactly. 2**63 - 1 would be
+#: documented as 9.223372036854776e18, which is 2**63: a value the server refuses.
+LARGEST_INTEGER = 2**53
+
+
+def regex_literal(text: str) -> str:
+    """``text`` matched literally, escaping only ECMAScript's syntax characters: the patterns
+    here are read by Python, by pydantic's Rust engine and, from the OpenAPI schema, by
+    ECMAScript (JSON Schema's dialect, where ``re.escape``'s ``\\-`` is an error under the
+    ``u`` flag)."""
+    return "".join("\\" + c if c in "\\^$.*+?()[]{}|/" else c for c in text)
+
+
+def _budget_pattern() -> str:
+    """What the budget parser (:func:`nasvit.searching.budget.parse_budget_spec`) reads as a
+    positive budget, as one regular expression in the subset shared by Python and ECMAScript.
+
+    The parser's number is ``[0-9]*\\.?[0-9]+`` with an optional exponent; "positive" means a
+    digit other than 0 somewhere in the mantissa. Two exponent digits at most: with the
+    field's 50 characters no budget can then overflow or underflow a float, which the parser
+    would refuse as "not positive". Only ASCII spaces around the parts (the parser takes any
+    whitespace), units in either case except the micro sign (``µs``, U+00B5), and the
+    percentiles of :data:`~nasvit.guarantees.BUDGET_PERCENTILES` (leading zeros allowed, as
+    the parser reads ``p090`` as 90)."""
+    number = (
+        "(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]*\\.[0-9]*[1-9][0-9]*)(?:[eE][-+]?0*[0-9]{1,2})?"
+    )
+
+    def either_case(unit: str) -> str:
+        return "".join(
+            f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c for c in unit
+        )
+
+    units = "|".join(either_case(u) for u in sorted(_UNITS_TO_MS, key=len, reverse=True))
+    percentiles = "|".join(str(p) for p in BUDGET_PERCENTILES)
+    return f"^ *{number} *(?:{units}) *(?:@ *[pP]0*(?:{percentiles}) *)?$"
+
+
+#: The budget's text as the schema states it (see :func:`_budget_pattern`).
+BUDGET_PATTERN = _budget_pattern()
+_BUDGET = re.compile(BUDGET_PATTERN)
+
+
+def check_budget(text: str) -> str:
+    """``text`` if it matches :data:`BUDGET_PATTERN`, which the parser then reads; else a
+    ValueError with the parser's own reason where it has one."""
+    if _BUDGET.fullmatch(text):
+        return text
+    try:
+        parse_budget_spec(text)
+    except NasvitError as exc:
+        raise ValueError(str(exc)) from None
+    except KeyError:
+        # The parser matches units ignoring case, so a Greek mu ("2μs") passes its pattern
+        # and then is not one of its units; the pattern here refuses it.
+        pass
+    raise ValueError(
+        f"cannot read latency budget {text!r}: write a positive number (at most two exponent "
+        "digits) and a unit (s, ms, us), optionally with a percentile, e.g. 2ms or 2 ms @ p90"
+    )
 
 
 def _from_request(name: str, **limits: Any) -> Any:
@@ -59,7 +145,9 @@ class SearchCreate(BaseModel):
     )
 
     space: str = _from_request("space", min_length=1, max_length=100)
-    budget: str = _from_request("budget_ms", min_length=1, max_length=50)
+    budget: str = _from_request(
+        "budget_ms", min_length=1, max_length=50, json_schema_extra={"pattern": BUDGET_PATTERN}
+    )
     budget_confidence: float | None = _from_request("budget_confidence")
     budget_percentile: Percentile | None = _from_request("budget_percentile")
     device: str | None = _from_request("device", min_length=1, max_length=200)
@@ -67,6 +155,13 @@ class SearchCreate(BaseModel):
     evaluations: int = _from_request("evaluations")
     seed: int = _from_request("seed")
     workers: int = _from_request("workers")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_text(cls, text: str) -> str:
+        # The pattern is checked here rather than as pydantic's ``pattern`` so that a refused
+        # budget gets the parser's reason (e.g. the percentiles allowed), not the pattern.
+        return check_budget(text)
 
 
 class Progress(BaseModel):
@@ -250,16 +345,107 @@ class ValidationSummary(BaseModel):
     )
 
 
+class Coverage(BaseModel):
+    done: int = Field(description="Blocks of the space measured through the device's queue.")
+    total: int = Field(description="Blocks of the space queued for the device in all.")
+
+
+DeviceStatus = Literal["online", "silent", "local"]
+WorkKind = Literal["overhead", "block", "network"]
+WorkStatus = Literal["queued", "leased", "done"]
+
+
 class Device(BaseModel):
     id: str
     name: str
     entries: int
     fingerprint: dict[str, Any]
     latest_validation: ValidationSummary | None
+    agent_managed: bool = Field(
+        False,
+        description="An agent registered the device: all its measurements are work items "
+        "timed on the device, never on the service's machine.",
+    )
+    status: DeviceStatus = Field(
+        "local",
+        description='"online": its agent was seen within the service\'s device timeout; '
+        '"silent": not since; "local": no agent (tables measured where nasvit runs).',
+    )
+    last_seen_at: datetime | None = Field(None, description="When an agent last called in.")
+    last_agent: str | None = Field(None, description="The agent that last called in.")
+    coverage: dict[str, Coverage] = Field(
+        default_factory=dict, description="Per search space: block work items done / queued."
+    )
+    queue: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Work items per kind and status."
+    )
+    prediction_mape: float | None = Field(
+        None, description="The latest validation's prediction error (MAPE, %); null: none."
+    )
+    interval_width: float | None = Field(
+        None,
+        description="The latest validation's widest band interval (relative width); null: "
+        "never validated with an error model.",
+    )
 
 
 #: The longest unbounded text (a block key) an upload may carry.
 _LONGEST_TEXT = 2000
+#: What an upload's numbers must be, beyond their type (what the importer, and sense, require:
+#: a median of 0 ms or a timing of 0 runs is no measurement). Every number an upload carries
+#: needs an entry here (checked when the schema is built), so a new entry value cannot arrive
+#: in the schema unbounded.
+UPLOAD_BOUNDS: dict[str, dict[str, float]] = {
+    "median_ms": {"gt": 0},
+    "iqr_ms": {"ge": 0},
+    "n": {"ge": 1},
+    "weight_bytes": {"ge": 0},
+    "cold_median_ms": {"gt": 0},
+    "cold_iqr_ms": {"ge": 0},
+    "cold_n": {"ge": 1},
+}
+#: Strings an upload must spell as this version does (the importer refuses others): a key
+#: starts with this version's key schema, and a key_schema is it.
+UPLOAD_PATTERNS = {
+    "key": "^" + regex_literal(BLOCK_KEY_SCHEMA + "|"),
+    "key_schema": "^" + regex_literal(BLOCK_KEY_SCHEMA) + "$",
+}
+
+
+def _this_version(name: str) -> AfterValidator:
+    """The check :data:`UPLOAD_PATTERNS` states for ``name``, with the importer's reason (a
+    table from another version is to be re-profiled, which a pattern cannot say)."""
+
+    def check(text: str) -> str:
+        if name == "key" and "|" not in text:
+            raise ValueError(f"a block key reads '{BLOCK_KEY_SCHEMA}|kind|shape', got '{text}'")
+        schema = text.split("|", 1)[0] if name == "key" else text
+        if schema != BLOCK_KEY_SCHEMA:
+            raise ValueError(
+                f"key schema '{schema}' does not match this version's '{BLOCK_KEY_SCHEMA}'; "
+                "re-profile the device with this version"
+            )
+        return text
+
+    return AfterValidator(check)
+
+
+def _upload_limits(value: EntryValue, required: bool) -> dict[str, Any]:
+    """The constraints of an uploaded entry value: strings bounded by their columns, numbers
+    by :data:`UPLOAD_BOUNDS` and by their column's integer width."""
+    limits: dict[str, Any] = {}
+    if value.type is str:
+        limits["max_length"] = value.spec.length or _LONGEST_TEXT
+        limits["min_length"] = 1 if required else None
+        if value.name in UPLOAD_PATTERNS:  # checked by _this_version, with a reason
+            limits["json_schema_extra"] = {"pattern": UPLOAD_PATTERNS[value.name]}
+    elif value.type in (int, float):
+        if value.name not in UPLOAD_BOUNDS:
+            raise TypeError(f"the upload schema has no bounds for the number '{value.name}'")
+        limits.update(UPLOAD_BOUNDS[value.name])
+        if value.type is int:
+            limits["le"] = LARGEST_INTEGER if value.spec.big else INT32_MAX
+    return limits
 
 
 def _entry_model(
@@ -267,16 +453,17 @@ def _entry_model(
 ) -> type[BaseModel]:
     """A schema with one field per entry value, from the entry's one declaration
     (:data:`nasvit.latency_db.records.ENTRY_VALUES`). A response requires what the store
-    always has; an upload requires what an import does, and its strings are bounded by their
-    columns."""
+    always has; an upload requires what an import does, and its values are bounded as the
+    importer and the columns need (:func:`_upload_limits`)."""
     fields: dict[str, Any] = {}
     for value in values:
         required = value.spec.transfer is Transfer.REQUIRED if upload else value.required
-        limits: dict[str, Any] = {}
-        if upload and value.type is str:
-            limits["max_length"] = value.spec.length or _LONGEST_TEXT
-            limits["min_length"] = 1 if required else None
-        annotation = value.type if required else value.type | None
+        limits = _upload_limits(value, required) if upload else {}
+        annotation: Any = value.type
+        if upload and value.name in UPLOAD_PATTERNS:
+            annotation = Annotated[annotation, _this_version(value.name)]
+        if not required:
+            annotation = annotation | None
         default = ... if required else None
         fields[value.name] = (annotation, Field(default, description=value.spec.doc, **limits))
     # An upload: NaN and infinity are refused (JSON parsers accept them, latencies cannot be
@@ -329,3 +516,252 @@ class Health(BaseModel):
     database: str
     version: str
     jobs: dict[str, int]
+
+
+# ---------------------------------------------------------------------- device tokens, agents
+def _json_integer(value: Any) -> Any:
+    """Let through what JSON Schema calls an integer (any number without a fraction: ``4.0``
+    is 4), never a string or a boolean (which pydantic's lax mode would convert)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+#: An integer of a strict body: as JSON Schema reads ``"type": "integer"``, no more, no less.
+JsonInt = Annotated[int, Strict(False), BeforeValidator(_json_integer)]
+#: A name an agent gives itself (shown as the device's ``last_agent`` and on leases).
+AgentName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+class DeviceTokenCreate(BaseModel):
+    """A device token to issue: it acts for the device ``device`` only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    device: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=DEVICE_NAME_PATTERN,
+        description="The device the token acts for (its agent registers it under this name).",
+    )
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The token's label (default: the device name, numbered if taken).",
+    )
+
+
+class DeviceTokenCreated(BaseModel):
+    device: str
+    label: str
+    token: str = Field(description="The device token (shown once; only its SHA-256 is stored).")
+
+
+#: Bounds of a fingerprint's numbers (every one needs an entry: checked when the schema is
+#: built, so a new fingerprint field cannot arrive unbounded).
+FINGERPRINT_BOUNDS: dict[str, dict[str, int]] = {
+    "cores": {"ge": 1, "le": 1 << 20},
+    "memory_gib": {"ge": 0, "le": 1 << 30},
+    "threads": {"ge": 1, "le": 1 << 20},
+    "batch": {"ge": 1, "le": 1 << 20},
+    "cache_bytes": {"ge": 0, "le": 1 << 50},
+}
+#: Text fields a fingerprint may leave empty (no accelerator on a CPU).
+_MAY_BE_EMPTY = {"accelerator"}
+
+
+def _fingerprint_model() -> type[BaseModel]:
+    """The fields of :class:`~nasvit.latency_db.device.DeviceFingerprint`, with strict types
+    (no ``"4"`` for 4, no ``true`` for 1) and nothing else: a fingerprint names the table, so
+    a field the server would drop or coerce would file measurements under the wrong device."""
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(DeviceFingerprint):
+        has_default = field.default is not dataclasses.MISSING
+        default: Any = field.default if has_default else ...
+        if field.name == "clock":
+            fields[field.name] = (Literal[CLOCKS], Field(default))  # type: ignore[valid-type]
+        elif field.type in ("str", str):
+            least = 0 if field.name in _MAY_BE_EMPTY else 1
+            fields[field.name] = (str, Field(default, min_length=least, max_length=200))
+        elif field.type in ("int", int):
+            if field.name not in FINGERPRINT_BOUNDS:
+                raise TypeError(f"the fingerprint schema has no bounds for '{field.name}'")
+            bounds = FINGERPRINT_BOUNDS[field.name]
+            fields[field.name] = (JsonInt, Field(default, ge=bounds["ge"], le=bounds["le"]))
+        else:  # pragma: no cover - a new kind of field needs a decision here
+            raise TypeError(f"fingerprint field '{field.name}' of type {field.type}")
+    config = ConfigDict(extra="forbid", strict=True)
+    doc = "What a device is: hardware and runtime settings (DeviceFingerprint's fields)."
+    return create_model("Fingerprint", __config__=config, __doc__=doc, **fields)
+
+
+if TYPE_CHECKING:
+
+    class Fingerprint(BaseModel): ...
+
+else:
+    Fingerprint = _fingerprint_model()
+
+
+class AgentRegister(BaseModel):
+    """An agent announcing its device. The device's name is its token's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    agent: AgentName
+    fingerprint: Fingerprint
+
+
+class AgentConfig(BaseModel):
+    """How the agent works for this service (its measurement protocol included: the agent
+    times blocks and networks as ``nasvit profile`` does on the service's machine)."""
+
+    device_id: str
+    device: str
+    lease_seconds: float = Field(description="A lease runs out this long after its claim.")
+    poll_seconds: float = Field(description="How long to wait when there is nothing to do.")
+    protocol: MeasurementProtocol = Field(description="The protocol of block timings.")
+    network_protocol: MeasurementProtocol = Field(description="The protocol of network timings.")
+    drift_tolerance: float = Field(description="The reference's relative change that re-times.")
+    max_remeasures: int = Field(description="Re-timings of a drifting batch before it is kept.")
+    batch_size: int = Field(description="Items to claim per lease.")
+
+
+class LeaseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    agent: AgentName
+    max_items: JsonInt = Field(16, ge=1, le=256, description="The most items to lease.")
+
+
+class LeaseItem(BaseModel):
+    id: int
+    kind: WorkKind
+    key: str = Field(description="The block's key; the reading's for a network.")
+    model_sha256: str
+    input_shape: list[int]
+    params: dict[str, Any]
+    extra_sha256: str | None
+    reference_sha256: str | None
+
+
+class Lease(BaseModel):
+    lease_id: str
+    expires_at: datetime
+    call_overhead_ms: float | None = Field(
+        description="The device's per-call overhead (streamed block timings subtract it)."
+    )
+    items: list[LeaseItem] = Field(description="Items of one kind, to time and upload.")
+
+
+class LeaseRenewed(BaseModel):
+    expires_at: datetime
+
+
+_FINITE = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Timing(BaseModel):
+    """One measurement (:class:`~nasvit.agent.measurement.Measurement`), in milliseconds."""
+
+    model_config = _FINITE
+
+    median_ms: float = Field(gt=0, description="Median of the per-session medians.")
+    iqr_ms: float = Field(ge=0, description="IQR of all timed runs.")
+    n: JsonInt = Field(ge=1, le=INT32_MAX, description="Timed runs in all.")
+    sessions: JsonInt = Field(ge=1, le=10_000, description="Fresh sessions the runs came from.")
+    session_medians_ms: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=10_000)
+
+
+class OverheadTiming(BaseModel):
+    """The per-call overhead: a difference of two timings, so it may be 0 (never below)."""
+
+    model_config = _FINITE
+
+    median_ms: float = Field(ge=0)
+    iqr_ms: float = Field(ge=0)
+    n: JsonInt = Field(ge=1, le=INT32_MAX)
+    sessions: JsonInt = Field(ge=1, le=10_000)
+    session_medians_ms: list[Annotated[float, Field(ge=0)]] = Field(min_length=1, max_length=10_000)
+
+
+_ITEM_ID = Field(ge=1, le=LARGEST_INTEGER, description="The work item's id (from the lease).")
+
+
+class BlockResult(BaseModel):
+    model_config = _FINITE
+
+    item_id: JsonInt = _ITEM_ID
+    warm: Timing
+    cold: Timing | None = Field(None, description="Required when the item's params.cold is set.")
+
+
+class OverheadResult(BaseModel):
+    model_config = _FINITE
+
+    item_id: JsonInt = _ITEM_ID
+    overhead: OverheadTiming
+
+
+class NetworkResult(BaseModel):
+    model_config = _FINITE
+
+    item_id: JsonInt = _ITEM_ID
+    reading: Timing
+    runs_ms: list[Annotated[float, Field(gt=0)]] = Field(min_length=1, max_length=100_000)
+
+
+def _result_kind(value: Any) -> str | None:
+    """Which result a JSON object is, by the key only it has (None: none of them)."""
+    if isinstance(value, BaseModel):
+        value = value.__dict__
+    if not isinstance(value, dict):
+        return None
+    for key, kind in (("warm", "block"), ("overhead", "overhead"), ("reading", "network")):
+        if key in value:
+            return kind
+    return None
+
+
+WorkResult = Annotated[
+    Annotated[BlockResult, Tag("block")]
+    | Annotated[OverheadResult, Tag("overhead")]
+    | Annotated[NetworkResult, Tag("network")],
+    Discriminator(
+        _result_kind,
+        custom_error_type="result_kind",
+        custom_error_message="a result has 'warm' (a block), 'overhead' or 'reading' (a network)",
+    ),
+]
+
+
+class ResultsUpload(BaseModel):
+    """Results of a lease's items, recorded all together or not at all. Each item at most once
+    (a repeated ``item_id`` is refused); uploading the same results again records nothing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    results: list[WorkResult] = Field(min_length=1, max_length=256)
+
+
+class ResultsRecorded(BaseModel):
+    recorded: int = Field(description="Items this upload finished.")
+    already: int = Field(description="Items this lease had already finished (a retried upload).")
+    inserted_entries: int = Field(description="Block latencies added to the device's table.")
+
+
+class WorkItemView(BaseModel):
+    id: int
+    kind: WorkKind
+    key: str
+    status: WorkStatus
+    model_sha256: str
+    input_shape: list[int]
+    params: dict[str, Any]
+
+
+class WorkQueueView(BaseModel):
+    summary: dict[str, dict[str, int]] = Field(description="Items per kind and status.")
+    items: list[WorkItemView] = Field(description="The first unfinished items, in claim order.")

@@ -26,6 +26,8 @@ err_console = Console(stderr=True)
 
 def _register_subcommands() -> None:
     # Imported here, not at the top, so `nasvit --help` and `nasvit spaces` stay fast.
+    from nasvit.cli.agent import AGENT_CONTEXT, agent_command
+    from nasvit.cli.devices import device_app
     from nasvit.cli.latency import latency_app, profile_command
     from nasvit.cli.search import search_command
     from nasvit.cli.server import serve_command, token_app, worker_command
@@ -43,6 +45,8 @@ def _register_subcommands() -> None:
     app.command("serve")(serve_command)
     app.command("worker")(worker_command)
     app.add_typer(token_app, name="token")
+    app.add_typer(device_app, name="device")
+    app.command("agent", context_settings=AGENT_CONTEXT)(agent_command)
 
 
 _register_subcommands()

@@ -90,6 +90,10 @@ class _Bar:
 
         return update
 
+    def describe(self, text: str) -> None:
+        """Change the bar's label (e.g. to say it waits for a remote device)."""
+        self.progress.update(self.task, description=text)
+
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
@@ -115,12 +119,19 @@ def profile_command(
 
     chosen = parse_resolutions(resolutions)
     settings = None if database_url is None else Settings(database_url=database_url)
-    with _Bar(f"profiling {space}") as update:
+    bar = _Bar(f"profiling {space}")
+
+    def show(stage: str, done: int, total: int) -> None:
+        # A remote device's stage says what is waited for ("waiting for device pi: blocks").
+        bar.describe(stage)
+        update(done, total)
+
+    with bar as update:
         report = profile(
             space,
             device=device,
             settings=settings,
-            progress=lambda stage, done, total: update(done, total),
+            progress=show,
             threads=threads,
             resolutions=chosen,
             runtime=runtime,
@@ -165,12 +176,12 @@ def validate_command(
 ) -> None:
     """Measure whole networks, fit the table's error model on some of them and judge it on the
     others: predictions then carry intervals and the judged error of their latency band."""
-    from nasvit.evaluation.latency import resolve_device, validate_table
+    from nasvit.evaluation.latency import resolve_measurer, validate_table
     from nasvit.search_spaces import get_space
 
     search_space = get_space(space)
     store = open_store(database_url)
-    record, profiler = resolve_device(store, device)
+    record, profiler = resolve_measurer(store, device, space=search_space.identity)
     with _Bar(f"validating on {record.name}") as progress:
         result = validate_table(
             search_space,

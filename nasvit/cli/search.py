@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from nasvit.errors import NasvitError
 from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.searching.budget import format_ms
 from nasvit.searching.request import (
-    FrontPoint,
     RequestOption,
     SearchRequest,
     SearchResult,
@@ -79,6 +79,20 @@ def search_command(
         int, _bounded("--validate-networks", VALIDATE_NETWORKS)
     ] = VALIDATE_NETWORKS.default,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Run the search on this nasvit service (e.g. http://host:8000) and download "
+            "its artifacts into --out; with --device, a device whose agent reports there.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="NASVIT_TOKEN", help="API token for --server ($NASVIT_TOKEN)."
+        ),
+    ] = None,
 ) -> None:
     """Search SPACE for the most accurate architectures under BUDGET on the device."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -103,6 +117,9 @@ def search_command(
             "validate_networks": validate_networks,
         }
     )
+    if server is not None:
+        _search_on_server(server, token, request, budget, workers, out, as_json)
+        return
     from nasvit.searching.pipeline import run_search  # heavy: only for a valid request
 
     bar = Progress(
@@ -125,6 +142,61 @@ def search_command(
     if as_json:
         print(json.dumps(result.report, indent=2))
         return
+    points = [point.to_dict() for point in result.front]
+    console.print(_front_table(points, result.best.short, request.budget_ms, len(result.trials)))
+    console.print(best_summary(result, request))
+    console.print(
+        f"  artifacts in {out}/: best.onnx best.json pareto.csv trials.csv report.json",
+        highlight=False,
+    )
+
+
+def _search_on_server(
+    server: str,
+    token: str | None,
+    request: SearchRequest,
+    budget: str,
+    workers: int,
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Queue the request on ``server``, follow it, and print its front as a local run does."""
+    from nasvit.cli.remote import run_remote_search
+
+    if request.checkpoint is not None or request.resume:
+        raise NasvitError("--ckpt and --resume are local options; the service uses its own")
+    body = {
+        "space": request.space,
+        "budget": budget,
+        "budget_confidence": request.budget_confidence,
+        "device": request.device,
+        "controller": request.controller,
+        "evaluations": request.evaluations,
+        "seed": request.seed,
+        "workers": workers,
+    }
+    report = run_remote_search(
+        server, token, body, out, lambda line: err_console.print(line, highlight=False)
+    )
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    best = report["best"]
+    points = report["pareto_front"]
+    table = _front_table(points, best["short"], request.budget_ms, int(report["evaluations"]))
+    console.print(table)
+    console.print(
+        f"best on {report['device']}: {best['short']} measured {format_ms(best['measured_ms'])} "
+        f"there (predicted {format_ms(best['predicted_ms'])}), accuracy {best['accuracy']:.3f}",
+        highlight=False,
+    )
+    console.print(f"  artifacts in {out}/", highlight=False)
+
+
+def _front_table(
+    front: list[dict[str, Any]], best: str, budget_ms: float, evaluations: int
+) -> Table:
+    """The front as printed, from its points as ``report.json`` holds them."""
     table = Table(
         "latency (predicted)",
         f"{100 * DEFAULT_CONFIDENCE:g}% interval",
@@ -132,23 +204,19 @@ def search_command(
         "accuracy",
         "",
         "architecture",
-        title=f"Pareto front ({len(result.trials)} evaluations)",
+        title=f"Pareto front ({evaluations} evaluations)",
     )
-    for point in result.front:
+    for point in front:
+        measured = point.get("measured_ms")
         table.add_row(
-            format_ms(point.predicted_ms),
-            _interval(point.low_ms, point.high_ms),
-            "" if point.measured_ms is None else format_ms(point.measured_ms),
-            f"{point.accuracy:.3f}",
-            _marker(point, result.best.short, request.budget_ms),
-            point.short,
+            format_ms(point["predicted_ms"]),
+            _interval(point.get("low_ms"), point.get("high_ms")),
+            "" if measured is None else format_ms(measured),
+            f"{point['accuracy']:.3f}",
+            _marker(point, best, budget_ms),
+            point["short"],
         )
-    console.print(table)
-    console.print(best_summary(result, request))
-    console.print(
-        f"  artifacts in {out}/: best.onnx best.json pareto.csv trials.csv report.json",
-        highlight=False,
-    )
+    return table
 
 
 def _interval(low_ms: float | None, high_ms: float | None) -> str:
@@ -157,14 +225,15 @@ def _interval(low_ms: float | None, high_ms: float | None) -> str:
     return f"{format_ms(low_ms)}-{format_ms(high_ms)}"
 
 
-def _marker(point: FrontPoint, best: str, budget_ms: float) -> str:
+def _marker(point: dict[str, Any], best: str, budget_ms: float) -> str:
     # A measurement outranks the prediction: a point measured over the budget says so even
     # when its prediction was feasible.
-    if point.short == best:
+    measured = point.get("measured_ms")
+    if point["short"] == best:
         return "best"
-    if point.measured_ms is not None and point.measured_ms > budget_ms:
+    if measured is not None and measured > budget_ms:
         return "measured over budget"
-    return "" if point.feasible else "over budget"
+    return "" if point["feasible"] else "over budget"
 
 
 def best_summary(result: SearchResult, request: SearchRequest) -> str:

@@ -14,11 +14,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import pickle
-import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +34,6 @@ from nasvit.latency_db import (
     build_table,
     error_stats,
     make_profiler,
-    with_protocol,
 )
 from nasvit.latency_db.error_model import (
     DEFAULT_BANDS,
@@ -48,15 +44,19 @@ from nasvit.latency_db.error_model import (
     fit_error_model,
     truth_noise_ceiling,
 )
+from nasvit.latency_db.readings import NetworkModel, NetworkReader, Readings, as_reader
+from nasvit.latency_db.remote import AgentMeasurer
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
 from nasvit.search_spaces import Architecture, ArchitectureError, get_space
 from nasvit.search_spaces.core import SearchSpace
+from nasvit.settings import Settings, load_settings
 
 __all__ = [
     "SelectedArch",
     "build_space_table",
     "measure_readings",
     "resolve_device",
+    "resolve_measurer",
     "select_validation_archs",
     "validate_table",
 ]
@@ -102,10 +102,37 @@ def resolve_device(
     return store.ensure_device(fingerprint, name=device), profiler
 
 
+#: What measures for a device: a profiler on this machine, or the device's agents.
+Measurer = Profiler | AgentMeasurer
+
+
+def resolve_measurer(
+    store: LatencyStore,
+    device: str | None = None,
+    runtime: str = "onnxruntime",
+    threads: int = 1,
+    optimization: str = "all",
+    *,
+    settings: Settings | None = None,
+    space: str | None = None,
+) -> tuple[DeviceRecord, Measurer]:
+    """The device to measure on and what measures it: the device's agents when an agent
+    registered it (``nasvit agent``), else a profiler here (:func:`resolve_device`, whose
+    rules and errors apply). ``settings`` gives the time a device's agents may stay silent;
+    ``space`` names who asks, for the device's coverage view."""
+    if device is not None:
+        known = {d.name: d for d in store.devices()} | {d.id: d for d in store.devices()}
+        record = known.get(device)
+        if record is not None and record.agent_managed:
+            timeout = load_settings(settings).device_timeout_seconds
+            return record, AgentMeasurer(store, record, timeout_s=timeout, space=space)
+    return resolve_device(store, device, runtime, threads, optimization)
+
+
 def build_space_table(
     space: SearchSpace,
     store: LatencyStore,
-    profiler: Profiler,
+    profiler: Measurer,
     device: DeviceRecord,
     resolutions: Sequence[int] | None = None,
     *,
@@ -125,6 +152,8 @@ def build_space_table(
         num_classes=num_classes,
         in_channels=in_channels,
     )
+    if isinstance(profiler, AgentMeasurer):
+        return profiler.fill(blocks, seed=seed, progress=progress)
     return build_table(
         store, profiler, device, blocks, batch_size=batch_size, seed=seed, progress=progress
     )
@@ -290,14 +319,9 @@ def select_validation_archs(
     return chosen
 
 
-#: Per network: its fresh-session readings (medians, in measurement order) and every timed call
-#: of those readings.
-Readings = tuple[tuple[float, ...], tuple[float, ...]]
-
-
 def measure_readings(
     space: SearchSpace,
-    profiler: Profiler,
+    measurer: Profiler | NetworkReader,
     archs: Sequence[Architecture],
     readings: int = 3,
     *,
@@ -311,12 +335,11 @@ def measure_readings(
     """``readings`` fresh-session readings of each whole network, interleaved over the run.
 
     Each network is exported once; each reading is one new session (``protocol``'s warm-up and
-    timed calls, default :meth:`MeasurementProtocol.network`, with one session). The readings go
-    in ``readings`` rounds, each visiting every network once in a seeded random order, so the
-    readings of one network are spread over the run: this machine's noise changes by the
-    minute, and readings taken back to back would share it (and look more alike than they
-    are). Exported networks wait in a temporary folder (a few hundred MB each at the large end
-    of a space), not in memory.
+    timed calls, default :meth:`MeasurementProtocol.network`, with one session), on this
+    machine with a profiler or on a remote device through its agents (an
+    :class:`~nasvit.latency_db.remote.AgentMeasurer`). The readings go in ``readings`` rounds,
+    each visiting every network once in a seeded random order
+    (:mod:`nasvit.latency_db.readings`).
 
     Args:
         progress: called with (steps done, steps) over the exports and the readings.
@@ -327,33 +350,15 @@ def measure_readings(
     """
     if readings < 1:
         raise NasvitError(f"readings must be at least 1, got {readings}", argument="readings")
-    base = protocol or MeasurementProtocol.network()
-    single = with_protocol(profiler, dataclasses.replace(base, sessions=1))
-    steps = len(archs) * (1 + readings)
-    done = 0
-    medians: list[list[float]] = [[] for _ in archs]
-    calls: list[list[float]] = [[] for _ in archs]
-    with tempfile.TemporaryDirectory(prefix="nasvit-validation-") as folder:
-        files = []
-        for index, arch in enumerate(archs):
+
+    def networks() -> Iterator[NetworkModel]:  # built one at a time: large ones are big
+        for arch in archs:
             subnet = space.build_subnet(arch, num_classes=num_classes, in_channels=in_channels)
-            shape = space.input_shape(arch, batch=batch, in_channels=in_channels)
-            files.append(Path(folder) / f"{index}.pickle")
-            files[-1].write_bytes(pickle.dumps(single.prepare(subnet, shape)))
-            done += 1
-            if progress:
-                progress(done, steps)
-        rng = np.random.default_rng(seed)
-        for _ in range(readings):
-            for index in rng.permutation(len(archs)):
-                prepared = pickle.loads(files[index].read_bytes())
-                measurement = single.measure(prepared)
-                medians[index].append(measurement.median_ms)
-                calls[index].extend(measurement.runs_ms)
-                done += 1
-                if progress:
-                    progress(done, steps)
-    return [(tuple(m), tuple(c)) for m, c in zip(medians, calls, strict=True)]
+            yield subnet, space.input_shape(arch, batch=batch, in_channels=in_channels)
+
+    return as_reader(measurer).read_networks(
+        networks(), len(archs), readings, seed=seed, protocol=protocol, progress=progress
+    )
 
 
 def _split(selected: Sequence[SelectedArch]) -> list[bool]:
@@ -381,7 +386,7 @@ def _split(selected: Sequence[SelectedArch]) -> list[bool]:
 def validate_table(
     space: SearchSpace | str,
     store: LatencyStore,
-    profiler: Profiler,
+    profiler: Measurer,
     device: DeviceRecord,
     n: int,
     *,
@@ -434,7 +439,10 @@ def validate_table(
         # The networks select_validation_archs draws from: the fixed ones and the same pool.
         candidates = fixed + list(_random_pool(space, n, seed, resolutions).values())
         blocks = [b for a in candidates for b in space.lower(a, batch=batch, **shape_args)]
-        build_table(store, profiler, device, blocks, seed=seed, progress=progress)
+        if isinstance(profiler, AgentMeasurer):
+            profiler.fill(blocks, seed=seed, progress=progress)
+        else:
+            build_table(store, profiler, device, blocks, seed=seed, progress=progress)
     # The table as measured, without an earlier validation's error model: this run fits a
     # new one, with the device's measured per-call overhead.
     device = store.device(device.id)

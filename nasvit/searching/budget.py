@@ -10,7 +10,11 @@ from nasvit.errors import NasvitError
 from nasvit.guarantees import BUDGET_PERCENTILES, check_percentile
 from nasvit.guarantees import format_ms as format_ms  # re-exported: callers format budgets here
 
-_UNITS_TO_MS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
+# Keys casefolded: the micro sign and the Greek mu both fold to the Greek mu, which the
+# case-insensitive pattern also matches.
+_UNITS_TO_MS = {
+    unit.casefold(): ms for unit, ms in {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}.items()
+}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*$", re.IGNORECASE)
 # "<budget> @ p<digits>"; what follows "@" is checked apart so a bad percentile gets its own
 # message (naming the allowed ones) instead of "cannot read latency budget".
@@ -26,7 +30,7 @@ def parse_budget(text: str) -> float:
             "e.g. 2ms, 2 ms, 1500us or 0.002s",
             argument="budget",
         )
-    value = float(match.group(1)) * _UNITS_TO_MS[match.group(2).lower()]
+    value = float(match.group(1)) * _UNITS_TO_MS[match.group(2).casefold()]
     if not math.isfinite(value) or value <= 0:
         raise NasvitError(f"latency budget must be positive, got '{text}'", argument="budget")
     return value

@@ -90,7 +90,7 @@ def run_search(
         out.mkdir(parents=True, exist_ok=True)  # only once the input is known to be good
     url = settings.resolved_database_url
     with timer.stage("latency_table_s"):
-        latency = prepare_table(request, model, LatencyStore.open(url), report)
+        latency = prepare_table(request, model, LatencyStore.open(url), report, settings)
     dataset = load_dataset(model.data, seed=model.data_seed)
     evaluator = SubnetEvaluator(model.space, model.supernet, dataset, "val")
     trial_store = open_trial_store(request, model.space, url)
@@ -99,7 +99,7 @@ def run_search(
         estimates = TableLatency(latency.table, model, request.guarantee)
         loop = run_search_loop(request, model.space, executor, estimates, trial_store, report)
     with timer.stage("end_to_end_s"):
-        check = check_end_to_end(request, model, evaluator, latency.profiler, loop.trials)
+        check = check_end_to_end(request, model, evaluator, latency.measurer, loop.trials, report)
     result = summarise(request, model, latency, loop, check, timer.finish())
     write_artifacts(out, model.space, result)
     return result

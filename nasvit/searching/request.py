@@ -27,6 +27,17 @@ if TYPE_CHECKING:
 
 ProgressHook = Callable[[str, int, int], None]  # (stage, done, total)
 
+
+def progress_message(progress: dict[str, Any]) -> str:
+    """A job's progress in words: ``"waiting for device pi: 120/171 blocks"`` for a stage that
+    names its unit after a colon, else ``"<stage>: done/total"``."""
+    stage, done, total = progress["stage"], progress["done"], progress["total"]
+    head, colon, unit = str(stage).rpartition(": ")
+    if colon:
+        return f"{head}: {done}/{total} {unit}"
+    return f"{stage}: {done}/{total}"
+
+
 _SPEC = "nasvit.option"  # the key of a field's RequestOption in its dataclass metadata
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -35,17 +35,19 @@ from nasvit.searching.trial_store import TrialStore, study_name_for
 
 if TYPE_CHECKING:
     from nasvit.evaluation.evaluator import SubnetEvaluator
+    from nasvit.evaluation.latency import Measurer
     from nasvit.latency_db import (
         DeviceRecord,
         LatencyStore,
         LatencyTable,
-        Measurement,
         MeasurementProtocol,
         Profiler,
     )
+    from nasvit.latency_db.readings import NetworkReader
     from nasvit.nn.supernet import Supernet
     from nasvit.searching.controllers.base import Controller
     from nasvit.searching.executors import Executor
+    from nasvit.settings import Settings
 
 TRIALS_FILE = "trials.jsonl"
 
@@ -139,34 +141,49 @@ def _check_checkpoint_space(request: SearchRequest, space: SearchSpace) -> None:
 # ---------------------------------------------------------------------- latency table
 @dataclass(frozen=True)
 class PreparedTable:
-    """The device the search targets, a profiler for it, and its latency table."""
+    """The device the search targets, what measures it (a profiler here, or the device's
+    agents), and its latency table."""
 
     device: DeviceRecord
-    profiler: Profiler
+    measurer: Measurer
     table: LatencyTable
 
 
 def prepare_table(
-    request: SearchRequest, model: PreparedSupernet, store: LatencyStore, progress: ProgressHook
+    request: SearchRequest,
+    model: PreparedSupernet,
+    store: LatencyStore,
+    progress: ProgressHook,
+    settings: Settings | None = None,
 ) -> PreparedTable:
     """The device's latency table, with the blocks it lacked profiled and, if no validation
     with intervals judged it on the searched space, validated on ``request.validate_networks``
     networks."""
-    from nasvit.evaluation.latency import resolve_device, validate_table
+    from nasvit.evaluation.latency import resolve_measurer, validate_table
     from nasvit.latency_db import LatencyTable, build_table
+    from nasvit.latency_db.remote import AgentMeasurer
 
     space, shape_args = model.space, model.shape_args
-    device, profiler = resolve_device(store, request.device)
+    device, measurer = resolve_measurer(
+        store, request.device, settings=settings, space=space.identity
+    )
+    remote = isinstance(measurer, AgentMeasurer)
+    # On a remote device the wait is for its agents: say so, with what they still have to do.
+    waiting = f"waiting for device {device.name}: "
     blocks = space.enumerate_blocks(**shape_args)
     table = LatencyTable.load(store, device.id, space.identity)
     if table.missing(blocks):
-        build_table(
-            store,
-            profiler,
-            device,
-            blocks,
-            progress=lambda done, total: progress("profiling blocks", done, total),
-        )
+        stage = waiting + "blocks" if remote else "profiling blocks"
+        if isinstance(measurer, AgentMeasurer):
+            measurer.fill(blocks, progress=lambda done, total: progress(stage, done, total))
+        else:
+            build_table(
+                store,
+                measurer,
+                device,
+                blocks,
+                progress=lambda done, total: progress(stage, done, total),
+            )
         table = LatencyTable.load(store, device.id, space.identity)
     judged_here = table.validation is not None and table.validation.space == space.identity
     if not (judged_here and table.validated) and request.validate_networks > 0:
@@ -174,17 +191,18 @@ def prepare_table(
         # (a budget at a confidence or a percentile needs them), and chooses per latency band
         # between the sum of block timings and the cache residency model. A validation stored
         # before intervals existed has no error model: it counts as none.
+        stage = waiting + "validation steps" if remote else "validating latency table"
         validate_table(
             space,
             store,
-            profiler,
+            measurer,
             device,
             request.validate_networks,
-            progress=lambda done, total: progress("validating latency table", done, total),
+            progress=lambda done, total: progress(stage, done, total),
             **shape_args,
         )
         table = LatencyTable.load(store, device.id, space.identity)
-    return PreparedTable(device, profiler, table)
+    return PreparedTable(device, measurer, table)
 
 
 @dataclass(frozen=True)
@@ -510,8 +528,9 @@ def check_end_to_end(
     request: SearchRequest,
     model: PreparedSupernet,
     evaluator: SubnetEvaluator,
-    profiler: Profiler,
+    measurer: Profiler | NetworkReader,
     trials: list[Trial],
+    progress: ProgressHook | None = None,
 ) -> EndToEndCheck:
     """Choose the best subnet by measuring it: export feasible candidates with trained
     weights, best ranked first, and time each as a whole network until one meets the budget.
@@ -522,7 +541,8 @@ def check_end_to_end(
     ``best.onnx``; the other exports are removed.
 
     Each measurement takes :data:`END_TO_END_READINGS` readings (fresh sessions, see
-    :func:`reading_protocol`).
+    :func:`reading_protocol`), on this machine or, for a remote device, by its agents
+    (``progress`` then hears of the wait).
 
     Raises:
         NoSubnetFitsError: no trial is judged within the budget (the message names the
@@ -530,7 +550,7 @@ def check_end_to_end(
             names the closest and its measured latency).
     """
     from nasvit.evaluation.evaluator import SubnetEvaluator
-    from nasvit.latency_db import with_protocol
+    from nasvit.latency_db.remote import AgentMeasurer
 
     out, budget_ms, guarantee = Path(request.out), request.budget_ms, request.guarantee
     budget_text = format_ms(budget_ms) + guarantee.describe()
@@ -543,7 +563,11 @@ def check_end_to_end(
             f"{fastest.short} at {format_ms(fastest.latency_ms)} (predicted{judged})"
         )
     front = pareto_front([(t.score, t.latency_ms) for t in trials])
-    readings = with_protocol(profiler, reading_protocol())
+    stage = (
+        f"waiting for device {measurer.name}: end-to-end readings"
+        if isinstance(measurer, AgentMeasurer)
+        else "measuring end to end"
+    )
     measurements: dict[int, EndToEndMeasurement] = {}
     exported: dict[int, Path] = {}
 
@@ -553,7 +577,15 @@ def check_end_to_end(
         shape = model.space.input_shape(
             model.space.validate(trial.arch), 1, evaluator.supernet.in_channels
         )
-        measurement = measure_end_to_end(readings, path, shape, trial, budget_ms, guarantee)
+        measurement = measure_end_to_end(
+            measurer,
+            path,
+            shape,
+            trial,
+            budget_ms,
+            guarantee,
+            None if progress is None else lambda done, total: progress(stage, done, total),
+        )
         measurements[trial.index] = measurement
         return measurement
 
@@ -616,22 +648,25 @@ def _export(space: SearchSpace, evaluator: SubnetEvaluator, trial: Trial, out: P
 
 
 def measure_end_to_end(
-    profiler: Profiler,
+    measurer: Profiler | NetworkReader,
     path: Path,
     shape: tuple[int, ...],
     trial: Trial,
     budget_ms: float,
     guarantee: Guarantee,
+    progress: Callable[[int, int], None] | None = None,
 ) -> EndToEndMeasurement:
-    """Time an exported subnet: each ``profiler.measure`` call is one reading, and it takes
-    :data:`END_TO_END_READINGS`; the statistic is the readings' median, or for a percentile
+    """Time an exported subnet: :data:`END_TO_END_READINGS` readings (each one fresh session
+    of :func:`reading_protocol`); the statistic is the readings' median, or for a percentile
     budget that percentile of all their calls."""
-    taken: list[Measurement] = [profiler.measure(path, shape) for _ in range(END_TO_END_READINGS)]
-    readings = tuple(float(m.median_ms) for m in taken)
+    from nasvit.latency_db.readings import as_reader
+
+    [(readings, calls)] = as_reader(measurer).read_networks(
+        [(path, shape)], 1, END_TO_END_READINGS, protocol=reading_protocol(), progress=progress
+    )
     if guarantee.percentile is None:
         statistic = float(np.median(readings))
     else:
-        calls = [call for m in taken for call in m.runs_ms]
         statistic = float(np.percentile(calls, guarantee.percentile))
     return EndToEndMeasurement(trial, readings, statistic, statistic <= budget_ms)
 

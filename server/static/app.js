@@ -19,6 +19,7 @@ const COMPARE_COLORS = ["#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "
 
 const state = {
   jobs: [],
+  devices: [],
   selectedId: null,
   compared: new Set(),
   // job id -> {job, trials, pareto, final}; final: fetched after the job stopped changing.
@@ -211,6 +212,72 @@ function renderJobs(listing) {
     row.addEventListener("click", () => selectJob(job.id));
     body.append(row);
   }
+}
+
+// ---- devices table ------------------------------------------------------------------------
+
+// "3.2 %": a fraction or a percentage figure, to 2 significant digits.
+function formatPercent(value, isFraction) {
+  if (!known(value)) return "—";
+  const percent = isFraction ? 100 * value : value;
+  return `${Number(percent.toPrecision(2))} %`;
+}
+
+function coverageCell(device) {
+  const cell = element("td", undefined, "coverage-cell");
+  const spaces = Object.entries(device.coverage || {});
+  if (spaces.length === 0) cell.textContent = "—";
+  for (const [space, { done, total }] of spaces) {
+    const line = element("span", undefined, "coverage");
+    line.dataset.space = space;
+    const bar = element("progress");
+    bar.max = Math.max(total, 1);
+    bar.value = done;
+    line.append(`${space} ${done}/${total} `, bar);
+    cell.append(line);
+  }
+  return cell;
+}
+
+const QUEUE_STATUSES = ["queued", "leased", "done"];
+
+function queueCell(device) {
+  const cell = element("td", undefined, "queue-cell");
+  const kinds = Object.entries(device.queue || {});
+  if (kinds.length === 0) cell.textContent = "—";
+  for (const [kind, counts] of kinds) {
+    const line = element("span", undefined, "queue-kind");
+    line.dataset.kind = kind;
+    line.textContent = `${kind}: ${QUEUE_STATUSES.map((s) => `${counts[s] || 0} ${s}`).join(", ")}`;
+    cell.append(line);
+  }
+  return cell;
+}
+
+function renderDevices(devices) {
+  const body = document.querySelector("#devices-table tbody");
+  body.replaceChildren();
+  document.getElementById("devices-total").textContent = `(${devices.length})`;
+  document.getElementById("devices-empty").hidden = devices.length > 0;
+  for (const device of devices) {
+    const row = element("tr");
+    row.dataset.deviceId = device.id;
+    const name = element("td", device.name);
+    name.title = `id ${device.id}`;
+    row.append(name);
+    const statusCell = element("td");
+    statusCell.append(element("span", device.status, `status status-${device.status}`));
+    row.append(statusCell);
+    const seen = device.last_seen_at ? `${formatTime(device.last_seen_at)} · ${device.last_agent || ""}` : "—";
+    row.append(element("td", seen, "last-seen"));
+    row.append(element("td", String(device.entries), "entries"));
+    row.append(coverageCell(device));
+    row.append(element("td", formatPercent(device.prediction_mape, false), "validation-error"));
+    row.append(element("td", formatPercent(device.interval_width, true), "interval-width"));
+    row.append(queueCell(device));
+    body.append(row);
+  }
+  state.devices = devices;
 }
 
 // ---- per-job plots ------------------------------------------------------------------------
@@ -463,7 +530,10 @@ function selectJob(jobId) {
 
 function anyActive() {
   const watched = [state.selectedId, ...state.compared].filter(Boolean);
-  return state.jobs.some((job) => ACTIVE_STATUSES.has(job.status))
+  // A device with work queued or leased is being measured: its coverage moves.
+  const busy = state.devices.some((device) => Object.values(device.queue || {})
+    .some((counts) => (counts.queued || 0) + (counts.leased || 0) > 0));
+  return busy || state.jobs.some((job) => ACTIVE_STATUSES.has(job.status))
     || watched.some((id) => state.details.has(id) && !state.details.get(id).final);
 }
 
@@ -480,9 +550,13 @@ async function tick() {
   state.polling = true;
   clearTimeout(state.timer);
   try {
-    const listing = await apiJson(`/searches?offset=0&limit=${JOBS_PAGE}`);
+    const [listing, devices] = await Promise.all([
+      apiJson(`/searches?offset=0&limit=${JOBS_PAGE}`),
+      apiJson("/devices"),
+    ]);
     state.jobs = listing.items;
     renderJobs(listing);
+    renderDevices(devices);
     // A job that left the active states gets one last full fetch.
     for (const job of listing.items) {
       const detail = state.details.get(job.id);

@@ -91,7 +91,8 @@ def test_search_returns_a_typed_front_and_writes_the_artifacts(home, checkpoint,
         **small(),
     )
     assert isinstance(result, SearchResult) and isinstance(result.best, Trial)
-    assert len(result.trials) == 8 and stages == {"evaluating candidates"}
+    assert len(result.trials) == 8
+    assert stages == {"evaluating candidates", "measuring end to end"}
     assert result.front and all(isinstance(p, FrontPoint) for p in result.front)
     latencies = [p.predicted_ms for p in result.front]
     scores = [next(t.score for t in result.trials if t.index == p.index) for p in result.front]

@@ -18,7 +18,16 @@ POINTS = [(0.9, 3.0), (0.8, 1.0), (0.85, 2.0), (0.7, 2.5), (0.95, 5.0), (0.6, 0.
 
 @pytest.mark.parametrize(
     ("text", "ms"),
-    [("2ms", 2.0), ("2 ms", 2.0), ("1500us", 1.5), ("0.002s", 2.0), ("250 µs", 0.25), ("1e-3s", 1)],
+    [
+        ("2ms", 2.0),
+        ("2 ms", 2.0),
+        ("1500us", 1.5),
+        ("0.002s", 2.0),
+        ("250 µs", 0.25),  # the micro sign
+        ("250 \u03bcs", 0.25),  # the Greek mu (a KeyError once)
+        ("2 MS", 2.0),
+        ("1e-3s", 1),
+    ],
 )
 def test_budgets_parse_to_milliseconds(text: str, ms: float) -> None:
     assert parse_budget(text) == pytest.approx(ms)
