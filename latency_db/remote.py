@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from nasvit.agent.measurement import MeasurementProtocol
-from nasvit.errors import DeviceSilentError
+from nasvit.errors import DeviceSilentError, NasvitError
 from nasvit.latency_db.builder import DEFAULT_COLD_MIN_BYTES, BuildReport, _pick_reference
 from nasvit.latency_db.profilers import (
     OVERHEAD_COPIES,
@@ -32,7 +32,7 @@ from nasvit.latency_db.readings import NetworkModel, Readings, StepCallback, rea
 from nasvit.latency_db.records import DeviceRecord
 from nasvit.latency_db.replicate import COLD_PROTOCOL
 from nasvit.latency_db.store import LatencyStore
-from nasvit.latency_db.work import BlockModel, NetworkJob, WorkQueue
+from nasvit.latency_db.work import MAX_ATTEMPTS, BlockModel, NetworkJob, WorkQueue
 from nasvit.nn.blocks import BlockSpec
 from nasvit.sql import aware, utcnow
 
@@ -107,7 +107,13 @@ class AgentMeasurer:
             raise DeviceSilentError(self.device.name, silent, pending)
 
     def _wait(
-        self, remaining: Callable[[], int], total: int, pending: str, progress: StepCallback | None
+        self,
+        remaining: Callable[[], int],
+        total: int,
+        pending: str,
+        progress: StepCallback | None,
+        kind: str,
+        batch: str | None = None,
     ) -> None:
         started = utcnow()
         while True:
@@ -117,6 +123,14 @@ class AgentMeasurer:
             if left == 0:
                 return
             self._check_alive(started, pending)
+            failed = self.queue.given_up(self.device.id, kind, batch)
+            if failed:
+                raise NasvitError(
+                    f"the agents of device '{self.device.name}' took {len(failed)} {kind} "
+                    f"item(s) {MAX_ATTEMPTS} times each without uploading a result (first: "
+                    f"{failed[0].key}, last taken by {failed[0].leased_by}); see that agent's "
+                    "log: the device's runtime may not run the model"
+                )
             time.sleep(self.poll_s)
 
     def fill(
@@ -169,7 +183,7 @@ class AgentMeasurer:
                 )
             return len(left)
 
-        self._wait(remaining, len(todo), f"{len(todo)} blocks", progress)
+        self._wait(remaining, len(todo), f"{len(todo)} blocks", progress, "block")
         return self._report(unique, missing, len(todo), stale, started)
 
     def _report(
@@ -237,6 +251,8 @@ class AgentMeasurer:
                 count * readings,
                 f"{count * readings} network readings",
                 None if progress is None else lambda done, _total: progress(count + done, steps),
+                "network",
+                batch,
             )
             results = self.queue.network_results(batch)
         finally:

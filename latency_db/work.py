@@ -55,6 +55,10 @@ WORK_STATUSES = ("queued", "leased", "done")
 #: Claim order (lower first): the overhead gates blocks, and networks are what a waiting search
 #: needs next, so they go before the bulk of a table's blocks.
 PRIORITY = {"overhead": 0, "network": 1, "block": 2}
+#: Leases an item gets at most: an item whose agents never upload it (a model the device's
+#: runtime cannot run, an agent that dies on it) is given up after that, and whoever waits on
+#: it is told (:meth:`WorkQueue.given_up`) instead of waiting for ever.
+MAX_ATTEMPTS = 5
 #: The batch names of overhead and block items; network batches are uuids, one per enqueue.
 OVERHEAD_BATCH, BLOCKS_BATCH = "overhead", "blocks"
 _KEY_LENGTH = 512  # the key column's length
@@ -672,8 +676,8 @@ class WorkQueue:
     ) -> Lease | None:
         """Lease up to ``max_items`` items of one kind to ``agent``: queued ones, or leased
         ones whose lease expired (their agent died); None when there is nothing to do.
-        Lowest priority value first, then id; blocks only once the device's overhead is known.
-        The device is marked seen either way."""
+        Lowest priority value first, then id; blocks only once the device's overhead is known;
+        never an item leased :data:`MAX_ATTEMPTS` times. The device is marked seen either way."""
         if max_items < 1 or not lease_seconds > 0:
             raise NasvitError("a claim needs max_items >= 1 and lease_seconds > 0")
         now = utcnow()
@@ -682,6 +686,7 @@ class WorkQueue:
             device.last_seen_at, device.last_agent = now, agent
             claimable = and_(
                 WorkItemRow.device_id == device_id,
+                WorkItemRow.attempts < MAX_ATTEMPTS,
                 or_(
                     WorkItemRow.status == "queued",
                     and_(WorkItemRow.status == "leased", WorkItemRow.lease_expires_at < now),
@@ -730,6 +735,22 @@ class WorkQueue:
                 items=tuple(_item(row) for row in rows),
                 call_overhead_ms=device.overhead_ms,
             )
+
+    def given_up(self, device_id: str, kind: str, batch: str | None = None) -> list[WorkItem]:
+        """Items of ``kind`` (and ``batch``) no agent will be handed again: leased
+        :data:`MAX_ATTEMPTS` times, never uploaded, the last lease expired."""
+        conditions = [
+            WorkItemRow.device_id == device_id,
+            WorkItemRow.kind == kind,
+            WorkItemRow.attempts >= MAX_ATTEMPTS,
+            WorkItemRow.status != "done",
+            or_(WorkItemRow.status == "queued", WorkItemRow.lease_expires_at < utcnow()),
+        ]
+        if batch is not None:
+            conditions.append(WorkItemRow.batch == batch)
+        with self.store.transaction() as session:
+            rows = session.scalars(select(WorkItemRow).where(*conditions).order_by(WorkItemRow.id))
+            return [_item(row) for row in rows]
 
     def renew(self, device_id: str, lease_id: str, lease_seconds: float) -> datetime:
         """Extend the lease's unfinished items to now + ``lease_seconds``; returns the new

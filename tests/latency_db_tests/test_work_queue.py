@@ -263,6 +263,29 @@ def test_an_expired_lease_is_claimed_again_and_its_upload_refused(
     assert recorded == CompleteResult(recorded=2, already=0, inserted_entries=2)
 
 
+def test_an_item_never_uploaded_is_given_up_after_max_attempts(
+    store: LatencyStore, queue: WorkQueue, device_id: str
+) -> None:
+    from nasvit.latency_db.remote import AgentMeasurer
+    from nasvit.latency_db.work import MAX_ATTEMPTS
+
+    with_known_overhead(store, device_id)
+    queue.enqueue_blocks(device_id, [block(1, cold=True)], REFERENCE, "s")
+    for attempt in range(MAX_ATTEMPTS):
+        assert queue.given_up(device_id, "block") == []
+        lease = claim(queue, device_id, f"crashing-{attempt}")
+        expire(store, lease.id)  # the agent died on it
+    assert queue.claim(device_id, "next", 10, LEASE_S) is None  # never handed out again
+    [failed] = queue.given_up(device_id, "block")
+    assert failed.attempts == MAX_ATTEMPTS and failed.leased_by == f"crashing-{MAX_ATTEMPTS - 1}"
+    # Whoever waits on it is told, naming the item and the agent, instead of waiting for ever.
+    queue.register_agent(device_id, "alive")  # the agent answers: the device is not silent
+    measurer = AgentMeasurer(store, store.device(device_id), timeout_s=600, poll_s=0.01)
+    with pytest.raises(NasvitError, match=f"{MAX_ATTEMPTS} times each") as raised:
+        measurer._wait(lambda: 1, 1, "1 block", None, "block")
+    assert failed.key in str(raised.value)
+
+
 def test_renew_extends_a_live_lease(store: LatencyStore, queue: WorkQueue, device_id: str) -> None:
     with_known_overhead(store, device_id)
     queue.enqueue_blocks(device_id, [block(1)], REFERENCE, "s")
