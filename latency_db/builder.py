@@ -37,6 +37,10 @@ from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
 #: as zero) and the cold protocol costs a cache flush per timed run.
 DEFAULT_COLD_MIN_BYTES = 0
 
+#: Blocks per batch: per committed batch and per re-timing of the drift reference. Agents
+#: claim this many per lease, so a table they build is drift-checked the same way.
+DEFAULT_BATCH_SIZE = 32
+
 #: Called after each block with (blocks done, blocks to do).
 ProgressCallback = Callable[[int, int], None]
 
@@ -121,7 +125,7 @@ def build_table(
     device: DeviceRecord,
     blocks: Sequence[BlockSpec],
     *,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     drift_tolerance: float = 0.05,
     max_remeasures: int = 2,
     seed: int = 0,

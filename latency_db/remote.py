@@ -20,7 +20,12 @@ import numpy as np
 
 from nasvit.agent.measurement import MeasurementProtocol
 from nasvit.errors import DeviceSilentError, NasvitError
-from nasvit.latency_db.builder import DEFAULT_COLD_MIN_BYTES, BuildReport, _pick_reference
+from nasvit.latency_db.builder import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_COLD_MIN_BYTES,
+    BuildReport,
+    _pick_reference,
+)
 from nasvit.latency_db.profilers import (
     OVERHEAD_COPIES,
     ModelSource,
@@ -36,8 +41,8 @@ from nasvit.latency_db.work import MAX_ATTEMPTS, BlockModel, NetworkJob, WorkQue
 from nasvit.nn.blocks import BlockSpec
 from nasvit.sql import aware, utcnow
 
-#: Blocks exported and queued together: an agent's lease (the server's batch size) at a time.
-ENQUEUE_CHUNK = 16
+#: Blocks exported and queued together: an agent's lease (the builder's batch) at a time.
+ENQUEUE_CHUNK = DEFAULT_BATCH_SIZE
 #: Shape of the overhead measurement's models (as ``OnnxRuntimeProfiler.measure_overhead``).
 OVERHEAD_SHAPE = (1, 8, 8, 8)
 

@@ -15,6 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 
 from nasvit.errors import NasvitError, UnknownNameError
+from nasvit.latency_db.builder import DEFAULT_BATCH_SIZE
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.records import DeviceRecord
 from nasvit.server import schemas
@@ -23,7 +24,7 @@ from nasvit.server.services import DeviceName, Services, ServicesDep, owned_devi
 #: The drift check an agent applies to each batch of blocks (as ``nasvit profile`` does).
 DRIFT_TOLERANCE = 0.05
 MAX_REMEASURES = 2
-AGENT_BATCH_SIZE = 16
+AGENT_BATCH_SIZE = DEFAULT_BATCH_SIZE
 #: Most copies of a block a streamed-timing model may hold.
 MAX_COPIES = 64
 

@@ -35,6 +35,7 @@ from nasvit.latency_db import (
     error_stats,
     make_profiler,
 )
+from nasvit.latency_db.builder import DEFAULT_BATCH_SIZE
 from nasvit.latency_db.error_model import (
     DEFAULT_BANDS,
     ErrorModel,
@@ -136,7 +137,7 @@ def build_space_table(
     device: DeviceRecord,
     resolutions: Sequence[int] | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     progress: ProgressCallback | None = None,
     num_classes: int = 1000,
