@@ -429,3 +429,56 @@ def test_the_server_serves_the_zipapp_that_runs_in_the_venv(
         timeout=120,
     )
     assert helped.returncode == 0 and helped.stdout.startswith("usage: nasvit-agent.pyz")
+
+
+def test_profiling_an_agent_managed_device_queues_its_blocks_and_follows_the_agent(
+    service: Service, agent_venv: AgentVenv, tmp_path: Path
+) -> None:
+    """`nasvit profile --device NAME` (the Python API under it) against a remote device: the
+    missing blocks go to the queue, progress names the device, the agent's timings fill it."""
+    import threading
+
+    import nasvit
+
+    token = service.device_token("edge-profile")
+    device_id = register(service, agent_venv, token)
+    space = small_efficientformer()
+    stages: list[tuple[str, int, int]] = []
+    outcome: dict[str, Any] = {}
+
+    def profile() -> None:
+        try:
+            outcome["summary"] = nasvit.profile(
+                space,
+                device="edge-profile",
+                settings=service.services.settings,
+                progress=lambda *step: stages.append(step),
+                num_classes=10,
+                in_channels=1,
+            )
+        except Exception as error:  # reported by the assertions below
+            outcome["error"] = error
+
+    waiting = threading.Thread(target=profile)
+    waiting.start()
+    # The agent starts once the work is queued, and leaves when none is left.
+    wait_until(lambda: bool(service.queue.queue_summary(device_id).get("block")), "the queue")
+    agent = agent_venv.start(
+        tmp_path / "agent.log", "--server", service.url, "--token", token, "--name", "on-device"
+    )
+    try:
+        waiting.join(timeout=300)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+    assert not waiting.is_alive() and "error" not in outcome, outcome
+    summary = outcome["summary"]
+    blocks = {b.key for b in space.enumerate_blocks(num_classes=10, in_channels=1)}
+    assert summary.device == "edge-profile" and summary.measured == len(blocks)
+    assert_table_complete(service, device_id, sorted(blocks))
+    assert {stage for stage, _, _ in stages} == {"waiting for device edge-profile: blocks"}
+    assert stages[-1][1] == stages[-1][2] == len(blocks)
+    # Nothing was measured on this machine: every block item was the agent's.
+    done = service.queue.items(device_id, "done", 1000)
+    assert {i.kind for i in done} == {"overhead", "block"}
+    assert {i.leased_by for i in done} == {"on-device"}
