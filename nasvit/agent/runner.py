@@ -145,6 +145,21 @@ def backoff(attempt: int) -> float:
     return BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
 
 
+@dataclass
+class Transfer:
+    """Time and bytes spent downloading models, per lease (reported in the log: where an
+    agent's time goes besides timing)."""
+
+    seconds: float = 0.0
+    models: int = 0
+    nbytes: int = 0
+
+    def add(self, seconds: float, nbytes: int) -> None:
+        self.seconds += seconds
+        self.models += 1
+        self.nbytes += nbytes
+
+
 class ModelCache:
     """Models downloaded for one lease, by (sha256, copies), least recently used evicted past
     ``budget`` bytes: a block is downloaded once however often the drift check re-times it."""
@@ -247,6 +262,7 @@ class Agent:
         self.options = options
         self.log = log
         self.sleep = sleep
+        self.transfer = Transfer()  # of the lease in hand
         if options.provider not in PROVIDERS:
             raise AgentStop(2, f"unknown provider '{options.provider}'; known: cpu, cuda")
         try:
@@ -350,6 +366,8 @@ class Agent:
             registration.lease_seconds / 3,
             self.log,
         )
+        self.transfer = Transfer()
+        started = time.monotonic()
         with heartbeat:
             try:
                 results = self.measure(lease, heartbeat.check)
@@ -372,7 +390,14 @@ class Agent:
             if heartbeat.lost.is_set():
                 return False
             heartbeat.quiet.set()
+            measured = time.monotonic()
             uploaded = self.upload(lease, results)
+            transfer = self.transfer
+            self.log(
+                f"lease {lease.id}: {measured - started:.2f}s timing and downloading "
+                f"({transfer.seconds:.2f}s of it for {transfer.models} model(s), "
+                f"{transfer.nbytes / 2**20:.1f} MiB), {time.monotonic() - measured:.2f}s uploading"
+            )
             if uploaded:
                 self._failures = 0
             return uploaded
@@ -425,7 +450,15 @@ class Agent:
         registration = self.registration
         assert registration is not None
         device_id = registration.device_id
-        cache = ModelCache(lambda sha, copies: self.client.model(device_id, sha, copies))
+        transfer = self.transfer
+
+        def fetch(sha256: str, copies: int) -> bytes:
+            started = time.monotonic()
+            model = self.client.model(device_id, sha256, copies)
+            transfer.add(time.monotonic() - started, len(model))
+            return model
+
+        cache = ModelCache(fetch)
         results: list[dict[str, Any]] = []
         overheads = [item for item in lease.items if item.kind == "overhead"]
         blocks = [item for item in lease.items if item.kind == "block"]
