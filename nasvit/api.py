@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasvit.errors import NasvitError
-from nasvit.searching.request import ProgressHook, SearchRequest, SearchResult
+from nasvit.searching.request import DeviceTarget, ProgressHook, SearchRequest, SearchResult
 from nasvit.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def search(
     budget_confidence: float | None = None,
     supernet: str | Path | None = None,
     device: str | None = None,
+    devices: Sequence[Mapping[str, Any] | DeviceTarget] | None = None,
     controller: str = "nsga2",
     settings: Settings | None = None,
     out: str | Path | None = None,
@@ -74,6 +75,12 @@ def search(
             supernet, trained once and cached under ``settings.home``.
         device: name or id of a device in the latency database; default this machine's CPU.
             Blocks its table lacks are profiled first.
+        devices: search for several devices at once instead of ``device`` (at most 8):
+            ``[{"name": "pi", "budget": "20ms"}, {"name": "jetson", "budget": "5ms@p90"}]``
+            (a device without a budget takes ``budget``). Accuracy evaluations are shared;
+            each device gets its own front, chosen subnet (measured on it) and artifacts in
+            ``out/<name>``, and ``out/devices.json`` compares them. The result is the first
+            device's, with every device's in ``per_device``.
         controller: ``nsga2``, ``evolution``, ``predictor``, ``tpe``, ``optuna-nsga2`` or
             ``random``.
         settings: where the database and default supernets are (default: the environment).
@@ -101,6 +108,9 @@ def search(
         >>> [(p.short, p.predicted_ms, p.low_ms, p.high_ms) for p in result.front]  # doctest: +SKIP
         >>> nasvit.search(space, "2ms", budget_confidence=0.9)  # doctest: +SKIP
         >>> nasvit.search(space, "2ms@p90")  # doctest: +SKIP
+        >>> both = nasvit.search(space, "2ms", devices=[{"name": "pi", "budget": "20ms"},
+        ...                      {"name": "jetson"}])  # doctest: +SKIP
+        >>> {name: r.best.short for name, r in both.per_device.items()}  # doctest: +SKIP
     """
     from nasvit.searching.pipeline import run_search
 
@@ -118,6 +128,7 @@ def search(
         budget_confidence=budget_confidence,
         checkpoint=None if supernet is None else Path(supernet),
         device=device,
+        devices=None if devices is None else list(devices),
         controller=controller,
         out=Path(out) if out is not None else _fresh_folder(settings, name),
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
@@ -59,6 +60,8 @@ ARTIFACTS = {
     "trials.csv": "text/csv",
     "trials.jsonl": "application/x-ndjson",
 }
+#: A search of several devices: the comparison of its devices, next to their folders.
+DEVICES_ARTIFACT = "devices.json"
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -75,6 +78,7 @@ def job_view(record: JobRecord) -> schemas.Job:
         status=record.status,  # type: ignore[arg-type]
         space=request["space"],
         device=request.get("device"),
+        devices=_devices_view(request, record.best),
         budget_ms=request["budget_ms"],
         budget_confidence=request.get("budget_confidence"),
         budget_percentile=request.get("budget_percentile"),
@@ -102,7 +106,65 @@ def job_view(record: JobRecord) -> schemas.Job:
 def _best_view(best: dict[str, Any]) -> schemas.BestSummary:
     # The worker stores the pipeline's interval, which is at the default confidence.
     interval = best.get("low_ms") is not None and best.get("high_ms") is not None
-    return schemas.BestSummary(**best, interval_confidence=DEFAULT_CONFIDENCE if interval else None)
+    fields = {k: v for k, v in best.items() if k in schemas.BestSummary.model_fields}
+    return schemas.BestSummary(
+        **fields, interval_confidence=DEFAULT_CONFIDENCE if interval else None
+    )
+
+
+def _devices_view(
+    request: dict[str, Any], best: dict[str, Any] | None
+) -> list[schemas.DeviceResult] | None:
+    """A multi-device job's devices, with each one's best once the worker recorded it (the
+    worker stores them under the job's ``best["devices"]``, by name)."""
+    targets = request.get("devices")
+    if not targets:
+        return None
+    bests = (best or {}).get("devices") or {}
+    return [
+        schemas.DeviceResult(
+            name=target["name"],
+            budget_ms=target["budget_ms"],
+            budget_confidence=request.get("budget_confidence"),
+            budget_percentile=target.get("budget_percentile"),
+            best=None if target["name"] not in bests else _best_view(bests[target["name"]]),
+        )
+        for target in targets
+    ]
+
+
+def _device_folder(services: Services, record: JobRecord, device: str | None) -> tuple[Path, float]:
+    """The folder holding the results asked for and the budget they were judged by: the job's
+    folder, or for a search of several devices the named device's (422 when the device is
+    missing or not one of the job's)."""
+    folder = services.job_folder(record.id)
+    targets = record.request.get("devices")
+    if not targets:
+        if device is not None and device != record.request.get("device"):
+            raise HTTPException(
+                422, f"search {record.id} targets one device: omit device, got {device!r}"
+            )
+        return folder, float(record.request["budget_ms"])
+    names = [target["name"] for target in targets]
+    by_name = {target["name"]: target for target in targets}
+    if device is None or device not in by_name:
+        asked = "name one" if device is None else f"{device!r} is not one of them"
+        raise HTTPException(
+            422,
+            f"search {record.id} targets several devices ({', '.join(names)}): {asked} with "
+            "?device=NAME",
+        )
+    return folder / device, float(by_name[device]["budget_ms"])
+
+
+DeviceQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="For a search of several devices: which device's results (required there).",
+    ),
+]
 
 
 router = APIRouter()
@@ -125,6 +187,8 @@ def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.
             )
         if body.device is not None:
             services.latency_store().device(body.device)
+        for target in parsed.devices:
+            services.latency_store().device(target.name)
     except NasvitError as exc:
         raise HTTPException(422, str(exc)) from None
     request = {
@@ -140,6 +204,17 @@ def create_search(body: schemas.SearchCreate, services: ServicesDep) -> schemas.
         "seed": body.seed,
         "workers": body.workers,
     }
+    if parsed.devices:
+        # Stored parsed, with the percentile each device's budget holds at; the worker hands
+        # name and budget back to the pipeline.
+        request["devices"] = [
+            {
+                "name": target.name,
+                "budget_ms": target.budget_ms,
+                "budget_percentile": parsed.for_device(target).budget_percentile,
+            }
+            for target in parsed.devices
+        ]
     return job_view(services.jobs.create(request))
 
 
@@ -182,13 +257,14 @@ def cancel_search(job_id: str, services: ServicesDep) -> schemas.Job:
 
 
 @router.get("/searches/{job_id}/pareto", tags=["searches"], dependencies=[Reader])
-def get_pareto(job_id: str, services: ServicesDep) -> schemas.Pareto:
-    """The front so far (updated after every evaluated batch) and the hypervolume curve."""
+def get_pareto(job_id: str, services: ServicesDep, device: DeviceQuery = None) -> schemas.Pareto:
+    """The front so far (updated after every evaluated batch) and the hypervolume curve; for a
+    search of several devices, the front of the device named by ``device``."""
     record = _job(services, job_id)
-    folder = services.job_folder(record.id)
+    folder, budget_ms = _device_folder(services, record, device)
     trials = services.results.trials(folder)
     report = services.results.report(folder) if record.status in FINISHED else None
-    summary = pareto_summary(trials, report, record.request["budget_ms"])
+    summary = pareto_summary(trials, report, budget_ms)
     return schemas.Pareto.model_validate(summary)
 
 
@@ -198,10 +274,12 @@ def get_trials(
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    device: DeviceQuery = None,
 ) -> schemas.PointPage:
-    """Every evaluated candidate in evaluation order, with ``dominated`` and measured latency."""
+    """Every evaluated candidate in evaluation order, with ``dominated`` and measured latency
+    (for a search of several devices, as judged for ``device``)."""
     record = _job(services, job_id)
-    folder = services.job_folder(record.id)
+    folder, _ = _device_folder(services, record, device)
     trials = services.results.trials(folder)
     report = services.results.report(folder) if record.status in FINISHED else None
     page = points(trials, report)[offset : offset + limit]
@@ -217,17 +295,32 @@ def get_trials(
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_artifact(job_id: str, name: str, services: ServicesDep) -> FileResponse:
+def get_artifact(
+    job_id: str, name: str, services: ServicesDep, device: DeviceQuery = None
+) -> FileResponse:
     """A file the search wrote: ``best.onnx`` (404 until the job succeeded), ``best.json``,
-    ``report.json``, ``pareto.csv``, ``trials.csv``, ``trials.jsonl``."""
+    ``report.json``, ``pareto.csv``, ``trials.csv``, ``trials.jsonl``. A search of several
+    devices has them per device (``device`` names which) and ``devices.json`` (no ``device``)
+    comparing the devices, served once the job finished, also when it failed on a device."""
     record = _job(services, job_id)
-    if name not in ARTIFACTS:
-        raise HTTPException(404, f"no artifact '{name}'; known: {', '.join(sorted(ARTIFACTS))}")
-    path = services.job_folder(record.id) / name
+    several = bool(record.request.get("devices"))
+    if name == DEVICES_ARTIFACT and several and device is None:
+        path, suffix = services.job_folder(record.id) / name, name
+    elif name not in ARTIFACTS:
+        known = sorted(ARTIFACTS) + ([DEVICES_ARTIFACT] if several else [])
+        raise HTTPException(404, f"no artifact '{name}'; known: {', '.join(known)}")
+    else:
+        folder, _ = _device_folder(services, record, device)
+        path = folder / name
+        suffix = name if not several else f"{device}-{name}"
     final = name != "trials.jsonl"  # the others are written when the search is done
-    if not path.is_file() or (final and record.status != "succeeded"):
-        raise HTTPException(404, f"search {record.id} has no {name} yet (status {record.status})")
-    return FileResponse(path, media_type=ARTIFACTS[name], filename=f"{record.id}-{name}")
+    # A search of several devices that failed on one device still wrote the others' results
+    # and devices.json (which says why the failing one has none).
+    done = record.status == "succeeded" or (several and record.status in FINISHED)
+    if not path.is_file() or (final and not done):
+        raise HTTPException(404, f"search {record.id} has no {suffix} yet (status {record.status})")
+    media_type = ARTIFACTS.get(name, "application/json")
+    return FileResponse(path, media_type=media_type, filename=f"{record.id}-{suffix}")
 
 
 # ---------------------------------------------------------------------- spaces

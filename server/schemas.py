@@ -28,8 +28,8 @@ from nasvit.guarantees import BUDGET_PERCENTILES
 from nasvit.latency_db.device import DeviceFingerprint
 from nasvit.latency_db.records import ENTRY_VALUES, IMPORTED_VALUES, EntryValue, Transfer
 from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
-from nasvit.searching.budget import _UNITS_TO_MS, parse_budget_spec
-from nasvit.searching.request import request_option
+from nasvit.searching.budget import BUDGET_UNITS, parse_budget_spec
+from nasvit.searching.request import DEVICE_TARGET_PATTERN, MAX_DEVICES, request_option
 from nasvit.server.jobs import DEVICE_NAME_PATTERN
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -68,8 +68,9 @@ def _budget_pattern() -> str:
     digit other than 0 somewhere in the mantissa. Two exponent digits at most: with the
     field's 50 characters no budget can then overflow or underflow a float, which the parser
     would refuse as "not positive". Only ASCII spaces around the parts (the parser takes any
-    whitespace), units in either case except the micro sign (``µs``, U+00B5), and the
-    percentiles of :data:`~nasvit.guarantees.BUDGET_PERCENTILES` (leading zeros allowed, as
+    whitespace), the units of :data:`~nasvit.searching.budget.BUDGET_UNITS` (ASCII letters in
+    either case; ``µs`` with the micro sign only, not the Greek mu the parser also reads), and
+    the percentiles of :data:`~nasvit.guarantees.BUDGET_PERCENTILES` (leading zeros allowed, as
     the parser reads ``p090`` as 90)."""
     number = (
         "(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]*\\.[0-9]*[1-9][0-9]*)(?:[eE][-+]?0*[0-9]{1,2})?"
@@ -80,7 +81,7 @@ def _budget_pattern() -> str:
             f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c for c in unit
         )
 
-    units = "|".join(either_case(u) for u in sorted(_UNITS_TO_MS, key=len, reverse=True))
+    units = "|".join(either_case(u) for u in sorted(BUDGET_UNITS, key=len, reverse=True))
     percentiles = "|".join(str(p) for p in BUDGET_PERCENTILES)
     return f"^ *{number} *(?:{units}) *(?:@ *[pP]0*(?:{percentiles}) *)?$"
 
@@ -124,6 +125,35 @@ def _from_request(name: str, **limits: Any) -> Any:
     )
 
 
+class DeviceBudget(BaseModel):
+    """One device of a search of several devices, and its budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=DEVICE_TARGET_PATTERN,
+        description="A device in the latency database; also the name of its results' folder.",
+    )
+    # The pattern sits on the string branch, where a schema-driven client reads it.
+    budget: (
+        Annotated[
+            str, Field(min_length=1, max_length=50, json_schema_extra={"pattern": BUDGET_PATTERN})
+        ]
+        | None
+    ) = Field(
+        None,
+        description="This device's budget, e.g. 5ms or 5ms@p90 (null: the search's budget). "
+        "Without a percentile it holds as the search's budget does.",
+    )
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_text(cls, text: str | None) -> str | None:
+        return None if text is None else check_budget(text)
+
+
 class SearchCreate(BaseModel):
     """A search to queue. Unknown fields are refused (a misspelt option is never ignored).
 
@@ -140,6 +170,11 @@ class SearchCreate(BaseModel):
                 {"space": "efficientformer", "budget": "2ms"},
                 {"space": "efficientformer", "budget": "2ms", "budget_confidence": 0.9},
                 {"space": "efficientformer", "budget": "2ms@p90"},
+                {
+                    "space": "efficientformer",
+                    "budget": "2ms",
+                    "devices": [{"name": "pi", "budget": "20ms"}, {"name": "jetson"}],
+                },
             ]
         },
     )
@@ -151,6 +186,13 @@ class SearchCreate(BaseModel):
     budget_confidence: float | None = _from_request("budget_confidence")
     budget_percentile: Percentile | None = _from_request("budget_percentile")
     device: str | None = _from_request("device", min_length=1, max_length=200)
+    devices: list[DeviceBudget] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_DEVICES,
+        description=request_option("devices").help + " Not together with device; names are "
+        "distinct (ignoring case).",
+    )
     controller: str = _from_request("controller", max_length=50)
     evaluations: int = _from_request("evaluations")
     seed: int = _from_request("seed")
@@ -194,11 +236,31 @@ class BestSummary(BaseModel):
     judged_ms: float | None = Field(None, description=_JUDGED)
 
 
+class DeviceResult(BaseModel):
+    """One device of a search of several devices: its budget and, once the job succeeded, its
+    chosen subnet (measured on that device)."""
+
+    name: str
+    budget_ms: float
+    budget_confidence: float | None = Field(
+        None, description="The budget holds at this confidence, the search's (null: not asked)."
+    )
+    budget_percentile: int | None = Field(
+        None, description="This device's budget holds at this percentile (null: not asked)."
+    )
+    best: BestSummary | None = None
+
+
 class Job(BaseModel):
     id: str
     status: JobStatus
     space: str
     device: str | None
+    devices: list[DeviceResult] | None = Field(
+        None,
+        description="A search of several devices: each device's budget and best (null: one "
+        "device). ``best`` is then the first device's.",
+    )
     budget_ms: float
     budget_confidence: float | None = Field(
         None, description="The budget holds at this confidence (null: not asked)."

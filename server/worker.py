@@ -26,7 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from nasvit.errors import DeviceNotLocalError, NasvitError
-from nasvit.searching.request import SearchRequest
+from nasvit.searching.request import DeviceTarget, SearchRequest, SearchResult
 from nasvit.server.db import Database
 from nasvit.server.jobs import Claim, JobStore
 from nasvit.settings import Settings
@@ -52,6 +52,19 @@ def _job_error(error: NasvitError) -> str:
             "without a device"
         )
     return str(error)
+
+
+def _best_summary(result: SearchResult) -> dict[str, Any]:
+    best = result.best
+    return {
+        "short": best.short,
+        "accuracy": best.accuracy,
+        "predicted_ms": best.latency_ms,
+        "measured_ms": result.best_measured_ms,
+        "low_ms": best.low_ms,
+        "high_ms": best.high_ms,
+        "judged_ms": best.judged_ms,
+    }
 
 
 def default_worker_name() -> str:
@@ -171,6 +184,8 @@ class Worker:
         job = claim.job
         log.info("running job %s (attempt %d)", job.id, claim.attempt)
         drop_torn_tail(folder / TRIALS_FILE)
+        for target in job.request.get("devices") or []:  # a search of several devices
+            drop_torn_tail(folder / target["name"] / TRIALS_FILE)
         heartbeat = _Heartbeat(self.jobs, claim, self.settings, self.shutdown)
         last_write: dict[str, Any] = {"stage": "", "at": 0.0}
 
@@ -206,22 +221,25 @@ class Worker:
         finally:
             heartbeat.finished.set()
             heartbeat.join()
-        best = result.best
-        summary: dict[str, Any] = {
-            "short": best.short,
-            "accuracy": best.accuracy,
-            "predicted_ms": best.latency_ms,
-            "measured_ms": result.best_measured_ms,
-            "low_ms": best.low_ms,
-            "high_ms": best.high_ms,
-            "judged_ms": best.judged_ms,
-        }
+        summary = _best_summary(result)
+        if result.per_device:  # the first device's best, and every device's by name
+            summary["devices"] = {
+                name: _best_summary(one) for name, one in result.per_device.items()
+            }
         return self._finish(claim, "succeeded", best=summary)
 
     def _search_request(self, stored: dict[str, Any], folder: Path) -> SearchRequest:
         """The job's stored request (validated when the job was created) as the pipeline's,
         resumed in the job's folder on this worker's Ray cluster and checkpoint."""
         checkpoint = self.settings.checkpoints.get(stored["space"])
+        if stored.get("devices"):
+            # Stored parsed (see the API's create_search): the percentile a device's budget
+            # holds at is already the effective one.
+            devices = [
+                DeviceTarget(t["name"], t["budget_ms"], t.get("budget_percentile"))
+                for t in stored["devices"]
+            ]
+            stored = {**stored, "devices": devices}
         return SearchRequest.from_mapping(
             stored,
             checkpoint=None if checkpoint is None else Path(checkpoint),

@@ -14,6 +14,7 @@ from nasvit.errors import NasvitError
 from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.searching.budget import format_ms
 from nasvit.searching.request import (
+    DEVICES_FILE,
     RequestOption,
     SearchRequest,
     SearchResult,
@@ -30,6 +31,7 @@ SPACE = request_option("space")
 BUDGET = request_option("budget_ms")
 CONFIDENCE = request_option("budget_confidence")
 DEVICE = request_option("device")
+DEVICES = request_option("devices")
 CONTROLLER = request_option("controller")
 EVALUATIONS = request_option("evaluations")
 WORKERS = request_option("workers")
@@ -57,6 +59,14 @@ def search_command(
         float | None, typer.Option("--confidence", help=CONFIDENCE.help)
     ] = CONFIDENCE.default,
     device: Annotated[str | None, typer.Option("--device", help=DEVICE.help)] = DEVICE.default,
+    devices: Annotated[
+        str | None,
+        typer.Option(
+            "--devices",
+            help=f"{DEVICES.help} Written NAME=BUDGET,NAME=BUDGET (e.g. pi=20ms,jetson=5ms@p90; "
+            "a NAME alone takes --budget); not with --device.",
+        ),
+    ] = None,
     controller: Annotated[
         str, typer.Option("--controller", help=CONTROLLER.help)
     ] = CONTROLLER.default,
@@ -105,6 +115,7 @@ def search_command(
             "budget": budget,
             "budget_confidence": confidence,
             "device": device,
+            "devices": None if devices is None else parse_devices(devices),
             "controller": controller,
             "evaluations": evaluations,
             "workers": workers,
@@ -118,6 +129,10 @@ def search_command(
         }
     )
     if server is not None:
+        if request.devices:
+            raise NasvitError(
+                "--devices runs here; on a service, POST /api/v1/searches with devices"
+            )
         _search_on_server(server, token, request, budget, workers, out, as_json)
         return
     from nasvit.searching.pipeline import run_search  # heavy: only for a valid request
@@ -139,6 +154,9 @@ def search_command(
 
     with bar:
         result = run_search(request, progress)
+    if request.devices:
+        _print_devices(result, request, out, as_json)
+        return
     if as_json:
         print(json.dumps(result.report, indent=2))
         return
@@ -149,6 +167,44 @@ def search_command(
         f"  artifacts in {out}/: best.onnx best.json pareto.csv trials.csv report.json",
         highlight=False,
     )
+
+
+def parse_devices(text: str) -> list[dict[str, str]]:
+    """``--devices pi=20ms,jetson=5ms@p90`` as the request's ``devices``; a name without
+    ``=BUDGET`` takes the search's budget."""
+    targets = []
+    for part in text.split(","):
+        name, equals, budget = (piece.strip() for piece in part.partition("="))
+        if not name or (equals and not budget):
+            raise NasvitError(
+                f"cannot read --devices {text!r}: write NAME=BUDGET pairs separated by commas, "
+                "e.g. pi=20ms,jetson=5ms",
+                argument="devices",
+            )
+        targets.append({"name": name, "budget": budget} if equals else {"name": name})
+    return targets
+
+
+def _print_devices(result: SearchResult, request: SearchRequest, out: Path, as_json: bool) -> None:
+    """One front per device, then each device's best in a line."""
+    if as_json:
+        print((out / DEVICES_FILE).read_text())
+        return
+    for target in request.devices:
+        sub, device_result = request.for_device(target), result.per_device[target.name]
+        table = _front_table(
+            [point.to_dict() for point in device_result.front],
+            device_result.best.short,
+            sub.budget_ms,
+            len(device_result.trials),
+        )
+        table.title = f"{target.name}: {table.title}"
+        console.print(table)
+    for target in request.devices:
+        sub, device_result = request.for_device(target), result.per_device[target.name]
+        console.print(f"{target.name} {best_summary(device_result, sub)}")
+    names = " ".join(f"{t.name}/" for t in request.devices)
+    console.print(f"  artifacts in {out}/: {DEVICES_FILE} {names}", highlight=False)
 
 
 def _search_on_server(

@@ -10,11 +10,11 @@ from nasvit.errors import NasvitError
 from nasvit.guarantees import BUDGET_PERCENTILES, check_percentile
 from nasvit.guarantees import format_ms as format_ms  # re-exported: callers format budgets here
 
-# Keys casefolded: the micro sign and the Greek mu both fold to the Greek mu, which the
+#: Units as users write them, in milliseconds ("µs" with the micro sign).
+BUDGET_UNITS = {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}
+# Looked up casefolded: the micro sign and the Greek mu both fold to the Greek mu, which the
 # case-insensitive pattern also matches.
-_UNITS_TO_MS = {
-    unit.casefold(): ms for unit, ms in {"s": 1e3, "ms": 1.0, "us": 1e-3, "µs": 1e-3}.items()
-}
+_UNITS_TO_MS = {unit.casefold(): ms for unit, ms in BUDGET_UNITS.items()}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|ms|us|µs)\s*$", re.IGNORECASE)
 # "<budget> @ p<digits>"; what follows "@" is checked apart so a bad percentile gets its own
 # message (naming the allowed ones) instead of "cannot read latency budget".

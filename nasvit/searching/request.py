@@ -13,6 +13,7 @@ Import-light on purpose: the CLI reads the options before it imports anything he
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -39,6 +40,59 @@ def progress_message(progress: dict[str, Any]) -> str:
 
 
 _SPEC = "nasvit.option"  # the key of a field's RequestOption in its dataclass metadata
+
+#: The most devices one search targets: each adds a latency table, a search loop and end-to-end
+#: measurements, while accuracy evaluations are shared.
+MAX_DEVICES = 8
+#: A device target's name: it names the device's output folder too, so it holds no path
+#: separator and cannot be "." or ".." (the service states the same pattern).
+DEVICE_TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+#: The file a multi-device search writes next to the devices' folders.
+DEVICES_FILE = "devices.json"
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """One device of a multi-device search and its budget.
+
+    Attributes:
+        name: name or id of a device in the latency database (a new name names this machine,
+            as ``device`` does); also the name of its output folder.
+        budget_ms: the device's latency budget.
+        budget_percentile: the percentile its budget holds at (``"5ms@p90"``); None holds it
+            as the request's own budget does (the request's percentile, confidence or neither).
+    """
+
+    name: str
+    budget_ms: float
+    budget_percentile: int | None = None
+
+    @classmethod
+    def parse(cls, value: Any, default_budget_ms: float) -> DeviceTarget:
+        """A target from ``{"name": ..., "budget": ...}`` (budget text such as ``"5ms"`` or
+        ``"5ms@p90"``, or milliseconds; absent: ``default_budget_ms``), or a DeviceTarget."""
+        from nasvit.searching.budget import parse_budget_spec
+
+        if isinstance(value, DeviceTarget):
+            return value
+        if not isinstance(value, Mapping):
+            raise NasvitError(
+                f"each of devices must be {{'name': ..., 'budget': ...}}, got {value!r}",
+                argument="devices",
+            )
+        unknown = sorted(set(value) - {"name", "budget"})
+        if unknown:
+            raise UnknownNameError("device target field", unknown[0], ("name", "budget"))
+        name = value.get("name")
+        if not isinstance(name, str):
+            raise NasvitError(f"each of devices needs a name, got {value!r}", argument="devices")
+        budget = value.get("budget")
+        if budget is None:
+            return cls(name, default_budget_ms)
+        if isinstance(budget, str):
+            budget_ms, percentile = parse_budget_spec(budget)
+            return cls(name, budget_ms, percentile)
+        return cls(name, budget)
 
 
 @dataclass(frozen=True)
@@ -114,6 +168,14 @@ class SearchRequest:
     device: str | None = _option(
         "Name or id of a device in the latency database (default: this machine's CPU).", None
     )
+    # Not together with ``device``: a search of several devices shares its accuracy
+    # evaluations and gives each device its own front, chosen subnet and output folder.
+    devices: tuple[DeviceTarget, ...] = _option(
+        f"Search for several devices at once (at most {MAX_DEVICES}): each gets its own front "
+        "and chosen subnet, measured there; accuracy evaluations are shared. A device without "
+        "a budget takes the search's.",
+        (),
+    )
     controller: str = _option(
         "nsga2 | evolution | predictor | tpe | optuna-nsga2 | random", "nsga2"
     )
@@ -168,6 +230,7 @@ class SearchRequest:
             raise UnknownNameError("controller", self.controller, CONTROLLERS)
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise NasvitError(f"device must be a name or an id, got {self.device!r}")
+        self._check_devices()
         for option in request_options():
             if option.ge is not None or option.le is not None:
                 _check_bounds(option, getattr(self, option.name))
@@ -185,6 +248,67 @@ class SearchRequest:
         except NasvitError as exc:
             option = "budget_percentile" if exc.argument == "budget" else "budget_confidence"
             raise NasvitError(str(exc), argument=option) from None
+
+    def _check_devices(self) -> None:
+        targets = self.devices
+        if not isinstance(targets, tuple) or not all(isinstance(t, DeviceTarget) for t in targets):
+            raise NasvitError("devices must be a tuple of DeviceTarget", argument="devices")
+        if not targets:
+            return
+        if self.device is not None:
+            raise NasvitError(
+                "device and devices together: name one device or several, not both",
+                argument="devices",
+            )
+        if len(targets) > MAX_DEVICES:
+            raise NasvitError(
+                f"a search targets at most {MAX_DEVICES} devices, got {len(targets)}",
+                argument="devices",
+            )
+        seen: set[str] = set()
+        for target in targets:
+            name = target.name
+            if not isinstance(name, str) or not re.fullmatch(DEVICE_TARGET_PATTERN, name):
+                raise NasvitError(
+                    f"device name {name!r} cannot name an output folder: use 1 to 200 letters, "
+                    "digits, '.', '_' or '-', starting with a letter or digit",
+                    argument="devices",
+                )
+            # Folder names: distinct even on a file system that ignores case.
+            if name.casefold() in seen or name == DEVICES_FILE:
+                raise NasvitError(
+                    f"device {name!r} is named twice in devices (names are compared ignoring case)"
+                    if name.casefold() in seen
+                    else f"a device cannot be called {DEVICES_FILE!r}",
+                    argument="devices",
+                )
+            seen.add(name.casefold())
+            budget = target.budget_ms
+            if not _is_number(budget) or not math.isfinite(budget) or budget <= 0:
+                raise NasvitError(
+                    f"device {name}'s budget must be a positive number of milliseconds, got "
+                    f"{budget!r}",
+                    argument="devices",
+                )
+            try:
+                self.for_device(target)  # its budget with the request's guarantee
+            except NasvitError as exc:
+                raise NasvitError(f"device {name}: {exc}", argument="devices") from None
+
+    def for_device(self, target: DeviceTarget) -> SearchRequest:
+        """The single-device request a multi-device search runs for ``target``: its device,
+        budget (and percentile, if its budget states one) and output folder ``out/<name>``."""
+        percentile = (
+            self.budget_percentile if target.budget_percentile is None else target.budget_percentile
+        )
+        return replace(
+            self,
+            device=target.name,
+            devices=(),
+            budget_ms=target.budget_ms,
+            budget_percentile=percentile,
+            out=Path(self.out) / target.name,
+        )
 
     def search_space(self) -> SearchSpace:
         """The registered space, restricted by ``restrictions`` when given."""
@@ -234,6 +358,18 @@ class SearchRequest:
         for name in ("checkpoint", "out"):
             if isinstance(merged.get(name), str):
                 merged[name] = Path(merged[name])
+        targets = merged.get("devices")
+        if targets is None:
+            merged.pop("devices", None)
+        elif isinstance(targets, (list, tuple)) and targets:
+            default_ms = merged["budget_ms"]  # present: checked above
+            merged["devices"] = tuple(DeviceTarget.parse(t, default_ms) for t in targets)
+        else:
+            raise NasvitError(
+                f"devices must be a non-empty list of {{'name': ..., 'budget': ...}}, got "
+                f"{targets!r}",
+                argument="devices",
+            )
         return cls(**merged)
 
 
@@ -341,6 +477,8 @@ class SearchResult:
         front: the Pareto front of all trials, by predicted latency.
         trials: every trial, in evaluation order.
         report: the content of ``report.json``.
+        per_device: for a search of several devices (``devices``), each device's result by
+            name; this result is then the first device's. Empty otherwise.
     """
 
     best: Trial
@@ -348,3 +486,6 @@ class SearchResult:
     front: list[FrontPoint]
     trials: list[Trial]
     report: dict[str, Any] = field(default_factory=dict)
+    # A search of several devices returns the first device's result with every device's
+    # (the first's included) here, by target name; empty for a single-device search.
+    per_device: dict[str, SearchResult] = field(default_factory=dict)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -740,11 +740,12 @@ def summarise(
 
 
 def _request_summary(request: SearchRequest) -> dict[str, Any]:
-    # The searched space's restrictions are reported once, at the top level of the report.
+    # The searched space's restrictions are reported once, at the top level of the report. A
+    # report is one device's: a multi-device search's devices are in its devices.json.
     return {
         k: str(v) if isinstance(v, Path) else v
         for k, v in asdict(request).items()
-        if k != "restrictions"
+        if k not in ("restrictions", "devices")
     }
 
 
@@ -770,3 +771,111 @@ def write_artifacts(out: Path, space: SearchSpace, result: SearchResult) -> None
         dict_writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         dict_writer.writeheader()
         dict_writer.writerows(rows)
+
+
+# ---------------------------------------------------------------------- several devices
+class SharedAccuracy:
+    """An executor that evaluates each architecture once, whichever device's search asks.
+
+    A candidate's accuracy does not depend on the device, so a search of several devices
+    (``SearchRequest.devices``) runs its devices' loops through one of these: what another
+    device's search evaluated (or what an interrupted run stored, :meth:`remember_file`) is
+    answered from memory, by the architecture's short string.
+
+    Attributes:
+        evaluated: architectures this wrapper sent to the executor (each once).
+        reused: answers given from memory.
+    """
+
+    def __init__(self, executor: Executor, space: SearchSpace):
+        self.executor, self.space = executor, space
+        self.workers = executor.workers
+        self.known: dict[str, tuple[float, float]] = {}
+        self.evaluated = 0
+        self.reused = 0
+
+    def evaluate(self, archs: Sequence[Architecture]) -> list[tuple[float, float]]:
+        shorts = [self.space.short_string(arch) for arch in archs]
+        missing: dict[str, Architecture] = {}
+        for short, arch in zip(shorts, archs, strict=True):
+            if short not in self.known and short not in missing:
+                missing[short] = arch
+        if missing:
+            results = self.executor.evaluate(list(missing.values()))
+            self.known.update(zip(missing, results, strict=True))
+            self.evaluated += len(missing)
+        self.reused += len(archs) - len(missing)
+        return [self.known[short] for short in shorts]
+
+    def remember(self, trials: Iterable[Trial]) -> None:
+        for trial in trials:
+            self.known.setdefault(trial.short, (trial.accuracy, trial.loss))
+
+    def remember_file(self, path: Path) -> None:
+        """The trials of a ``trials.jsonl`` (a line that cannot be read is skipped: that
+        device's own resume reads the file strictly)."""
+        if not path.is_file():
+            return
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                short, accuracy, loss = record["short"], record["accuracy"], record["loss"]
+                self.known.setdefault(str(short), (float(accuracy), float(loss)))
+            except (ValueError, KeyError, TypeError):
+                continue
+
+    def close(self) -> None:
+        self.executor.close()
+
+
+def devices_summary(
+    request: SearchRequest,
+    results: dict[str, SearchResult],
+    errors: dict[str, str],
+    evaluated: int,
+) -> dict[str, Any]:
+    """``devices.json`` of a multi-device search: per device (in the request's order) its
+    budget, its best (or why none fits) and its front, for comparing the devices."""
+    devices = []
+    for target in request.devices:
+        sub = request.for_device(target)
+        result = results.get(target.name)
+        entry: dict[str, Any] = {
+            "name": target.name,
+            "folder": target.name,
+            "budget_ms": sub.budget_ms,
+            "budget_confidence": sub.budget_confidence,
+            "budget_percentile": sub.budget_percentile,
+            "error": errors.get(target.name),
+            "best": None,
+            "front": [],
+            "evaluations": 0,
+            "hypervolume": None,
+        }
+        if result is not None:
+            best = result.best
+            entry.update(
+                device=result.report.get("device"),
+                best={
+                    "index": best.index,
+                    "short": best.short,
+                    "arch": best.arch,
+                    "accuracy": best.accuracy,
+                    "predicted_ms": best.latency_ms,
+                    "measured_ms": result.best_measured_ms,
+                    "low_ms": best.low_ms,
+                    "high_ms": best.high_ms,
+                    "judged_ms": best.judged_ms,
+                },
+                front=[point.to_dict() for point in result.front],
+                evaluations=len(result.trials),
+                hypervolume=result.report.get("hypervolume"),
+            )
+        devices.append(entry)
+    return {
+        "space": request.space,
+        # Distinct architectures evaluated by this run for all devices together (a resumed
+        # run counts only what it evaluated itself).
+        "accuracy_evaluations": evaluated,
+        "devices": devices,
+    }

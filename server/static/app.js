@@ -63,11 +63,17 @@ async function apiJson(path) {
   return (await apiFetch(path)).json();
 }
 
+// "&device=pi": which device's results, for a search of several devices.
+function deviceQuery(device) {
+  return device ? `&device=${encodeURIComponent(device)}` : "";
+}
+
 // Trials from ``offset`` on, following the pages; also the total the server reports.
-async function fetchTrials(jobId, offset) {
+async function fetchTrials(jobId, offset, device = null) {
   const items = [];
   for (let at = offset; ; at += TRIALS_PAGE) {
-    const page = await apiJson(`/searches/${jobId}/trials?offset=${at}&limit=${TRIALS_PAGE}`);
+    const page = await apiJson(
+      `/searches/${jobId}/trials?offset=${at}&limit=${TRIALS_PAGE}${deviceQuery(device)}`);
     items.push(...page.items);
     if (page.items.length === 0 || offset + items.length >= page.total) {
       return { items, total: page.total };
@@ -96,9 +102,9 @@ function markDominated(trials) {
   return trials;
 }
 
-async function fetchPareto(jobId) {
+async function fetchPareto(jobId, device = null) {
   try {
-    return await apiJson(`/searches/${jobId}/pareto`);
+    return await apiJson(`/searches/${jobId}/pareto${device ? `?device=${encodeURIComponent(device)}` : ""}`);
   } catch (error) {
     // A job with no finished trial yet may have no front; draw it empty until one appears.
     if (error instanceof ApiError && (error.status === 404 || error.status === 409)) return null;
@@ -142,7 +148,13 @@ function formatTime(iso) {
   return Number.isNaN(date.getTime()) ? iso : date.toLocaleString();
 }
 
+// A search of several devices: "pi 20 ms · jetson 5 ms at p90".
+function deviceBudgets(job) {
+  return job.devices.map((d) => `${d.name} ${formatBudget(d)}`).join(" · ");
+}
+
 function jobLabel(job) {
+  if (job.devices) return `${job.space} · ${deviceBudgets(job)} (${job.id.slice(0, 8)})`;
   return `${job.space} · ${job.device || "this CPU"} · ${formatBudget(job)} (${job.id.slice(0, 8)})`;
 }
 
@@ -198,16 +210,26 @@ function renderJobs(listing) {
 
     row.append(element("td", job.id.slice(0, 8), "mono"));
     row.append(element("td", job.space));
-    row.append(element("td", job.device || "this CPU"));
-    row.append(element("td", formatBudget(job)));
+    if (job.devices) {
+      row.append(element("td", job.devices.map((d) => d.name).join(", ")));
+      row.append(element("td", job.devices.map((d) => formatBudget(d)).join(", ")));
+    } else {
+      row.append(element("td", job.device || "this CPU"));
+      row.append(element("td", formatBudget(job)));
+    }
     row.append(element("td", job.controller));
     const statusCell = element("td");
     statusCell.append(element("span", job.status, `status status-${job.status}`));
     if (job.error) statusCell.title = job.error;
     row.append(statusCell);
     row.append(progressCell(job));
-    const best = job.best;
-    row.append(element("td", best ? `${(100 * best.accuracy).toFixed(1)} % @ ${formatMs(best.predicted_ms)}` : "—"));
+    const bestText = (best) => `${(100 * best.accuracy).toFixed(1)} % @ ${formatMs(best.predicted_ms)}`;
+    if (job.devices) {
+      const bests = job.devices.filter((d) => d.best).map((d) => `${d.name}: ${bestText(d.best)}`);
+      row.append(element("td", bests.length ? bests.join("; ") : "—"));
+    } else {
+      row.append(element("td", job.best ? bestText(job.best) : "—"));
+    }
     row.append(element("td", formatTime(job.created_at)));
     row.addEventListener("click", () => selectJob(job.id));
     body.append(row);
@@ -334,7 +356,66 @@ function paretoTraces(detail) {
   ];
 }
 
+// A search of several devices: one front per device on one chart, each in its colour with its
+// budget line, measured points and best. Trace names start with the device's name.
+function deviceTraces(detail) {
+  const traces = [];
+  const shapes = [];
+  detail.devices.forEach((device, i) => {
+    const color = COMPARE_COLORS[i % COMPARE_COLORS.length];
+    const trials = device.trials;
+    const front = trials.filter((p) => !p.dominated).sort((a, b) => a.predicted_ms - b.predicted_ms);
+    const measured = trials.filter((p) => known(p.measured_ms));
+    const best = device.best;
+    const bestPoints = best ? trials.filter((p) => p.short === best.short).slice(0, 1) : [];
+    traces.push(
+      {
+        ...pointsTrace(`${device.name}: Pareto front`, front, (p) => p.predicted_ms, { color, size: 9 }),
+        mode: "lines+markers", line: { color, width: 1, shape: "hv" }, meta: device.name,
+        legendgroup: device.name,
+      },
+      pointsTrace(`${device.name}: measured (end to end)`, measured, (p) => p.measured_ms,
+        { color, size: 9, symbol: "diamond-open", line: { width: 2 } },
+        { meta: device.name, legendgroup: device.name }),
+      pointsTrace(`${device.name}: best`, bestPoints, (p) => p.predicted_ms,
+        { color, size: 16, symbol: "star-open", line: { width: 2 } },
+        { meta: device.name, legendgroup: device.name }),
+    );
+    shapes.push(budgetShape(device.budget_ms, color));
+  });
+  return { traces, shapes };
+}
+
+function drawDevicePareto(detail) {
+  const { traces, shapes } = deviceTraces(detail);
+  const counts = detail.devices.map((d) => `${d.name} ${d.trials.length}`).join(", ");
+  const layout = {
+    title: { text: `Accuracy vs latency per device — trials: ${counts}` },
+    xaxis: { title: { text: "latency (ms; predicted, measured where shown)" }, zeroline: false },
+    yaxis: { title: { text: "validation accuracy" }, zeroline: false, range: accuracyRange(traces) },
+    shapes,
+    legend: { orientation: "h", y: -0.2 },
+    margin: { t: 50, r: 20 },
+    hovermode: "closest",
+  };
+  const plot = document.getElementById("pareto-plot");
+  Plotly.react(plot, traces, layout, { displaylogo: false, responsive: true });
+  plot.dataset.trials = String(detail.trials.length);
+  plot.dataset.jobId = detail.job.id;
+  plot.dataset.devices = detail.devices.map((d) => d.name).join(",");
+  if (!plot.dataset.clickBound) {
+    plot.on("plotly_click", (event) => downloadBest(plot.dataset.jobId, event.points[0].data.meta));
+    plot.dataset.clickBound = "1";
+  }
+}
+
 function drawPareto(detail) {
+  if (detail.devices) {
+    drawDevicePareto(detail);
+    return;
+  }
+  const plot = document.getElementById("pareto-plot");
+  delete plot.dataset.devices;
   const budget = detail.job.budget_ms;
   const layout = {
     title: { text: `Accuracy vs latency — ${detail.trials.length} trials` },
@@ -349,29 +430,38 @@ function drawPareto(detail) {
     margin: { t: 50, r: 20 },
     hovermode: "closest",
   };
-  const plot = document.getElementById("pareto-plot");
   Plotly.react(plot, paretoTraces(detail), layout, { displaylogo: false, responsive: true });
   plot.dataset.trials = String(detail.trials.length);
   plot.dataset.jobId = detail.job.id;
   if (!plot.dataset.clickBound) {
-    plot.on("plotly_click", () => downloadBest(plot.dataset.jobId));
+    // A point's trace names its device (meta) on a chart of several devices.
+    plot.on("plotly_click", (event) => downloadBest(plot.dataset.jobId, event.points[0].data.meta));
     plot.dataset.clickBound = "1";
   }
 }
 
+// Each job's curve; a search of several devices has one per device.
 function hypervolumeTraces(ids) {
-  const traces = [];
-  ids.forEach((id, i) => {
+  const curves = [];
+  for (const id of ids) {
     const detail = state.details.get(id);
-    const curve = (detail && detail.pareto && detail.pareto.hypervolume_curve) || [];
-    traces.push({
-      type: "scatter", mode: "lines+markers", name: jobLabel(detail.job),
+    if (detail.devices) {
+      for (const device of detail.devices) {
+        curves.push([`${device.name} (${detail.job.id.slice(0, 8)})`, device.pareto]);
+      }
+    } else {
+      curves.push([jobLabel(detail.job), detail.pareto]);
+    }
+  }
+  return curves.map(([name, pareto], i) => {
+    const curve = (pareto && pareto.hypervolume_curve) || [];
+    return {
+      type: "scatter", mode: "lines+markers", name,
       x: curve.map((c) => c.evaluations), y: curve.map((c) => c.hypervolume),
       line: { color: COMPARE_COLORS[i % COMPARE_COLORS.length], shape: "hv" },
       marker: { size: 4 },
-    });
+    };
   });
-  return traces;
 }
 
 function drawHypervolume() {
@@ -384,7 +474,7 @@ function drawHypervolume() {
     yaxis: { title: { text: "hypervolume (under the budget)" }, rangemode: "tozero" },
     legend: { orientation: "h", y: -0.2 },
     margin: { t: 50, r: 20 },
-    showlegend: ids.length > 1,
+    showlegend: ids.length > 1 || ids.some((id) => state.details.get(id).devices),
   }, { displaylogo: false, responsive: true });
 }
 
@@ -395,17 +485,25 @@ function renderSummary(detail) {
   const status = document.getElementById("job-status");
   status.textContent = job.status;
   status.className = `status status-${job.status}`;
-  const parts = [
-    `space ${job.space}`, `device ${job.device || "this CPU"}`, `budget ${formatBudget(job)}`,
-    `controller ${job.controller}`, `${job.evaluations} evaluations`, `seed ${job.seed}`,
-  ];
+  const parts = [`space ${job.space}`];
+  if (job.devices) parts.push(`devices ${deviceBudgets(job)}`);
+  else parts.push(`device ${job.device || "this CPU"}`, `budget ${formatBudget(job)}`);
+  parts.push(`controller ${job.controller}`, `${job.evaluations} evaluations`, `seed ${job.seed}`);
   const progress = job.progress || {};
   if (progress.stage) parts.push(`${progress.stage} ${progress.done}/${progress.total}`);
   if (job.worker) parts.push(`worker ${job.worker}`);
   if (job.started_at) parts.push(`started ${formatTime(job.started_at)}`);
   if (job.finished_at) parts.push(`finished ${formatTime(job.finished_at)}`);
-  if (detail.pareto) parts.push(`hypervolume ${Number(detail.pareto.hypervolume.toPrecision(4))}`);
-  if (job.best) {
+  if (detail.pareto && !job.devices) {
+    parts.push(`hypervolume ${Number(detail.pareto.hypervolume.toPrecision(4))}`);
+  }
+  for (const device of job.devices || []) {
+    if (!device.best) continue;
+    parts.push(`best on ${device.name} ${device.best.short}: accuracy `
+      + `${device.best.accuracy.toFixed(4)}, predicted ${formatPrediction(device.best)}, `
+      + `measured there ${formatMs(device.best.measured_ms)}`);
+  }
+  if (job.best && !job.devices) {
     parts.push(`best ${job.best.short}: accuracy ${job.best.accuracy.toFixed(4)}, predicted `
       + `${formatPrediction(job.best)}, measured ${formatMs(job.best.measured_ms)}`);
   }
@@ -423,15 +521,28 @@ function drawComparison() {
   if (ids.length === 0) return;
   const traces = [];
   const shapes = [];
-  ids.forEach((id, i) => {
+  // One front per job, or per device of a search of several devices.
+  const fronts = [];
+  for (const id of ids) {
     const detail = state.details.get(id);
+    if (detail.devices) {
+      for (const device of detail.devices) {
+        fronts.push({ id, device: device.name, label: `${device.name} · ${jobLabel(detail.job)}`,
+          pareto: device.pareto, budget: device.budget_ms });
+      }
+    } else {
+      fronts.push({ id, device: null, label: jobLabel(detail.job), pareto: detail.pareto,
+        budget: detail.job.budget_ms });
+    }
+  }
+  fronts.forEach((entry, i) => {
     const color = COMPARE_COLORS[i % COMPARE_COLORS.length];
-    const front = (detail.pareto && detail.pareto.front) || [];
+    const front = (entry.pareto && entry.pareto.front) || [];
     traces.push({
-      ...pointsTrace(jobLabel(detail.job), front, (p) => p.predicted_ms, { color, size: 8 }),
-      mode: "lines+markers", line: { color, shape: "hv" }, meta: id,
+      ...pointsTrace(entry.label, front, (p) => p.predicted_ms, { color, size: 8 }),
+      mode: "lines+markers", line: { color, shape: "hv" }, meta: [entry.id, entry.device],
     });
-    shapes.push(budgetShape(detail.job.budget_ms, color));
+    shapes.push(budgetShape(entry.budget, color));
   });
   const plot = document.getElementById("compare-plot");
   Plotly.react(plot, traces, {
@@ -444,7 +555,7 @@ function drawComparison() {
     hovermode: "closest",
   }, { displaylogo: false, responsive: true });
   if (!plot.dataset.clickBound) {
-    plot.on("plotly_click", (event) => downloadBest(event.points[0].data.meta));
+    plot.on("plotly_click", (event) => downloadBest(...event.points[0].data.meta));
     plot.dataset.clickBound = "1";
   }
 }
@@ -467,15 +578,20 @@ function toggleCompared(jobId, checked) {
 
 // ---- downloads ----------------------------------------------------------------------------
 
-async function downloadBest(jobId) {
+// A search of several devices has a best.onnx per device: ``device`` names which (the first
+// device's when not given).
+async function downloadBest(jobId, device = null) {
   if (!jobId) return;
+  const detail = state.details.get(jobId);
+  if (!device && detail && detail.devices) device = detail.devices[0].name;
   try {
     // fetch + blob rather than a plain link: a link cannot carry the Authorization header.
-    const response = await apiFetch(`/searches/${jobId}/artifacts/best.onnx`);
+    const query = device ? `?device=${encodeURIComponent(device)}` : "";
+    const response = await apiFetch(`/searches/${jobId}/artifacts/best.onnx${query}`);
     const url = URL.createObjectURL(await response.blob());
     const link = element("a");
     link.href = url;
-    link.download = `${jobId}-best.onnx`;
+    link.download = device ? `${jobId}-${device}-best.onnx` : `${jobId}-best.onnx`;
     document.body.append(link);
     link.click();
     link.remove();
@@ -492,11 +608,27 @@ async function downloadBest(jobId) {
 
 // ---- loading and polling ------------------------------------------------------------------
 
+// A search of several devices: each device's front and trials, fetched whole (such searches
+// are few and small next to a single search's trial pages).
+async function loadDevices(job) {
+  return Promise.all(job.devices.map(async (device) => {
+    const [pareto, fetched] = await Promise.all([
+      fetchPareto(job.id, device.name), fetchTrials(job.id, 0, device.name)]);
+    return { ...device, pareto, trials: markDominated(fetched.items) };
+  }));
+}
+
 async function loadDetail(jobId) {
   const known = state.details.get(jobId);
   if (known && known.final) return known;
   const job = await apiJson(`/searches/${jobId}`);
   const final = !ACTIVE_STATUSES.has(job.status);
+  if (job.devices) {
+    const devices = await loadDevices(job);
+    const detail = { job, devices, pareto: devices[0].pareto, trials: devices[0].trials, final };
+    state.details.set(jobId, detail);
+    return detail;
+  }
   // While a job runs its trials only grow, so a poll fetches the new ones. A finished job is
   // fetched whole once more: its measured latencies arrive with the final report.
   const from = known && !final ? known.trials.length : 0;
