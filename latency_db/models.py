@@ -162,6 +162,9 @@ class WorkItemRow(Base):
         UniqueConstraint("device_id", "kind", "key", name="uq_latency_work_items_device_kind_key"),
         # The claim's query: a device's claimable items in (priority, id) order.
         Index("ix_latency_work_items_queue", "device_id", "status", "priority", "id"),
+        # Every upload looks for models no unfinished item needs; a batch's items by batch.
+        Index("ix_latency_work_items_model", "model_sha256"),
+        Index("ix_latency_work_items_batch", "batch"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

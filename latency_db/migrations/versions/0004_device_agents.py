@@ -68,6 +68,8 @@ def upgrade() -> None:
         "latency_work_items",
         ["device_id", "status", "priority", "id"],
     )
+    op.create_index("ix_latency_work_items_model", "latency_work_items", ["model_sha256"])
+    op.create_index("ix_latency_work_items_batch", "latency_work_items", ["batch"])
 
 
 def downgrade() -> None:
