@@ -22,6 +22,7 @@ from nasvit.searching.request import SearchResult, Trial
 from nasvit.settings import Settings
 
 from nasvit_testing.service import served_in_thread
+from nasvit_testing.synthetic import synthetic_error_model
 
 GOOD = {"space": "efficientformer", "budget": "2ms"}
 
@@ -171,23 +172,6 @@ def test_a_search_with_no_subnet_within_its_budget_fails_with_the_reason(
     assert asked[0].budget_percentile == 90
 
 
-def _error_model() -> Any:
-    """An error model fitted on synthetic networks (block sums with a little noise)."""
-    import numpy as np
-
-    from nasvit.latency_db.error_model import ValidationSample, fit_error_model
-
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(40):
-        warm = rng.uniform(0.01, 0.3, int(rng.integers(4, 20)))
-        inputs = (list(warm), list(warm * 1.2), [1e5] * len(warm), 2e5)
-        truth = float(warm.sum()) * float(np.exp(rng.normal(0, 0.03)))
-        readings = tuple(truth * np.exp(rng.normal(0, 0.02, 3)))
-        samples.append(ValidationSample(f"n{i}", inputs, readings, judged=i % 2 == 1))
-    return fit_error_model(samples, cache_bytes=32 * 2**20, overhead_ms=0.0)
-
-
 def test_devices_show_what_a_validation_says_about_predictions(
     client: httpx.Client, settings: Settings
 ) -> None:
@@ -195,7 +179,7 @@ def test_devices_show_what_a_validation_says_about_predictions(
     from nasvit.latency_db.device import DeviceFingerprint
     from nasvit.latency_db.records import ErrorStats, ValidationRecord
 
-    model = _error_model()
+    model = synthetic_error_model()
     ceiling = {"n": 20, "mape": 1.5, "within_5": 0.97, "within_10": 1.0, "spearman": None}
     store = LatencyStore.open(settings.resolved_database_url)
     validated, old = (

@@ -29,6 +29,7 @@ from nasvit_testing.agent_api import (
     results_for,
     upload,
 )
+from nasvit_testing.synthetic import synthetic_error_model
 
 pytestmark = pytest.mark.slow
 
@@ -42,23 +43,6 @@ class Fleet:
     service: AgentService
     token: str  # the "pi" device's token
     ids: dict[str, str]  # name -> device id
-
-
-def _error_model() -> Any:
-    """An error model fitted on synthetic networks (block sums with a little noise)."""
-    import numpy as np
-
-    from nasvit.latency_db.error_model import ValidationSample, fit_error_model
-
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(40):
-        warm = rng.uniform(0.01, 0.3, int(rng.integers(4, 20)))
-        inputs = (list(warm), list(warm * 1.2), [1e5] * len(warm), 2e5)
-        truth = float(warm.sum()) * float(np.exp(rng.normal(0, 0.03)))
-        readings = tuple(truth * np.exp(rng.normal(0, 0.02, 3)))
-        samples.append(ValidationSample(f"n{i}", inputs, readings, judged=i % 2 == 1))
-    return fit_error_model(samples, cache_bytes=32 * 2**20, overhead_ms=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 "tiny",
                 "v1",
                 ErrorStats(40, 3.0, 0.8, 0.99),
-                details={"error_model": _error_model().to_dict()},
+                details={"error_model": synthetic_error_model().to_dict()},
             ),
         )
         jetson_token = service.device_token("jetson")
