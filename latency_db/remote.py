@@ -14,7 +14,6 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 
@@ -28,8 +27,7 @@ from nasvit.latency_db.builder import (
 )
 from nasvit.latency_db.profilers import (
     OVERHEAD_COPIES,
-    ModelSource,
-    export_onnx_bytes,
+    onnx_bytes,
     onnx_weight_bytes,
     overhead_models,
 )
@@ -48,7 +46,7 @@ OVERHEAD_SHAPE = (1, 8, 8, 8)
 
 
 def _block_model(block: BlockSpec, cold_min_bytes: int) -> BlockModel:
-    model = export_onnx_bytes(block.build(), block.input_shape)
+    model = onnx_bytes(block, block.input_shape)
     weight_bytes = onnx_weight_bytes(model)
     return BlockModel(
         key=block.key,
@@ -58,16 +56,6 @@ def _block_model(block: BlockSpec, cold_min_bytes: int) -> BlockModel:
         weight_bytes=weight_bytes,
         cold=weight_bytes > cold_min_bytes,
     )
-
-
-def _onnx_bytes(model: ModelSource, shape: tuple[int, ...]) -> bytes:
-    """What an agent downloads: ONNX bytes (a module or block is exported here)."""
-    if isinstance(model, bytes):
-        return model
-    if isinstance(model, Path):
-        return model.read_bytes()
-    module = model.build() if isinstance(model, BlockSpec) else model.eval()
-    return export_onnx_bytes(module, shape)
 
 
 class AgentMeasurer:
@@ -232,7 +220,7 @@ class AgentMeasurer:
         steps = count * (1 + readings)
         jobs = []
         for model, shape in models:
-            jobs.append(NetworkJob(_onnx_bytes(model, shape), tuple(shape)))
+            jobs.append(NetworkJob(onnx_bytes(model, shape), tuple(shape)))
             if progress:
                 progress(len(jobs), steps)
         if len(jobs) != count:

@@ -7,6 +7,7 @@ its end, and downloads the artifacts into ``--out``, so the result reads as a lo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,7 +74,5 @@ def run_remote_search(
                     (out / name).write_bytes(response.content)
     except httpx.TransportError as exc:
         raise NasvitError(f"cannot reach {server}: {exc}") from None
-    import json
-
     report: dict[str, Any] = json.loads((out / "report.json").read_text())
     return report

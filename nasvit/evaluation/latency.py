@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nasvit.errors import DeviceNotLocalError, NasvitError
+from nasvit.errors import DeviceNotLocalError, NasvitError, UnknownNameError
 from nasvit.latency_db import (
     BuildReport,
     DeviceFingerprint,
@@ -47,7 +47,7 @@ from nasvit.latency_db.error_model import (
 )
 from nasvit.latency_db.readings import NetworkModel, NetworkReader, Readings, as_reader
 from nasvit.latency_db.remote import AgentMeasurer
-from nasvit.nn.blocks import BLOCK_KEY_SCHEMA
+from nasvit.nn.blocks import BLOCK_KEY_SCHEMA, BlockSpec
 from nasvit.search_spaces import Architecture, ArchitectureError, get_space
 from nasvit.search_spaces.core import SearchSpace
 from nasvit.settings import Settings, load_settings
@@ -55,12 +55,21 @@ from nasvit.settings import Settings, load_settings
 __all__ = [
     "SelectedArch",
     "build_space_table",
+    "fill_table",
     "measure_readings",
     "resolve_device",
     "resolve_measurer",
     "select_validation_archs",
     "validate_table",
 ]
+
+
+def _stored_device(store: LatencyStore, name_or_id: str) -> DeviceRecord | None:
+    """The stored device with that name or id, or None (a new name)."""
+    try:
+        return store.device(name_or_id)
+    except UnknownNameError:
+        return None
 
 
 def resolve_device(
@@ -83,21 +92,19 @@ def resolve_device(
         DeviceNotLocalError: the named device was measured on another machine or runtime
             version.
     """
-    if device is not None:
-        known = {d.name: d for d in store.devices()} | {d.id: d for d in store.devices()}
-        if device in known:
-            record = known[device]
-            fp = record.fingerprint
-            profiler = make_profiler(fp.runtime, fp.threads, fp.optimization, protocol)
-            local = DeviceFingerprint.local(profiler.settings, fp.batch)
-            if local.device_id != record.id:
-                differs = [
-                    f"{name}={value!r} (here {local.to_dict()[name]!r})"
-                    for name, value in fp.to_dict().items()
-                    if local.to_dict()[name] != value
-                ]
-                raise DeviceNotLocalError(record.name, differs)
-            return record, profiler
+    record = None if device is None else _stored_device(store, device)
+    if record is not None:
+        fp = record.fingerprint
+        profiler = make_profiler(fp.runtime, fp.threads, fp.optimization, protocol)
+        local = DeviceFingerprint.local(profiler.settings, fp.batch)
+        if local.device_id != record.id:
+            differs = [
+                f"{name}={value!r} (here {local.to_dict()[name]!r})"
+                for name, value in fp.to_dict().items()
+                if local.to_dict()[name] != value
+            ]
+            raise DeviceNotLocalError(record.name, differs)
+        return record, profiler
     profiler = make_profiler(runtime, threads, optimization, protocol)
     fingerprint = DeviceFingerprint.local(profiler.settings, batch)
     return store.ensure_device(fingerprint, name=device), profiler
@@ -121,12 +128,10 @@ def resolve_measurer(
     registered it (``nasvit agent``), else a profiler here (:func:`resolve_device`, whose
     rules and errors apply). ``settings`` gives the time a device's agents may stay silent;
     ``space`` names who asks, for the device's coverage view."""
-    if device is not None:
-        known = {d.name: d for d in store.devices()} | {d.id: d for d in store.devices()}
-        record = known.get(device)
-        if record is not None and record.agent_managed:
-            timeout = load_settings(settings).device_timeout_seconds
-            return record, AgentMeasurer(store, record, timeout_s=timeout, space=space)
+    record = None if device is None else _stored_device(store, device)
+    if record is not None and record.agent_managed:
+        timeout = load_settings(settings).device_timeout_seconds
+        return record, AgentMeasurer(store, record, timeout_s=timeout, space=space)
     return resolve_device(store, device, runtime, threads, optimization)
 
 
@@ -153,10 +158,29 @@ def build_space_table(
         num_classes=num_classes,
         in_channels=in_channels,
     )
-    if isinstance(profiler, AgentMeasurer):
-        return profiler.fill(blocks, seed=seed, progress=progress)
-    return build_table(
+    return fill_table(
         store, profiler, device, blocks, batch_size=batch_size, seed=seed, progress=progress
+    )
+
+
+def fill_table(
+    store: LatencyStore,
+    measurer: Measurer,
+    device: DeviceRecord,
+    blocks: Sequence[BlockSpec],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> BuildReport:
+    """Measure the blocks the device's table lacks: here with a profiler
+    (:func:`~nasvit.latency_db.build_table`), or by the device's agents, waiting for them
+    (:meth:`~nasvit.latency_db.remote.AgentMeasurer.fill`, which queues a builder's batch at a
+    time)."""
+    if isinstance(measurer, AgentMeasurer):
+        return measurer.fill(blocks, seed=seed, progress=progress)
+    return build_table(
+        store, measurer, device, blocks, batch_size=batch_size, seed=seed, progress=progress
     )
 
 
@@ -440,10 +464,7 @@ def validate_table(
         # The networks select_validation_archs draws from: the fixed ones and the same pool.
         candidates = fixed + list(_random_pool(space, n, seed, resolutions).values())
         blocks = [b for a in candidates for b in space.lower(a, batch=batch, **shape_args)]
-        if isinstance(profiler, AgentMeasurer):
-            profiler.fill(blocks, seed=seed, progress=progress)
-        else:
-            build_table(store, profiler, device, blocks, seed=seed, progress=progress)
+        fill_table(store, profiler, device, blocks, seed=seed, progress=progress)
     # The table as measured, without an earlier validation's error model: this run fits a
     # new one, with the device's measured per-call overhead.
     device = store.device(device.id)

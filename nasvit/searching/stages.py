@@ -159,8 +159,8 @@ def prepare_table(
     """The device's latency table, with the blocks it lacked profiled and, if no validation
     with intervals judged it on the searched space, validated on ``request.validate_networks``
     networks."""
-    from nasvit.evaluation.latency import resolve_measurer, validate_table
-    from nasvit.latency_db import LatencyTable, build_table
+    from nasvit.evaluation.latency import fill_table, resolve_measurer, validate_table
+    from nasvit.latency_db import LatencyTable
     from nasvit.latency_db.remote import AgentMeasurer
 
     space, shape_args = model.space, model.shape_args
@@ -174,16 +174,13 @@ def prepare_table(
     table = LatencyTable.load(store, device.id, space.identity)
     if table.missing(blocks):
         stage = waiting + "blocks" if remote else "profiling blocks"
-        if isinstance(measurer, AgentMeasurer):
-            measurer.fill(blocks, progress=lambda done, total: progress(stage, done, total))
-        else:
-            build_table(
-                store,
-                measurer,
-                device,
-                blocks,
-                progress=lambda done, total: progress(stage, done, total),
-            )
+        fill_table(
+            store,
+            measurer,
+            device,
+            blocks,
+            progress=lambda done, total: progress(stage, done, total),
+        )
         table = LatencyTable.load(store, device.id, space.identity)
     judged_here = table.validation is not None and table.validation.space == space.identity
     if not (judged_here and table.validated) and request.validate_networks > 0:
