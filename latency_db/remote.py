@@ -90,6 +90,11 @@ class AgentMeasurer:
     def name(self) -> str:
         return self.device.name
 
+    def waiting(self, what: str) -> str:
+        """The progress stage of a wait for this device's agents: ``"waiting for device pi:
+        blocks"`` (shown with the counts before the unit: ``120/171 blocks``)."""
+        return f"waiting for device {self.name}: {what}"
+
     def _check_alive(self, started: datetime, pending: str) -> None:
         """Raise if no agent of the device was seen within ``timeout_s`` (counted from the
         start of this wait when the last sighting is older)."""

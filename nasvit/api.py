@@ -218,7 +218,7 @@ def profile(
         )
         # A remote device's blocks are timed by its agents: the stage says who is waited for.
         stage = (
-            f"waiting for device {record.name}: blocks"
+            measurer.waiting("blocks")
             if isinstance(measurer, AgentMeasurer)
             else "profiling blocks"
         )

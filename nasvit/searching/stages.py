@@ -167,13 +167,12 @@ def prepare_table(
     device, measurer = resolve_measurer(
         store, request.device, settings=settings, space=space.identity
     )
-    remote = isinstance(measurer, AgentMeasurer)
-    # On a remote device the wait is for its agents: say so, with what they still have to do.
-    waiting = f"waiting for device {device.name}: "
+    remote = measurer if isinstance(measurer, AgentMeasurer) else None
     blocks = space.enumerate_blocks(**shape_args)
     table = LatencyTable.load(store, device.id, space.identity)
     if table.missing(blocks):
-        stage = waiting + "blocks" if remote else "profiling blocks"
+        # On a remote device the wait is for its agents: say so, with what they still do.
+        stage = remote.waiting("blocks") if remote else "profiling blocks"
         fill_table(
             store,
             measurer,
@@ -188,7 +187,7 @@ def prepare_table(
         # (a budget at a confidence or a percentile needs them), and chooses per latency band
         # between the sum of block timings and the cache residency model. A validation stored
         # before intervals existed has no error model: it counts as none.
-        stage = waiting + "validation steps" if remote else "validating latency table"
+        stage = remote.waiting("validation steps") if remote else "validating latency table"
         validate_table(
             space,
             store,
@@ -561,7 +560,7 @@ def check_end_to_end(
         )
     front = pareto_front([(t.score, t.latency_ms) for t in trials])
     stage = (
-        f"waiting for device {measurer.name}: end-to-end readings"
+        measurer.waiting("end-to-end readings")
         if isinstance(measurer, AgentMeasurer)
         else "measuring end to end"
     )
