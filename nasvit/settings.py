@@ -36,7 +36,10 @@ class Settings(BaseSettings):
             (``postgresql+psycopg2://...``) is needed for workers on several machines.
         artifact_root: where each service job writes its outputs (``<root>/<job id>/``);
             default ``<home>/jobs``.
-        ray_address: ``NASVIT_RAY_ADDRESS``; a running Ray cluster for evaluations.
+        ray_address: ``NASVIT_RAY_ADDRESS``; a running Ray cluster for evaluations: its head's
+            GCS address ``HOST:PORT``.
+        auto_workers: ``NASVIT_AUTO_WORKERS``; how many evaluation actors ``workers=auto``
+            starts on this machine (default: one per available core; 1 evaluates in-process).
         read_access: ``public`` (the service's GET endpoints need no token) or ``token``.
         cors_origins: origins allowed to call the API from a browser; none by default.
         max_body_bytes: larger request bodies are refused with 413.
@@ -60,6 +63,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     artifact_root: Path | None = None
     ray_address: str | None = None
+    auto_workers: int | None = Field(None, ge=1, le=256)
     read_access: Literal["public", "token"] = "public"
     cors_origins: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)

@@ -110,6 +110,9 @@ def check_budget(text: str) -> str:
     )
 
 
+_WORKERS = request_option("workers")
+
+
 def _from_request(name: str, **limits: Any) -> Any:
     """A field with the default, bounds and description of the search request's option
     ``name`` (:class:`nasvit.searching.request.SearchRequest`), plus HTTP-only ``limits``."""
@@ -196,7 +199,10 @@ class SearchCreate(BaseModel):
     controller: str = _from_request("controller", max_length=50)
     evaluations: int = _from_request("evaluations")
     seed: int = _from_request("seed")
-    workers: int = _from_request("workers")
+    # A number within the request's bounds, or "auto": the worker that runs the job decides.
+    workers: Annotated[int, Field(ge=_WORKERS.ge, le=_WORKERS.le)] | Literal["auto"] = Field(
+        _WORKERS.default, description=_WORKERS.help
+    )
 
     @field_validator("budget")
     @classmethod
@@ -271,7 +277,7 @@ class Job(BaseModel):
     controller: str
     evaluations: int
     seed: int
-    workers: int
+    workers: int | Literal["auto"]
     progress: Progress
     created_at: datetime
     started_at: datetime | None

@@ -8,7 +8,14 @@ test on a developer's machine and fails it in CI (``CI=true``); see
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# `workers=auto` (the default) starts Ray with one actor per core. The suite runs dozens of
+# searches whose subject is not where candidates run, and Ray's start-up in each would cost
+# minutes, so they evaluate in-process; the tests of auto and of Ray clear or override this.
+os.environ.setdefault("NASVIT_AUTO_WORKERS", "1")
 
 # Before anything imports them, so the helpers' asserts report their operands like the tests'.
 pytest.register_assert_rewrite("nasvit_testing")

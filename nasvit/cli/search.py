@@ -15,6 +15,7 @@ from nasvit.guarantees import DEFAULT_CONFIDENCE
 from nasvit.searching.budget import format_ms
 from nasvit.searching.request import (
     DEVICES_FILE,
+    WORKERS_AUTO,
     RequestOption,
     SearchRequest,
     SearchResult,
@@ -50,6 +51,17 @@ def _bounded(flag: str, option: RequestOption) -> Any:
     return typer.Option(flag, min=option.ge, max=option.le, help=option.help)
 
 
+def _workers_value(text: str) -> str:
+    """``--workers``: auto or a whole number within the request's bounds (else exit 2)."""
+    if text == WORKERS_AUTO:
+        return text
+    if not text.isdigit() or not WORKERS.ge <= int(text) <= WORKERS.le:  # type: ignore[operator]
+        raise typer.BadParameter(
+            f"{text!r} is not auto or a number from {WORKERS.ge} to {WORKERS.le}"
+        )
+    return text
+
+
 def search_command(
     space: Annotated[str, typer.Option("--space", help=SPACE.help)],
     budget: Annotated[str, typer.Option("--budget", help=BUDGET.help)],
@@ -76,7 +88,9 @@ def search_command(
             "--evaluations", min=EVALUATIONS.ge, max=MAX_EVALUATIONS, help=EVALUATIONS.help
         ),
     ] = EVALUATIONS.default,
-    workers: Annotated[int, _bounded("--workers", WORKERS)] = WORKERS.default,
+    workers: Annotated[
+        str, typer.Option("--workers", help=WORKERS.help, callback=_workers_value)
+    ] = WORKERS.default,
     seed: Annotated[int, _bounded("--seed", SEED)] = SEED.default,
     ckpt: Annotated[Path | None, typer.Option("--ckpt", help=CHECKPOINT.help)] = CHECKPOINT.default,
     data: Annotated[str, typer.Option("--data", help=DATA.help)] = DATA.default,
@@ -118,7 +132,7 @@ def search_command(
             "devices": None if devices is None else parse_devices(devices),
             "controller": controller,
             "evaluations": evaluations,
-            "workers": workers,
+            "workers": workers if workers == WORKERS_AUTO else int(workers),
             "seed": seed,
             "checkpoint": ckpt,
             "data": data,
@@ -212,7 +226,7 @@ def _search_on_server(
     token: str | None,
     request: SearchRequest,
     budget: str,
-    workers: int,
+    workers: str,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -229,7 +243,7 @@ def _search_on_server(
         "controller": request.controller,
         "evaluations": request.evaluations,
         "seed": request.seed,
-        "workers": workers,
+        "workers": workers if workers == WORKERS_AUTO else int(workers),
     }
     report = run_remote_search(
         server, token, body, out, lambda line: err_console.print(line, highlight=False)

@@ -117,7 +117,7 @@ def run_search(
     dataset = load_dataset(model.data, seed=model.data_seed)
     evaluator = SubnetEvaluator(model.space, model.supernet, dataset, "val")
     trial_store = open_trial_store(request, model.space, url)
-    executor = make_executor(request, model, evaluator, request.ray_address or settings.ray_address)
+    executor = make_executor(request, evaluator, settings)
     with closing(executor), timer.stage("search_s"):
         estimates = TableLatency(latency.table, model, request.guarantee)
         loop = run_search_loop(request, model.space, executor, estimates, trial_store, report)
@@ -163,7 +163,7 @@ def _run_devices(request: SearchRequest, report: ProgressHook, settings: Setting
     dataset = load_dataset(model.data, seed=model.data_seed)
     evaluator = SubnetEvaluator(model.space, model.supernet, dataset, "val")
     executor = SharedAccuracy(
-        make_executor(request, model, evaluator, request.ray_address or settings.ray_address),
+        make_executor(request, evaluator, settings),
         model.space,
     )
     if request.resume:  # what an interrupted run already evaluated, whichever device asked

@@ -47,6 +47,11 @@ MAX_DEVICES = 8
 #: A device target's name: it names the device's output folder too, so it holds no path
 #: separator and cannot be "." or ".." (the service states the same pattern).
 DEVICE_TARGET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+#: ``workers`` that means one evaluation actor per available core (or cluster CPU).
+WORKERS_AUTO = "auto"
+MAX_WORKERS = 256
+#: A Ray cluster's GCS address: HOST:PORT (a name, IPv4 or bracketed IPv6 host), or ``auto``.
+RAY_ADDRESS_PATTERN = r"^(auto|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):[0-9]{1,5})$"
 #: The file a multi-device search writes next to the devices' folders.
 DEVICES_FILE = "devices.json"
 
@@ -181,13 +186,24 @@ class SearchRequest:
     )
     evaluations: int = _option("Candidates to evaluate.", DEFAULT_EVALUATIONS, ge=1)
     batch_size: int = _option("Candidates proposed and evaluated together.", 16, ge=1)
-    workers: int = _option("Ray workers for the evaluation.", 1, ge=1, le=256)
+    workers: int | str = _option(
+        "Evaluation workers: auto (one Ray actor per available core, or per CPU of the cluster "
+        "named by ray_address; in this process on a 1-core machine) or a number (1: in this "
+        "process).",
+        WORKERS_AUTO,
+        ge=1,
+        le=MAX_WORKERS,
+    )
     seed: int = _option("Seed of the controller.", 0, ge=0, le=2**31 - 1)
     checkpoint: Path | None = _option("Supernet checkpoint (default: trained once).", None)
     data: str = _option("digits, or a dataset path matching the checkpoint.", "digits")
     out: Path = _option("Output folder.", Path("nasvit-search"))
     resume: bool = _option("Continue the search in the output folder.", False)
-    ray_address: str | None = _option("Join an existing Ray cluster.", None)
+    ray_address: str | None = _option(
+        "Evaluate on a running Ray cluster: its head's GCS address HOST:PORT (ray start --head "
+        "prints it; port 6379 by default), or auto for the cluster this machine belongs to.",
+        None,
+    )
     measure_top: int = _option("Pareto points exported and measured end to end.", 6, ge=1)
     evaluate_extremes: bool = _option(
         "Evaluate the space's largest and smallest subnets first (fresh searches only).", True
@@ -231,9 +247,29 @@ class SearchRequest:
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise NasvitError(f"device must be a name or an id, got {self.device!r}")
         self._check_devices()
+        self._check_ray_address()
         for option in request_options():
+            if option.name == "workers" and self.workers == WORKERS_AUTO:
+                continue
             if option.ge is not None or option.le is not None:
                 _check_bounds(option, getattr(self, option.name))
+
+    def _check_ray_address(self) -> None:
+        address = self.ray_address
+        if address is None:
+            return
+        if isinstance(address, str) and address.startswith("ray://"):
+            raise NasvitError(
+                f"ray_address {address!r} is a Ray Client address, which needs ray[client] "
+                "(not installed); give the head's GCS address HOST:PORT instead (port 6379 "
+                "unless ray start --head was given --port)",
+                argument="ray_address",
+            )
+        if not isinstance(address, str) or not re.fullmatch(RAY_ADDRESS_PATTERN, address):
+            raise NasvitError(
+                f"ray_address must be HOST:PORT (the head's GCS address) or auto, got {address!r}",
+                argument="ray_address",
+            )
 
     @property
     def guarantee(self) -> Guarantee:
@@ -392,7 +428,8 @@ def _is_number(value: Any) -> bool:
 
 def _check_bounds(option: RequestOption, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise NasvitError(f"{option.name} must be an integer, got {value!r}")
+        also = f" or {WORKERS_AUTO}" if option.name == "workers" else ""
+        raise NasvitError(f"{option.name} must be an integer{also}, got {value!r}")
     if option.ge is not None and value < option.ge:
         raise NasvitError(f"{option.name} must be at least {option.ge}, got {value}")
     if option.le is not None and value > option.le:

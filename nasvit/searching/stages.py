@@ -30,7 +30,14 @@ from nasvit.search_spaces import Architecture, ArchitectureError, SearchSpace
 from nasvit.searching.budget import format_ms
 from nasvit.searching.controllers import LatencyFunction, make_controller
 from nasvit.searching.pareto import hypervolume, pareto_front
-from nasvit.searching.request import FrontPoint, ProgressHook, SearchRequest, SearchResult, Trial
+from nasvit.searching.request import (
+    WORKERS_AUTO,
+    FrontPoint,
+    ProgressHook,
+    SearchRequest,
+    SearchResult,
+    Trial,
+)
 from nasvit.searching.trial_store import TrialStore, study_name_for
 
 if TYPE_CHECKING:
@@ -272,6 +279,8 @@ class PointLatency:
 class SearchLoopOutcome:
     trials: list[Trial]  # every trial, in evaluation order
     resumed: int  # how many of them an interrupted search had already evaluated
+    # Where the candidates were evaluated: in-process, or Ray's nodes, lost actors, re-runs.
+    evaluation: dict[str, Any]
 
 
 def open_trial_store(request: SearchRequest, space: SearchSpace, url: str) -> TrialStore:
@@ -286,15 +295,26 @@ def open_trial_store(request: SearchRequest, space: SearchSpace, url: str) -> Tr
 
 def make_executor(
     request: SearchRequest,
-    model: PreparedSupernet,
     evaluator: SubnetEvaluator,
-    ray_address: str | None,
+    settings: Settings,
 ) -> Executor:
-    """Ray workers when the request asks for several (or a cluster is named), else this process."""
-    from nasvit.searching.executors import InProcessExecutor, RayExecutor
+    """Where the request's candidates are evaluated.
 
-    if request.workers > 1 or ray_address:
-        return RayExecutor(evaluator, model.data, model.data_seed, request.workers, ray_address)
+    ``workers=auto`` means one Ray actor per CPU of the cluster named by ``ray_address`` (the
+    request's, else the settings'), or else per available core of this machine
+    (``settings.auto_workers`` overrides that count); one core, or ``workers=1`` without a
+    cluster, evaluates in this process."""
+    from nasvit.searching.executors import InProcessExecutor, RayExecutor, available_cores
+
+    address = request.ray_address or settings.ray_address
+    if request.workers != WORKERS_AUTO:
+        workers: int | None = int(request.workers)
+    elif address:
+        workers = None  # one per CPU of the cluster, known once joined
+    else:
+        workers = settings.auto_workers or available_cores()
+    if address or (workers or 1) > 1:
+        return RayExecutor(evaluator, workers, address)
     return InProcessExecutor(evaluator)
 
 
@@ -357,7 +377,7 @@ def run_search_loop(
             sink.writelines(_json_lines(finished))
             sink.flush()
             progress("evaluating candidates", len(trials), request.evaluations)
-    return SearchLoopOutcome(trials, resumed)
+    return SearchLoopOutcome(trials, resumed, executor.report())
 
 
 def _evaluate_batch(
@@ -711,6 +731,7 @@ def summarise(
         "budget_ms": request.budget_ms,
         "evaluations": len(trials),
         "resumed_from": loop.resumed,
+        "evaluation": loop.evaluation,
         "hypervolume": hypervolume(points, reference_latency=request.budget_ms),
         "best": {
             **asdict(best),
@@ -802,6 +823,9 @@ class SharedAccuracy:
             self.evaluated += len(missing)
         self.reused += len(archs) - len(missing)
         return [self.known[short] for short in shorts]
+
+    def report(self) -> dict[str, Any]:
+        return self.executor.report()
 
     def remember(self, trials: Iterable[Trial]) -> None:
         for trial in trials:

@@ -312,6 +312,9 @@ class FakeExecutor:
         self.batches.append(list(archs))
         return [(sum(a["widths"]) / 1000, 1.0 / sum(a["depths"])) for a in archs]
 
+    def report(self) -> dict[str, Any]:
+        return {"where": "fake", "workers": 1}
+
     def close(self) -> None:
         raise AssertionError("the search loop leaves the executor to its owner")
 

@@ -321,6 +321,9 @@ class FakeExecutor:
     def evaluate(self, archs: list[Architecture]) -> list[tuple[float, float]]:
         return [(sum(a["widths"]) / 1000, 1.0 / sum(a["depths"])) for a in archs]
 
+    def report(self) -> dict[str, Any]:
+        return {"where": "fake", "workers": 1}
+
 
 def test_a_budget_at_a_confidence_judges_the_upper_bound(
     model, tables, tmp_path, monkeypatch

@@ -78,6 +78,9 @@ class CountingExecutor:
         self.asked.extend(self.space.short_string(a) for a in archs)
         return list(self.inner.evaluate(archs))
 
+    def report(self) -> dict[str, Any]:
+        return dict(self.inner.report())
+
     def close(self) -> None:
         self.inner.close()
 
