@@ -20,4 +20,4 @@ os.environ.setdefault("NASVIT_AUTO_WORKERS", "1")
 # Before anything imports them, so the helpers' asserts report their operands like the tests'.
 pytest.register_assert_rewrite("nasvit_testing")
 
-pytest_plugins = ["nasvit_testing.postgres", "nasvit_testing.chromium"]
+pytest_plugins = ["nasvit_testing.postgres", "nasvit_testing.chromium", "nasvit_testing.assets"]

@@ -69,13 +69,16 @@ def worker_command(
         typer.Option(
             "--ray-address",
             envvar="NASVIT_RAY_ADDRESS",
-            help="Evaluate candidates on this Ray cluster (e.g. ray://head:10001).",
+            help="Evaluate candidates on this Ray cluster: its head's GCS address HOST:PORT "
+            "(run the worker on a node of the cluster).",
         ),
     ] = None,
 ) -> None:
     """Claim queued searches from the database and run them, one at a time."""
+    from nasvit.searching.request import check_ray_address
     from nasvit.server.worker import Worker
 
+    check_ray_address(ray_address)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     worker = Worker(load_settings(), name=name, ray_address=ray_address)
 

@@ -213,6 +213,7 @@ class RayExecutor:
         self._idle: list[Any] = [self._new_actor() for _ in range(self.workers)]
         self._starting: dict[Any, Any] = {}  # ready() future -> replacement actor
         self._where: dict[Any, dict[str, Any]] = {}  # actor -> its last answer's node and pid
+        self._failed_starts = 0  # replacements in a row that died before they started
 
     def _new_actor(self) -> Any:
         # SPREAD: actors go to different nodes first, so one lost node costs as few as possible.
@@ -262,8 +263,9 @@ class RayExecutor:
                 try:
                     self._where[actor] = ray.get(future)
                     self._idle.append(actor)
+                    self._failed_starts = 0
                 except RayActorError as exc:
-                    self._lose(actor, exc, None)
+                    self._failed_start(actor, exc)
                 continue
             actor, chunk = running.pop(future)
             try:
@@ -282,37 +284,49 @@ class RayExecutor:
             self._idle.append(actor)
         return results
 
-    def _lose(self, actor: Any, error: BaseException, chunk: _Chunk | None) -> None:
-        """Record a dead actor, start its replacement, and fail once losses pass the bounds."""
-        import ray
-
+    def _lose(self, actor: Any, error: BaseException, chunk: _Chunk) -> None:
+        """Record an actor that died with ``chunk``, start its replacement, and fail once the
+        losses pass the bounds."""
         where = self._where.pop(actor, None)
         place = f" on node {where['node'][:12]} (pid {where['pid']})" if where else ""
         name = f"evaluation actor {actor._actor_id.hex()[:12]}{place}"
         self.log.lost_actors.append(f"{name}: {_first_line(error)}")
-        try:
-            ray.kill(actor, no_restart=True)
-        except Exception:  # already gone is what we want
-            pass
-        if chunk is not None:
-            chunk.attempts += 1
-            self.log.rerun_chunks += 1
-            self.log.rerun_candidates += len(chunk.indices)
-            if chunk.attempts >= MAX_CHUNK_ATTEMPTS:
-                raise NasvitError(
-                    f"{chunk.attempts} evaluation actors died in turn on the same "
-                    f"{len(chunk.indices)} candidates; giving up. Lost: "
-                    + "; ".join(self.log.lost_actors)
-                )
+        _kill_quietly(actor)
+        chunk.attempts += 1
+        self.log.rerun_chunks += 1
+        self.log.rerun_candidates += len(chunk.indices)
+        lost = "; ".join(self.log.lost_actors)
+        if chunk.attempts >= MAX_CHUNK_ATTEMPTS:
+            raise NasvitError(
+                f"{chunk.attempts} evaluation actors died in turn on the same "
+                f"{len(chunk.indices)} candidates; giving up. Lost: {lost}"
+            )
         if len(self.log.lost_actors) > self._losses_tolerated:
             raise NasvitError(
                 f"{len(self.log.lost_actors)} evaluation actors died (at most "
-                f"{self._losses_tolerated} are tolerated); lost: " + "; ".join(self.log.lost_actors)
+                f"{self._losses_tolerated} are tolerated); lost: {lost}"
             )
+        self._replace()
+        self._on_event(
+            f"{name} died ({_first_line(error)}); re-running its {len(chunk.indices)} candidates"
+        )
+
+    def _failed_start(self, actor: Any, error: BaseException) -> None:
+        """A replacement that died before it started (placed on a node that was dying, or
+        unable to load the supernet): no work lost, but only so many in a row."""
+        _kill_quietly(actor)
+        self._failed_starts += 1
+        if self._failed_starts >= MAX_CHUNK_ATTEMPTS:
+            raise NasvitError(
+                f"{self._failed_starts} replacement evaluation actors in a row died before "
+                f"starting; the last: {_first_line(error)}. Lost before them: "
+                + "; ".join(self.log.lost_actors)
+            )
+        self._replace()
+
+    def _replace(self) -> None:
         replacement = self._new_actor()
         self._starting[replacement.ready.remote()] = replacement
-        rerun = f"; re-running its {len(chunk.indices)} candidates" if chunk else ""
-        self._on_event(f"{name} died ({_first_line(error)}){rerun}")
 
     def report(self) -> dict[str, Any]:
         return {
@@ -329,13 +343,19 @@ class RayExecutor:
         import ray
 
         for actor in [*self._idle, *self._starting.values()]:
-            try:
-                ray.kill(actor)
-            except Exception:  # an actor of a lost node cannot be reached
-                pass
+            _kill_quietly(actor)
         self._idle, self._starting = [], {}
         if self._started_ray:
             ray.shutdown()
+
+
+def _kill_quietly(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # an actor of a lost node cannot be reached; gone is what we want
+        pass
 
 
 def connect(address: str | None, workers: int | None) -> None:
@@ -356,15 +376,29 @@ def connect(address: str | None, workers: int | None) -> None:
         return
     try:
         ray.init(address=address, log_to_driver=False)
-    except AuthenticationError as exc:
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as exc:
+        if _refused_token(exc):
+            raise NasvitError(
+                f"the Ray cluster at {address} refused this process: its authentication token "
+                "is missing or wrong. Set RAY_AUTH_MODE=token and the cluster's token in "
+                "RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH) before running nasvit",
+                argument="ray_address",
+            ) from None
         raise NasvitError(
-            f"the Ray cluster at {address} refused this process: {_first_line(exc)}. Set "
-            "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN (or a file named by "
-            "RAY_AUTH_TOKEN_PATH) before running nasvit",
+            f"cannot join the Ray cluster at {address}: {_first_line(exc)} (nasvit must run on "
+            "a node of the cluster: the head, or a machine that joined it with ray start "
+            "--address)",
             argument="ray_address",
         ) from None
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise NasvitError(
-            f"cannot join the Ray cluster at {address}: {_first_line(exc)}",
-            argument="ray_address",
-        ) from None
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    """Whether Ray gave up joining because the cluster refused the token (Ray wraps the
+    refusal in a ConnectionError whose cause holds it as text)."""
+    from ray.exceptions import AuthenticationError
+
+    while error is not None:
+        if isinstance(error, AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -247,29 +247,12 @@ class SearchRequest:
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise NasvitError(f"device must be a name or an id, got {self.device!r}")
         self._check_devices()
-        self._check_ray_address()
+        check_ray_address(self.ray_address)
         for option in request_options():
             if option.name == "workers" and self.workers == WORKERS_AUTO:
                 continue
             if option.ge is not None or option.le is not None:
                 _check_bounds(option, getattr(self, option.name))
-
-    def _check_ray_address(self) -> None:
-        address = self.ray_address
-        if address is None:
-            return
-        if isinstance(address, str) and address.startswith("ray://"):
-            raise NasvitError(
-                f"ray_address {address!r} is a Ray Client address, which needs ray[client] "
-                "(not installed); give the head's GCS address HOST:PORT instead (port 6379 "
-                "unless ray start --head was given --port)",
-                argument="ray_address",
-            )
-        if not isinstance(address, str) or not re.fullmatch(RAY_ADDRESS_PATTERN, address):
-            raise NasvitError(
-                f"ray_address must be HOST:PORT (the head's GCS address) or auto, got {address!r}",
-                argument="ray_address",
-            )
 
     @property
     def guarantee(self) -> Guarantee:
@@ -424,6 +407,28 @@ def request_option(name: str) -> RequestOption:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_ray_address(address: Any) -> None:
+    """Refuse what cannot be a Ray cluster's GCS address (None: no cluster), with the reason.
+
+    Raises:
+        NasvitError: a Ray Client (``ray://``) address, or anything but ``HOST:PORT``/``auto``.
+    """
+    if address is None:
+        return
+    if isinstance(address, str) and address.startswith("ray://"):
+        raise NasvitError(
+            f"ray_address {address!r} is a Ray Client address, which needs ray[client] "
+            "(not installed); give the head's GCS address HOST:PORT instead (port 6379 "
+            "unless ray start --head was given --port)",
+            argument="ray_address",
+        )
+    if not isinstance(address, str) or not re.fullmatch(RAY_ADDRESS_PATTERN, address):
+        raise NasvitError(
+            f"ray_address must be HOST:PORT (the head's GCS address) or auto, got {address!r}",
+            argument="ray_address",
+        )
 
 
 def _check_bounds(option: RequestOption, value: Any) -> None:

@@ -91,7 +91,11 @@ def test_the_request_refuses_a_bad_guarantee_naming_the_option(
 def search(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     assert NASVIT, "the nasvit console script is not installed next to this python"
     command = [NASVIT, "search", "--space", "efficientformer", "--out", "run", *args]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NASVIT_") or k == "NASVIT_AUTO_WORKERS"
+    }
     env["NASVIT_HOME"] = str(tmp_path / "home")
     return subprocess.run(
         command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env

@@ -142,7 +142,11 @@ def environment(home: Path, assets: dict[str, Any], **extra: str) -> dict[str, s
     """The environment of a service's processes: this one's, less any NASVIT_* variable, plus
     ``home``, the checkpoint of ``assets`` (the server conftest's ``search_assets``), short
     leases and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NASVIT_") or k == "NASVIT_AUTO_WORKERS"
+    }
     env.update(
         NASVIT_HOME=str(home),
         NASVIT_CHECKPOINTS=json.dumps({"efficientformer": str(assets["checkpoint"])}),

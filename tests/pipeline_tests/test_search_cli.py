@@ -41,11 +41,22 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_supernet(tmp_path_factory.mktemp("ckpt") / "tiny.pt", space, supernet)
 
 
-def search(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def search(
+    home: Path,
+    *args: str,
+    cwd: Path | None = None,
+    prefix: list[str] | None = None,
+    every_core: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``nasvit search`` with ``args`` (run under ``prefix``, e.g. taskset). ``every_core``:
+    ``workers auto`` means one actor per core, as in a user's shell (the suite otherwise
+    evaluates in-process)."""
     env = {**os.environ, "NASVIT_HOME": str(home)}
     env.pop("NASVIT_DATABASE_URL", None)
+    if every_core:
+        env.pop("NASVIT_AUTO_WORKERS", None)
     return subprocess.run(
-        [NASVIT, "search", "--space", "efficientformer", *args],
+        [*(prefix or []), NASVIT, "search", "--space", "efficientformer", *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -171,6 +182,10 @@ def test_an_impossible_budget_names_the_fastest_architecture(home, checkpoint, t
         (["--budget", "2ms", "--controller", "nsga3"], "unknown controller 'nsga3'"),
         (["--budget", "2ms", "--evaluations", "-5"], "Invalid value for '--evaluations'"),
         (["--budget", "2ms", "--ckpt", "missing.pt"], "checkpoint not found"),
+        (["--budget", "2ms", "--workers", "0"], "'0' is not auto or a number from 1 to 256"),
+        (["--budget", "2ms", "--workers", "all"], "'all' is not auto or a number from 1 to 256"),
+        (["--budget", "2ms", "--ray-address", "ray://head:10001"], "is a Ray Client address"),
+        (["--budget", "2ms", "--ray-address", "head"], "ray_address must be HOST:PORT"),
     ],
 )
 def test_bad_search_input_exits_2(home, tmp_path, args, message) -> None:
@@ -180,32 +195,36 @@ def test_bad_search_input_exits_2(home, tmp_path, args, message) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_ray_workers_give_the_same_search_as_one_process(home, checkpoint, tmp_path) -> None:
-    runs = {}
-    for workers in ("1", "2"):
-        out = tmp_path / f"w{workers}"
+def test_workers_auto_takes_every_core_and_gives_the_same_search_as_one_process(
+    home, checkpoint, tmp_path
+) -> None:
+    """The default (workers auto) on this machine: one Ray actor per available core when there
+    are several, in this process on one core (taskset pins the search to one)."""
+    from nasvit.searching.executors import available_cores
+
+    runs, evaluations = {}, {}
+    pin = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
+    for name, prefix, workers in [("one", [], ["--workers", "1"]), ("auto", [], []),
+                                  ("auto, one core", pin, [])]:  # fmt: skip
+        out = tmp_path / name.replace(", ", "-")
+        args = ["--budget", "300us", "--ckpt", str(checkpoint), "--evaluations", "12"]
         result = search(
-            home,
-            "--budget",
-            "300us",
-            "--ckpt",
-            str(checkpoint),
-            "--evaluations",
-            "12",
-            "--workers",
-            workers,
-            "--out",
-            str(out),
-            "--seed",
-            "5",
+            home, *args, *workers, "--out", str(out), "--seed", "5", prefix=prefix, every_core=True
         )
         assert result.returncode == 0, result.stderr
-        runs[workers] = [
+        runs[name] = [
             json.loads(line) for line in (out / "trials.jsonl").read_text().split("\n") if line
         ]
-    assert [t["short"] for t in runs["1"]] == [t["short"] for t in runs["2"]]
-    for one, two in zip(runs["1"], runs["2"], strict=True):
-        assert one["accuracy"] == pytest.approx(two["accuracy"], abs=1e-6)
+        evaluations[name] = json.loads((out / "report.json").read_text())["evaluation"]
+    assert evaluations["one"]["where"] == "in-process"
+    assert evaluations["auto, one core"] == {**evaluations["auto, one core"], "where": "in-process"}
+    cores = available_cores()
+    assert evaluations["auto"]["where"] == ("ray" if cores > 1 else "in-process")
+    assert evaluations["auto"]["workers"] == cores
+    for name in ("auto", "auto, one core"):
+        assert [t["short"] for t in runs[name]] == [t["short"] for t in runs["one"]]
+        for one, other in zip(runs["one"], runs[name], strict=True):
+            assert one["accuracy"] == pytest.approx(other["accuracy"], abs=1e-6)
 
 
 def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:

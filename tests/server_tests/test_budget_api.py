@@ -32,7 +32,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     for key in list(os.environ):
         if key.startswith("NASVIT_"):
             monkeypatch.delenv(key)  # a local SQLite database, whatever the caller's setup
-    return Settings(home=tmp_path)
+    return Settings(home=tmp_path, auto_workers=1)  # in-process, as the rest of the suite
 
 
 @pytest.fixture

@@ -71,7 +71,11 @@ def service(
     # The measured latency table comes with the database, so the worker profiles nothing.
     shutil.copy(search_assets["database"], home / "nasvit.db")
     checkpoint = search_assets["checkpoint"]
-    worker_env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
+    worker_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NASVIT_") or k == "NASVIT_AUTO_WORKERS"
+    }
     worker_env.update(
         NASVIT_HOME=str(home),
         NASVIT_CHECKPOINTS=json.dumps({"efficientformer": str(checkpoint)}),

@@ -609,7 +609,11 @@ def test_the_cli_issues_lists_and_revokes_device_tokens(tmp_path: Path) -> None:
     from nasvit.server.db import Database
     from nasvit.server.jobs import DeviceTokenStore
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NASVIT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("NASVIT_") or k == "NASVIT_AUTO_WORKERS"
+    }
     env["NASVIT_HOME"] = str(tmp_path)
 
     def nasvit(*args: str) -> subprocess.CompletedProcess[str]:

@@ -72,8 +72,24 @@ def instruction(dockerfile: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def image_argv(service: dict[str, Any], dockerfile: list[tuple[str, str]]) -> list[str]:
-    """The process a container of our image runs: compose entrypoint/command override the
-    image's ENTRYPOINT/CMD (an overridden entrypoint also drops the image's CMD)."""
+    """The process a container of our image ends up running (the last step of a
+    ``sh -c "a && exec b"`` command; see :func:`container_steps`)."""
+    return container_steps(service, dockerfile)[-1]
+
+
+def container_steps(service: dict[str, Any], dockerfile: list[tuple[str, str]]) -> list[list[str]]:
+    """The commands a container of our image runs in turn: compose entrypoint/command override
+    the image's ENTRYPOINT/CMD (an overridden entrypoint also drops the image's CMD), and a
+    ``sh -c`` command is split at ``&&`` (with ``exec`` dropped)."""
+    argv = _container_command(service, dockerfile)
+    if argv[:2] != ["sh", "-c"]:
+        return [argv]
+    assert len(argv) == 3, argv
+    steps = [shlex.split(step) for step in argv[2].split("&&")]
+    return [step[1:] if step[0] == "exec" else step for step in steps]
+
+
+def _container_command(service: dict[str, Any], dockerfile: list[tuple[str, str]]) -> list[str]:
     entrypoint = service.get("entrypoint")
     if entrypoint is None:
         entrypoint = exec_form(instruction(dockerfile, "ENTRYPOINT")[-1])
@@ -197,12 +213,17 @@ def test_every_nasvit_command_answers_help_and_parses_its_arguments(compose, doc
     assert argvs["worker"][:2] == ["nasvit", "worker"]
 
 
-def test_ray_head_command_is_a_real_ray_command(compose, dockerfile) -> None:
-    argv = image_argv(compose["services"]["ray-head"], dockerfile)
-    assert argv[:3] == ["ray", "start", "--head"]
+def test_ray_commands_are_real_ray_commands(compose, dockerfile) -> None:
+    head = image_argv(compose["services"]["ray-head"], dockerfile)
+    assert head[:3] == ["ray", "start", "--head"]
+    # The worker's container joins the head as a node before nasvit connects (a Ray driver
+    # runs on a node of its cluster).
+    join, _worker = container_steps(compose["services"]["worker"], dockerfile)
+    assert join[:2] == ["ray", "start"] and "--head" not in join
     help_text = run_help([str(BIN / "ray"), "start"])
-    for option in (a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")):
-        assert option in help_text, f"ray start has no {option}"
+    for argv in (head, join):
+        for option in (a.split("=", 1)[0] for a in argv[2:] if a.startswith("--")):
+            assert option in help_text, f"ray start has no {option}"
 
 
 # ---- environment, ports, wiring --------------------------------------------------------------
@@ -290,11 +311,17 @@ def test_ports_agree(compose, dockerfile) -> None:
     assert health_url is not None and urlsplit(health_url.group()).port == port
 
     ray_head = image_argv(compose["services"]["ray-head"], dockerfile)
-    client_port = int(option_value(ray_head, "--ray-client-server-port"))
-    worker_argv = image_argv(compose["services"]["worker"], dockerfile)
-    ray_address = urlsplit(option_value(worker_argv, "--ray-address"))
-    assert ray_address.scheme == "ray"
-    assert ray_address.hostname == "ray-head" and ray_address.port == client_port
+    gcs_port = int(option_value(ray_head, "--port"))
+    join, worker_argv = container_steps(compose["services"]["worker"], dockerfile)
+    # Both the node's join and nasvit's connection use the head's GCS address.
+    for address in (option_value(join, "--address"), option_value(worker_argv, "--ray-address")):
+        assert address == f"ray-head:{gcs_port}", address
+    # Token authentication: the head and the joining container hold the same token setting.
+    head_env = compose["services"]["ray-head"]["environment"]
+    worker_env = compose["services"]["worker"]["environment"]
+    assert head_env["RAY_AUTH_MODE"] == worker_env["RAY_AUTH_MODE"] == "token"
+    assert head_env["RAY_AUTH_TOKEN"] == worker_env["RAY_AUTH_TOKEN"]
+    assert head_env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?")  # set by the user
 
 
 def test_health_route_of_the_healthcheck_exists(compose, tmp_path, monkeypatch) -> None:
