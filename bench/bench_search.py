@@ -5,7 +5,7 @@ $NASVIT_HOME; `make demo` creates them).
 
     .venv/bin/python bench/bench_search.py scoring            # candidates/s, predictor + table
     .venv/bin/python bench/bench_search.py scoring --clock cpu  # same, timed by CPU time
-    .venv/bin/python bench/bench_search.py ray --archs 64     # supernet evaluations/s, 1-2 workers
+    .venv/bin/python bench/bench_search.py ray --archs 64     # evaluations/s: Ray actors, cluster
     .venv/bin/python bench/bench_search.py efficiency --seeds 5 --evaluations 1200
 
 Sample efficiency: 1,200 real supernet evaluations per run x 5 controllers x 5 seeds would take
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -92,38 +94,108 @@ def bench_scoring(count: int, clock: str = "wall") -> dict[str, float]:
     }
 
 
-def bench_ray(archs: int, workers: list[int]) -> dict[str, Any]:
-    """Supernet evaluations/s in-process and on local Ray with 1..N workers."""
+def bench_ray(archs: int, rounds: int) -> dict[str, Any]:
+    """Supernet evaluations/s of the main job's supernet: one and two local Ray actors, two
+    actors on a two-node loopback cluster (one CPU per node, token authentication on), and the
+    same cluster with one actor's process killed a quarter into the batch (the recovery cost).
+
+    The configurations take turns, ``rounds`` times, so the machine's drift reaches them alike;
+    each figure is the median over rounds with its range. Every run's results must equal the
+    in-process run with one torch thread."""
+    import torch
+
     from nasvit.data import load_dataset
     from nasvit.evaluation.evaluator import SubnetEvaluator
     from nasvit.searching.executors import InProcessExecutor, RayExecutor
     from nasvit.training.default_supernet import recipe_for
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from nasvit_testing.ray_cluster import RayCluster
+
     space, supernet, _, _ = load_defaults()
     recipe = recipe_for("efficientformer")
-    data, seed = recipe.data, recipe.data_seed
-    evaluator = SubnetEvaluator(space, supernet, load_dataset(data, seed=seed), "val")
+    evaluator = SubnetEvaluator(
+        space, supernet, load_dataset(recipe.data, seed=recipe.data_seed), "val"
+    )
     rng = np.random.default_rng(1)
     batch = [space.sample(rng) for _ in range(archs)]
-    results: dict[str, Any] = {"archs": archs}
-    executor: Any = InProcessExecutor(evaluator)
-    executor.evaluate(batch[:2])  # warm-up
-    started = time.perf_counter()
-    reference = executor.evaluate(batch)
-    results["in_process_per_s"] = archs / (time.perf_counter() - started)
-    for count in workers:
-        executor = RayExecutor(evaluator, data, seed, count, None)
-        try:
-            executor.evaluate(batch[: 2 * count])  # actors start and load the supernet
-            started = time.perf_counter()
-            outcome = executor.evaluate(batch)
-            results[f"ray_{count}_per_s"] = archs / (time.perf_counter() - started)
-            results[f"ray_{count}_identical"] = outcome == reference
-        finally:
-            executor.close()
-    if "ray_1_per_s" in results and "ray_2_per_s" in results:
-        results["speedup_2_vs_1"] = results["ray_2_per_s"] / results["ray_1_per_s"]
+    torch.set_num_threads(1)
+    reference = InProcessExecutor(evaluator).evaluate(batch)
+    cluster = RayCluster.start(cpus=1)
+    seconds: dict[str, list[float]] = {}
+    recovery: list[dict[str, Any]] = []
+    identical = True
+    try:
+        cluster.add_node(cpus=1)
+        for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+            os.environ[name] = cluster.env[name]  # this process joins the cluster as a driver
+        for _ in range(rounds):
+            for label, workers, address, kill in [
+                ("local_1", 1, None, False),
+                ("local_2", 2, None, False),
+                ("cluster_2", 2, cluster.address, False),
+                ("cluster_2_killed", 2, cluster.address, True),
+            ]:
+                executor = RayExecutor(evaluator, workers, address, on_event=lambda _: None)
+                try:
+                    executor.evaluate(batch[: 2 * workers])  # actors start, load the supernet
+                    killer = _kill_an_actor_later(cluster, seconds) if kill else None
+                    started = time.perf_counter()
+                    outcome = executor.evaluate(batch)
+                    seconds.setdefault(label, []).append(time.perf_counter() - started)
+                    identical = identical and outcome == reference
+                    if killer is not None:
+                        killer.join()
+                        report = executor.report()
+                        recovery.append(
+                            {
+                                k: report[k]
+                                for k in ("lost_actors", "rerun_chunks", "rerun_candidates")
+                            }
+                        )
+                finally:
+                    executor.close()
+    finally:
+        cluster.stop()
+    results: dict[str, Any] = {"archs": archs, "rounds": rounds, "identical": identical}
+    for label, values in seconds.items():
+        rates = sorted(archs / v for v in values)
+        results[f"{label}_per_s"] = {
+            "median": float(np.median(rates)), "min": rates[0], "max": rates[-1]
+        }  # fmt: skip
+    for label in ("local_2", "cluster_2", "cluster_2_killed"):
+        ratios = [
+            one / other for one, other in zip(seconds["local_1"], seconds[label], strict=True)
+        ]
+        results[f"{label}_vs_local_1"] = {
+            "median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)
+        }  # fmt: skip
+    extra = [k - u for k, u in zip(seconds["cluster_2_killed"], seconds["cluster_2"], strict=True)]
+    results["recovery_extra_s"] = {
+        "median": float(np.median(extra)), "min": min(extra), "max": max(extra)
+    }  # fmt: skip
+    results["recovery"] = recovery
     return results
+
+
+def _kill_an_actor_later(cluster: Any, seconds: dict[str, list[float]]) -> Any:
+    """A thread that kills one evaluator actor's process a quarter of an undisturbed cluster
+    batch after it starts."""
+    import threading
+
+    delay = 0.25 * float(np.median(seconds["cluster_2"]))
+
+    def kill() -> None:
+        time.sleep(delay)
+        for node in cluster.nodes:
+            for process in node.tree():
+                if process.name().startswith("ray::EvaluatorActor"):
+                    process.kill()
+                    return
+
+    thread = threading.Thread(target=kill)
+    thread.start()
+    return thread
 
 
 def fit_oracle(
@@ -215,7 +287,7 @@ def main() -> None:
         "--clock", choices=["wall", "cpu"], default="wall", help="scoring: what times it"
     )
     parser.add_argument("--archs", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3, help="ray: interleaved rounds")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--evaluations", type=int, default=1200)
     parser.add_argument("--oracle-archs", type=int, default=400)
@@ -226,7 +298,7 @@ def main() -> None:
     if args.part == "scoring":
         result = bench_scoring(args.count, args.clock)
     elif args.part == "ray":
-        result = bench_ray(args.archs, args.workers)
+        result = bench_ray(args.archs, args.rounds)
     else:
         result = bench_efficiency(
             args.seeds, args.evaluations, args.oracle_archs, args.controllers, args.out
