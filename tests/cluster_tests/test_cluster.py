@@ -32,8 +32,8 @@ from nasvit_testing.service import Deployment, environment, start_deployment
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 COMPOSE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
-# 6 batches of 16: long enough that a process killed after the first batch dies mid-search.
-EVALUATIONS = 96
+# 4 batches of 16: a process killed once the first batch is stored dies mid-search.
+EVALUATIONS = 64
 SEARCH = ["--budget", "300us", "--evaluations", str(EVALUATIONS), "--seed", "5"]
 
 
@@ -215,7 +215,7 @@ def kill_after_first_batch(
     command: list[str], env: dict[str, str], out: Path, kill: Any
 ) -> subprocess.CompletedProcess[str]:
     """Run the search; once its first batch is stored, call ``kill()`` (the search still has
-    five batches to go)."""
+    three batches to go)."""
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
