@@ -95,9 +95,10 @@ def bench_scoring(count: int, clock: str = "wall") -> dict[str, float]:
 
 
 def bench_ray(archs: int, rounds: int) -> dict[str, Any]:
-    """Supernet evaluations/s of the main job's supernet: one and two local Ray actors, two
-    actors on a two-node loopback cluster (one CPU per node, token authentication on), and the
-    same cluster with one actor's process killed a quarter into the batch (the recovery cost).
+    """Supernet evaluations/s of the main job's supernet: this process with torch's threads
+    (``--workers 1``), one and two local Ray actors, two actors on a two-node loopback cluster
+    (one CPU per node, token authentication on), and the same cluster with one actor's process
+    killed a quarter into the batch (the recovery cost).
 
     The configurations take turns, ``rounds`` times, so the machine's drift reaches them alike;
     each figure is the median over rounds with its range. Every run's results must equal the
@@ -119,6 +120,7 @@ def bench_ray(archs: int, rounds: int) -> dict[str, Any]:
     )
     rng = np.random.default_rng(1)
     batch = [space.sample(rng) for _ in range(archs)]
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     reference = InProcessExecutor(evaluator).evaluate(batch)
     cluster = RayCluster.start(cpus=1)
@@ -130,6 +132,13 @@ def bench_ray(archs: int, rounds: int) -> dict[str, Any]:
         for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
             os.environ[name] = cluster.env[name]  # this process joins the cluster as a driver
         for _ in range(rounds):
+            # What --workers 1 does: this process, torch's own threads (results differ from
+            # the actors' in the last float bits: thread counts change the summation order).
+            torch.set_num_threads(default_threads)
+            started = time.perf_counter()
+            InProcessExecutor(evaluator).evaluate(batch)
+            seconds.setdefault("in_process", []).append(time.perf_counter() - started)
+            torch.set_num_threads(1)
             for label, workers, address, kill in [
                 ("local_1", 1, None, False),
                 ("local_2", 2, None, False),
@@ -163,7 +172,8 @@ def bench_ray(archs: int, rounds: int) -> dict[str, Any]:
         results[f"{label}_per_s"] = {
             "median": float(np.median(rates)), "min": rates[0], "max": rates[-1]
         }  # fmt: skip
-    for label in ("local_2", "cluster_2", "cluster_2_killed"):
+    results["in_process_threads"] = default_threads
+    for label in ("in_process", "local_2", "cluster_2", "cluster_2_killed"):
         ratios = [
             one / other for one, other in zip(seconds["local_1"], seconds[label], strict=True)
         ]

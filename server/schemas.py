@@ -17,6 +17,8 @@ from pydantic import (
     Field,
     Strict,
     Tag,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     create_model,
     field_validator,
 )
@@ -210,6 +212,20 @@ class SearchCreate(BaseModel):
         # The pattern is checked here rather than as pydantic's ``pattern`` so that a refused
         # budget gets the parser's reason (e.g. the percentiles allowed), not the pattern.
         return check_budget(text)
+
+    @field_validator("workers", mode="wrap")
+    @classmethod
+    def _workers(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # One reason for the union instead of one per branch ("constrained-int: ...;
+        # literal['auto']: ...").
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "workers",
+                "Input should be auto or a whole number from {ge} to {le}",
+                {"ge": _WORKERS.ge, "le": _WORKERS.le},
+            ) from None
 
 
 class Progress(BaseModel):

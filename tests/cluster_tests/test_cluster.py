@@ -135,19 +135,6 @@ def check_search(
     return evaluation
 
 
-def test_a_search_spreads_over_both_nodes_and_equals_the_in_process_run(
-    cluster: RayCluster, home: Path, search_assets: dict[str, Any], reference, tmp_path
-) -> None:
-    out = tmp_path / "run"
-    command = search_command(
-        search_assets["checkpoint"], out, "--ray-address", cluster.address, "--workers", "2"
-    )
-    result = subprocess.run(command, capture_output=True, text=True, env=search_env(home, cluster))
-    nodes = {node.node_id() for node in cluster.nodes}
-    evaluation = check_search(home, out, result, reference, nodes)
-    assert evaluation["lost_actors"] == [] and evaluation["rerun_chunks"] == 0
-
-
 def test_a_wrong_token_is_refused_with_the_reason(
     cluster: RayCluster, home: Path, search_assets: dict[str, Any], tmp_path
 ) -> None:
@@ -236,9 +223,12 @@ def kill_after_first_batch(
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def test_a_killed_evaluator_actor_costs_one_chunk_and_changes_no_trial(
+def test_a_search_spreads_over_both_nodes_and_a_killed_actor_changes_no_trial(
     cluster: RayCluster, home: Path, search_assets: dict[str, Any], reference, tmp_path
 ) -> None:
+    """`nasvit search --ray-address --workers 2`: an actor per node; one actor's process is
+    killed after the first batch, its chunk is re-run, and the trials equal the in-process run.
+    (The compose worker's test above runs an undisturbed search on the same cluster.)"""
     out = tmp_path / "run"
     command = search_command(
         search_assets["checkpoint"], out, "--ray-address", cluster.address, "--workers", "2"
@@ -259,27 +249,24 @@ def test_a_killed_evaluator_actor_costs_one_chunk_and_changes_no_trial(
 
 
 def test_a_lost_node_costs_its_chunk_and_changes_no_trial(
-    home: Path, search_assets: dict[str, Any], reference, tmp_path
+    cluster: RayCluster, home: Path, search_assets: dict[str, Any], reference, tmp_path
 ) -> None:
-    """The second node's raylet is killed mid-search: its actor goes with it."""
-    lost = RayCluster.start(cpus=1, head_command=compose_head_command())
-    try:
-        second = lost.add_node(cpus=1)
-        nodes = {node.node_id() for node in lost.nodes}
-        second_id = second.node_id()
-        out = tmp_path / "run"
-        command = search_command(
-            search_assets["checkpoint"], out, "--ray-address", lost.address, "--workers", "2"
-        )
+    """The second node's raylet is killed mid-search: its actor goes with it. The module's
+    last test, since the cluster stays one node short (run alone, it gets a fresh cluster)."""
+    second = cluster.nodes[1]
+    nodes = {node.node_id() for node in cluster.nodes}
+    second_id = second.node_id()
+    out = tmp_path / "run"
+    command = search_command(
+        search_assets["checkpoint"], out, "--ray-address", cluster.address, "--workers", "2"
+    )
 
-        def kill_raylet() -> bool:
-            second.raylet().kill()
-            return True
+    def kill_raylet() -> bool:
+        second.raylet().kill()
+        return True
 
-        result = kill_after_first_batch(command, search_env(home, lost), out, kill_raylet)
-        evaluation = check_search(home, out, result, reference, nodes)
-        assert len(evaluation["lost_actors"]) == 1, evaluation
-        assert second_id[:12] in evaluation["lost_actors"][0]
-        assert 0 < evaluation["rerun_chunks"] <= 2
-    finally:
-        lost.stop()
+    result = kill_after_first_batch(command, search_env(home, cluster), out, kill_raylet)
+    evaluation = check_search(home, out, result, reference, nodes)
+    assert len(evaluation["lost_actors"]) == 1, evaluation
+    assert second_id[:12] in evaluation["lost_actors"][0]
+    assert 0 < evaluation["rerun_chunks"] <= 2

@@ -196,7 +196,12 @@ def test_the_decision_walks_down_past_candidates_measured_over_the_budget(
     device, _, table = tables
     latency = PreparedTable(device, profiler, table)
     result = summarise(
-        request(tmp_path), model, latency, SearchLoopOutcome(trials, 0), check, {"total_s": 1.0}
+        request(tmp_path),
+        model,
+        latency,
+        SearchLoopOutcome(trials, 0, {"where": "fake"}),
+        check,
+        {"total_s": 1.0},
     )
     write_artifacts(tmp_path, space, result)
     report = json.loads((tmp_path / "report.json").read_text())

@@ -204,27 +204,25 @@ def test_workers_auto_takes_every_core_and_gives_the_same_search_as_one_process(
 
     runs, evaluations = {}, {}
     pin = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
-    for name, prefix, workers in [("one", [], ["--workers", "1"]), ("auto", [], []),
-                                  ("auto, one core", pin, [])]:  # fmt: skip
-        out = tmp_path / name.replace(", ", "-")
+    for name, prefix in [("auto", []), ("one", pin)]:
+        out = tmp_path / name
         args = ["--budget", "300us", "--ckpt", str(checkpoint), "--evaluations", "12"]
         result = search(
-            home, *args, *workers, "--out", str(out), "--seed", "5", prefix=prefix, every_core=True
+            home, *args, "--out", str(out), "--seed", "5", prefix=prefix, every_core=True
         )
         assert result.returncode == 0, result.stderr
         runs[name] = [
             json.loads(line) for line in (out / "trials.jsonl").read_text().split("\n") if line
         ]
         evaluations[name] = json.loads((out / "report.json").read_text())["evaluation"]
-    assert evaluations["one"]["where"] == "in-process"
-    assert evaluations["auto, one core"] == {**evaluations["auto, one core"], "where": "in-process"}
+    assert evaluations["one"] == {**evaluations["one"], "where": "in-process", "threads": 1}
     cores = available_cores()
     assert evaluations["auto"]["where"] == ("ray" if cores > 1 else "in-process")
     assert evaluations["auto"]["workers"] == cores
-    for name in ("auto", "auto, one core"):
-        assert [t["short"] for t in runs[name]] == [t["short"] for t in runs["one"]]
-        for one, other in zip(runs["one"], runs[name], strict=True):
-            assert one["accuracy"] == pytest.approx(other["accuracy"], abs=1e-6)
+    # One torch thread in both (an actor's, and the pinned process's): the same numbers.
+    assert [(t["short"], t["accuracy"], t["loss"]) for t in runs["auto"]] == [
+        (t["short"], t["accuracy"], t["loss"]) for t in runs["one"]
+    ]
 
 
 def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:
