@@ -309,6 +309,8 @@ def main() -> None:
         result = bench_scoring(args.count, args.clock)
     elif args.part == "ray":
         result = bench_ray(args.archs, args.rounds)
+        # Also to a file: Ray's own messages about the killed actor go to stdout too.
+        args.out.write_text(json.dumps(result, indent=2))
     else:
         result = bench_efficiency(
             args.seeds, args.evaluations, args.oracle_archs, args.controllers, args.out
