@@ -43,6 +43,7 @@ OUT = request_option("out")
 RESUME = request_option("resume")
 RAY_ADDRESS = request_option("ray_address")
 VALIDATE_NETWORKS = request_option("validate_networks")
+MEASURE_TOP = request_option("measure_top")
 # The service caps evaluations with its max_evaluations setting; the CLI with that default.
 MAX_EVALUATIONS: int = Settings.model_fields["max_evaluations"].default
 
@@ -102,6 +103,7 @@ def search_command(
     validate_networks: Annotated[
         int, _bounded("--validate-networks", VALIDATE_NETWORKS)
     ] = VALIDATE_NETWORKS.default,
+    measure_top: Annotated[int, _bounded("--measure-top", MEASURE_TOP)] = MEASURE_TOP.default,
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json.")] = False,
     server: Annotated[
         str | None,
@@ -140,6 +142,7 @@ def search_command(
             "resume": resume,
             "ray_address": ray_address,
             "validate_networks": validate_networks,
+            "measure_top": measure_top,
         }
     )
     if server is not None:

@@ -34,7 +34,17 @@ NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
 COMPOSE = Path(__file__).resolve().parents[2] / "docker" / "compose.yaml"
 # 4 batches of 16: a process killed once the first batch is stored dies mid-search.
 EVALUATIONS = 64
-SEARCH = ["--budget", "300us", "--evaluations", str(EVALUATIONS), "--seed", "5"]
+# Two front points timed end to end: what is checked here is the search, not the decision.
+SEARCH = [
+    "--budget",
+    "300us",
+    "--evaluations",
+    str(EVALUATIONS),
+    "--seed",
+    "5",
+    "--measure-top",
+    "2",
+]
 
 
 def compose_service(name: str) -> dict[str, Any]:
@@ -166,7 +176,8 @@ def test_the_compose_worker_joins_and_runs_a_queued_search_on_the_cluster(
         )
         assert joined.returncode == 0, joined.stderr[-3000:]
         deployment.start_worker(*worker[2:], name="cluster-worker")
-        job = deployment.submit(budget="300us", evaluations=EVALUATIONS, seed=5, workers=2)
+        # workers auto: one actor per CPU of the cluster (the joined node brings none).
+        job = deployment.submit(budget="300us", evaluations=EVALUATIONS, seed=5)
         finished = deployment.wait_finished(job["id"], timeout=300)
         assert finished["status"] == "succeeded", (
             finished,

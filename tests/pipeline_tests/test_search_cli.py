@@ -1,5 +1,6 @@
 """`nasvit search` end to end on a small restricted supernet: real onnxruntime profiling into a
-real SQLite table, real evaluation on digits, artifacts, resume, bad input, and Ray workers."""
+real SQLite table, real evaluation on digits, artifacts, resume and bad input (searches on Ray:
+tests/cluster_tests and tests/search_tests/test_ray_recovery.py)."""
 
 from __future__ import annotations
 
@@ -41,22 +42,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_supernet(tmp_path_factory.mktemp("ckpt") / "tiny.pt", space, supernet)
 
 
-def search(
-    home: Path,
-    *args: str,
-    cwd: Path | None = None,
-    prefix: list[str] | None = None,
-    every_core: bool = False,
-) -> subprocess.CompletedProcess[str]:
-    """``nasvit search`` with ``args`` (run under ``prefix``, e.g. taskset). ``every_core``:
-    ``workers auto`` means one actor per core, as in a user's shell (the suite otherwise
-    evaluates in-process)."""
+def search(home: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NASVIT_HOME": str(home)}
     env.pop("NASVIT_DATABASE_URL", None)
-    if every_core:
-        env.pop("NASVIT_AUTO_WORKERS", None)
     return subprocess.run(
-        [*(prefix or []), NASVIT, "search", "--space", "efficientformer", *args],
+        [NASVIT, "search", "--space", "efficientformer", *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -193,36 +183,6 @@ def test_bad_search_input_exits_2(home, tmp_path, args, message) -> None:
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
-
-
-def test_workers_auto_takes_every_core_and_gives_the_same_search_as_one_process(
-    home, checkpoint, tmp_path
-) -> None:
-    """The default (workers auto) on this machine: one Ray actor per available core when there
-    are several, in this process on one core (taskset pins the search to one)."""
-    from nasvit.searching.executors import available_cores
-
-    runs, evaluations = {}, {}
-    pin = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
-    for name, prefix in [("auto", []), ("one", pin)]:
-        out = tmp_path / name
-        args = ["--budget", "300us", "--ckpt", str(checkpoint), "--evaluations", "12"]
-        result = search(
-            home, *args, "--out", str(out), "--seed", "5", prefix=prefix, every_core=True
-        )
-        assert result.returncode == 0, result.stderr
-        runs[name] = [
-            json.loads(line) for line in (out / "trials.jsonl").read_text().split("\n") if line
-        ]
-        evaluations[name] = json.loads((out / "report.json").read_text())["evaluation"]
-    assert evaluations["one"] == {**evaluations["one"], "where": "in-process", "threads": 1}
-    cores = available_cores()
-    assert evaluations["auto"]["where"] == ("ray" if cores > 1 else "in-process")
-    assert evaluations["auto"]["workers"] == cores
-    # One torch thread in both (an actor's, and the pinned process's): the same numbers.
-    assert [(t["short"], t["accuracy"], t["loss"]) for t in runs["auto"]] == [
-        (t["short"], t["accuracy"], t["loss"]) for t in runs["one"]
-    ]
 
 
 def test_loss_breaks_accuracy_ties_without_reordering_accuracies() -> None:
