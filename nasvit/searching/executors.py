@@ -275,10 +275,8 @@ class RayExecutor:
                 pending.appendleft(chunk)
                 continue
             self._where[actor] = {"node": answer["node"], "pid": answer["pid"]}
-            node = answer["node"]
-            self.log.candidates_per_node[node] = self.log.candidates_per_node.get(node, 0) + len(
-                chunk.indices
-            )
+            counts = self.log.candidates_per_node
+            counts[answer["node"]] = counts.get(answer["node"], 0) + len(chunk.indices)
             for index, value in zip(chunk.indices, answer["results"], strict=True):
                 results[index] = (value[0], value[1])
             self._idle.append(actor)
