@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import yaml
 
 from nasvit.searching.trial_store import study_name_for
 
-from nasvit_testing.ray_cluster import RayCluster, RayNode
+from nasvit_testing.ray_cluster import RayCluster, RayNode, ray_process_ids, shell_steps
 from nasvit_testing.service import Deployment, environment, start_deployment
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
@@ -59,9 +58,7 @@ def compose_head_command() -> list[str]:
 def compose_worker_steps(address: str) -> list[list[str]]:
     """The worker container's commands (join the head as a node, then run the worker), with
     the compose network's head address replaced by the test cluster's."""
-    script = compose_service("worker")["command"][0].replace("ray-head:6379", address)
-    steps = [shlex.split(step) for step in script.split("&&")]
-    return [step[1:] if step[0] == "exec" else step for step in steps]
+    return shell_steps(compose_service("worker")["command"][0].replace("ray-head:6379", address))
 
 
 @pytest.fixture(scope="module")
@@ -110,23 +107,14 @@ def reference(home: Path, search_assets: dict[str, Any], tmp_path_factory) -> li
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
     """Head (from the compose file's command) plus a second node, one CPU each."""
-    before = _ray_pids()
+    before = ray_process_ids()
     cluster = RayCluster.start(cpus=1, head_command=compose_head_command())
     try:
         cluster.add_node(cpus=1)
         yield cluster
     finally:
         cluster.stop()
-    assert _ray_pids() <= before, "the cluster left Ray processes behind"
-
-
-def _ray_pids() -> set[int]:
-    found = set()
-    for process in psutil.process_iter(["pid", "name"]):
-        name = process.info["name"] or ""
-        if name in ("raylet", "gcs_server") or name.startswith("ray::"):
-            found.add(process.info["pid"])
-    return found
+    assert ray_process_ids() <= before, "the cluster left Ray processes behind"
 
 
 def check_search(

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -208,13 +209,18 @@ def _has_raylet(node: RayNode) -> bool:
         return False
 
 
-def ray_processes_left(before: set[int]) -> list[str]:
-    """Ray processes (raylet, GCS, workers) that did not exist in ``before`` and still run."""
-    left = []
-    for process in psutil.process_iter(["pid", "name", "cmdline"]):
-        if process.info["pid"] in before:
-            continue
-        text = " ".join(process.info["cmdline"] or []) or process.info["name"] or ""
-        if any(word in text for word in ("raylet", "gcs_server", "ray::", "ray/_private")):
-            left.append(f"{process.info['pid']} {text[:120]}")
-    return left
+def ray_process_ids() -> set[int]:
+    """Every Ray process on this machine (raylets, GCS servers, workers and actors)."""
+    found = set()
+    for process in psutil.process_iter(["pid", "name"]):
+        name = process.info["name"] or ""
+        if name in ("raylet", "gcs_server") or name.startswith("ray::"):
+            found.add(process.info["pid"])
+    return found
+
+
+def shell_steps(script: str) -> list[list[str]]:
+    """The commands of a ``sh -c`` script ``a && exec b``, in turn (``exec`` dropped): how a
+    container's entrypoint chains joining a cluster and running nasvit."""
+    steps = [shlex.split(step) for step in script.split("&&")]
+    return [step[1:] if step[0] == "exec" else step for step in steps]

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from nasvit_testing.ray_cluster import shell_steps
+
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
@@ -85,8 +87,7 @@ def container_steps(service: dict[str, Any], dockerfile: list[tuple[str, str]]) 
     if argv[:2] != ["sh", "-c"]:
         return [argv]
     assert len(argv) == 3, argv
-    steps = [shlex.split(step) for step in argv[2].split("&&")]
-    return [step[1:] if step[0] == "exec" else step for step in steps]
+    return shell_steps(argv[2])
 
 
 def _container_command(service: dict[str, Any], dockerfile: list[tuple[str, str]]) -> list[str]:
