@@ -197,11 +197,9 @@ def _kill_an_actor_later(cluster: Any, seconds: dict[str, list[float]]) -> Any:
 
     def kill() -> None:
         time.sleep(delay)
-        for node in cluster.nodes:
-            for process in node.tree():
-                if process.name().startswith("ray::EvaluatorActor"):
-                    process.kill()
-                    return
+        actors = cluster.evaluator_processes()
+        if actors:
+            actors[0].kill()
 
     thread = threading.Thread(target=kill)
     thread.start()

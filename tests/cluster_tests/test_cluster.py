@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 import pytest
 import yaml
 
 from nasvit.searching.trial_store import study_name_for
 
-from nasvit_testing.ray_cluster import RayCluster, RayNode, ray_process_ids, shell_steps
+from nasvit_testing.ray_cluster import RayCluster, ray_process_ids, shell_steps
 from nasvit_testing.service import Deployment, environment, start_deployment
 
 NASVIT = shutil.which("nasvit", path=str(Path(sys.executable).parent))
@@ -185,18 +184,6 @@ def env_artifacts(env: dict[str, str], job_id: str) -> Path:
     return Path(env["NASVIT_HOME"]) / "jobs" / job_id
 
 
-def evaluator_processes(nodes: list[RayNode]) -> list[psutil.Process]:
-    found = []
-    for node in nodes:
-        for process in node.tree():
-            try:
-                if process.name().startswith("ray::EvaluatorActor"):
-                    found.append(process)
-            except psutil.NoSuchProcess:
-                continue
-    return found
-
-
 def kill_after_first_batch(
     command: list[str], env: dict[str, str], out: Path, kill: Any
 ) -> subprocess.CompletedProcess[str]:
@@ -234,7 +221,7 @@ def test_a_search_spreads_over_both_nodes_and_a_killed_actor_changes_no_trial(
     )
 
     def kill_one_actor() -> bool:
-        actors = evaluator_processes(cluster.nodes)
+        actors = cluster.evaluator_processes()
         assert len(actors) == 2, actors
         actors[0].kill()
         return True

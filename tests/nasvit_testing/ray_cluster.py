@@ -56,14 +56,23 @@ class RayNode:
         except psutil.NoSuchProcess:
             return []
 
-    def raylet(self) -> psutil.Process:
+    def processes_named(self, prefix: str) -> list[psutil.Process]:
+        """The processes under this node whose name starts with ``prefix`` (``ray::`` workers
+        take their actor's class as their name)."""
+        found = []
         for process in self.tree():
             try:
-                if process.name() == "raylet":
-                    return process
+                if process.name().startswith(prefix):
+                    found.append(process)
             except psutil.NoSuchProcess:
                 continue
-        raise AssertionError(f"no raylet under ray start (pid {self.process.pid}); {self.log}")
+        return found
+
+    def raylet(self) -> psutil.Process:
+        raylets = self.processes_named("raylet")
+        if not raylets:
+            raise AssertionError(f"no raylet under ray start (pid {self.process.pid}); {self.log}")
+        return raylets[0]
 
     def node_id(self) -> str:
         """The Ray node ID of this node (from its raylet's command line)."""
@@ -127,6 +136,10 @@ class RayCluster:
                 command, env=self.env, stdout=sink, stderr=subprocess.STDOUT, cwd=self.temp_dir
             )
         return RayNode(process, log)
+
+    def evaluator_processes(self) -> list[psutil.Process]:
+        """The processes of nasvit's evaluation actors, on every node started here."""
+        return [p for node in self.nodes for p in node.processes_named("ray::EvaluatorActor")]
 
     def add_node(self, cpus: int = 1) -> RayNode:
         """A second raylet joining the head: a separate node with its own ``cpus``."""
