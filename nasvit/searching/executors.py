@@ -182,7 +182,8 @@ class RayExecutor:
         self._started_ray = not ray.is_initialized()
         if self._started_ray:
             connect(address, workers)
-        cpus = int(ray.cluster_resources().get("CPU", 0))
+        resources = ray.cluster_resources()
+        cpus = int(resources.get("CPU", 0))
         self.workers = workers or max(1, cpus)
         if self.workers > cpus:
             if self._started_ray:
@@ -192,7 +193,7 @@ class RayExecutor:
                 f"cluster has {cpus}",
                 argument="workers",
             )
-        gpus = float(ray.cluster_resources().get("GPU", 0))
+        gpus = float(resources.get("GPU", 0))
         # A share of the cluster's GPUs per actor (several small subnets fit on one GPU).
         self._gpus_per_actor = min(1.0, gpus / self.workers) if gpus else 0.0
         payload = {
