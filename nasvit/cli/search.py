@@ -150,7 +150,7 @@ def search_command(
             raise NasvitError(
                 "--devices runs here; on a service, POST /api/v1/searches with devices"
             )
-        _search_on_server(server, token, request, budget, workers, out, as_json)
+        _search_on_server(server, token, request, budget, out, as_json)
         return
     from nasvit.searching.pipeline import run_search  # heavy: only for a valid request
 
@@ -229,7 +229,6 @@ def _search_on_server(
     token: str | None,
     request: SearchRequest,
     budget: str,
-    workers: str,
     out: Path,
     as_json: bool,
 ) -> None:
@@ -246,7 +245,7 @@ def _search_on_server(
         "controller": request.controller,
         "evaluations": request.evaluations,
         "seed": request.seed,
-        "workers": workers if workers == WORKERS_AUTO else int(workers),
+        "workers": request.workers,
     }
     report = run_remote_search(
         server, token, body, out, lambda line: err_console.print(line, highlight=False)
